@@ -1,0 +1,484 @@
+//! Service configuration: built-in defaults, then `KEEL_*` environment, then command-line flags.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+
+use clap::{CommandFactory, FromArgMatches, Parser};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/keel";
+const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+
+/// How log lines are rendered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (production).
+    #[default]
+    Json,
+    /// Multi-line human-readable output (local development).
+    Pretty,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "json" => Ok(LogFormat::Json),
+            "pretty" | "text" => Ok(LogFormat::Pretty),
+            _ => Err("expected `json` or `pretty`".to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LogFormat::Json => "json",
+            LogFormat::Pretty => "pretty",
+        })
+    }
+}
+
+/// The resolved configuration of one service.
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    /// Short service name, e.g. `tenant`.
+    pub service: String,
+    /// `KEEL_DATABASE_URL` / `--database-url`.
+    pub database_url: String,
+    /// `KEEL_NATS_URL` / `--nats-url`.
+    pub nats_url: String,
+    /// `KEEL_REDIS_URL` / `--redis-url`.
+    pub redis_url: String,
+    /// `KEEL_<SERVICE>_GRPC_ADDR` / `--grpc-addr`; port 0 binds an ephemeral port.
+    pub grpc_addr: SocketAddr,
+    /// `KEEL_<SERVICE>_HTTP_ADDR` / `--http-addr`; port 0 binds an ephemeral port.
+    pub http_addr: SocketAddr,
+    /// `KEEL_LOG` / `--log`, in `EnvFilter` syntax.
+    pub log_level: String,
+    /// `KEEL_LOG_FORMAT` / `--log-format`.
+    pub log_format: LogFormat,
+    /// `KEEL_BUS_PREFIX`: prefix of NATS streams and subjects, so tests can share a server.
+    pub bus_prefix: String,
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; traces are exported only when set.
+    pub otlp_endpoint: Option<String>,
+    /// `KEEL_SHUTDOWN_TIMEOUT` (seconds): how long draining may take before the process gives up.
+    pub shutdown_timeout_secs: u64,
+    /// Every other `KEEL_<SERVICE>_*` variable, keyed by the lower-cased rest of its name.
+    pub extra: BTreeMap<String, String>,
+}
+
+/// What the command line asked for.
+#[derive(Clone, Debug)]
+pub enum ConfigOrPrint {
+    /// Run the service with this configuration.
+    Run(Config),
+    /// `--print-config`: print this configuration (see [`Config::to_redacted_json`]) and exit 0.
+    Print(Config),
+}
+
+#[derive(Parser, Debug)]
+#[command(version, about = "A Keel service")]
+struct Flags {
+    /// gRPC listen address (IP:PORT, port 0 for an ephemeral port).
+    #[arg(long, value_name = "IP:PORT")]
+    grpc_addr: Option<String>,
+    /// HTTP listen address for /livez, /readyz and /metrics.
+    #[arg(long, value_name = "IP:PORT")]
+    http_addr: Option<String>,
+    /// PostgreSQL URL.
+    #[arg(long, value_name = "URL")]
+    database_url: Option<String>,
+    /// NATS URL.
+    #[arg(long, value_name = "URL")]
+    nats_url: Option<String>,
+    /// Redis URL.
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    /// Log filter in EnvFilter syntax, e.g. `info,keel_store=debug`.
+    #[arg(long, value_name = "FILTER")]
+    log: Option<String>,
+    /// Log format: json or pretty.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
+    /// Print the resolved configuration as JSON (secrets redacted) and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// Default (gRPC, HTTP) ports of a known service; `None` for anything else.
+pub fn default_ports(service: &str) -> Option<(u16, u16)> {
+    Some(match service {
+        "tenant" => (50051, 8081),
+        "provisioning" => (50052, 8082),
+        "billing" | "billing-meter" => (50053, 8083),
+        "timeline" | "timeline-indexer" => (50054, 8084),
+        "evidence" | "evidence-locker" => (50055, 8085),
+        "scheduler" => (50056, 8086),
+        "evaluator" => (50057, 8087),
+        _ => return None,
+    })
+}
+
+/// `KEEL_<SERVICE>_`, the prefix of a service's own variables.
+pub fn env_prefix(service: &str) -> String {
+    format!("KEEL_{}_", service.to_ascii_uppercase().replace('-', "_"))
+}
+
+impl Config {
+    /// Resolves the configuration from `std::env::args()` and the process environment.
+    ///
+    /// `--help` and `--version` print and exit 0; `--print-config` prints the redacted JSON and
+    /// exits 0. Other problems are returned.
+    pub fn load(service: &str) -> Result<Config> {
+        match Config::from_vars(service, std::env::args(), std::env::vars()) {
+            Ok(ConfigOrPrint::Run(config)) => Ok(config),
+            Ok(ConfigOrPrint::Print(config)) => {
+                println!("{}", config.to_redacted_json());
+                std::process::exit(0)
+            }
+            Err(Error::Cli(e))
+                if matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+                ) =>
+            {
+                e.exit()
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pure resolution from `args` (first item is the program name) and an environment lookup.
+    ///
+    /// A lookup cannot be enumerated, so `extra` stays empty; [`Config::from_vars`] fills it.
+    pub fn from_sources(
+        service: &str,
+        args: impl IntoIterator<Item = String>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ConfigOrPrint> {
+        let env = |name: &str| env(name).filter(|v| !v.is_empty());
+        let command = Flags::command().name(format!("keel-{service}"));
+        let flags = Flags::from_arg_matches(&command.try_get_matches_from(args)?)?;
+        let prefix = env_prefix(service);
+        let (grpc_port, http_port) = default_ports(service).unwrap_or((0, 0));
+        let localhost = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+        let string = |flag: Option<String>, var: &str, default: &str| {
+            flag.or_else(|| env(var)).unwrap_or_else(|| default.to_owned())
+        };
+        let addr = |flag: Option<String>, flag_name: &str, var: String, port: u16| {
+            let (name, value) = match (flag, env(&var)) {
+                (Some(v), _) => (flag_name.to_owned(), v),
+                (None, Some(v)) => (var, v),
+                (None, None) => return Ok(SocketAddr::new(localhost, port)),
+            };
+            value.trim().parse::<SocketAddr>().map_err(|_| Error::Config {
+                name,
+                value,
+                reason: "expected IP:PORT, e.g. 127.0.0.1:50051 (port 0 for any free port)".into(),
+            })
+        };
+
+        let log_format = match (flags.log_format, env("KEEL_LOG_FORMAT")) {
+            (Some(v), _) => parse_named("--log-format", v)?,
+            (None, Some(v)) => parse_named("KEEL_LOG_FORMAT", v)?,
+            (None, None) => LogFormat::default(),
+        };
+        let log_level = match (flags.log, env("KEEL_LOG")) {
+            (Some(v), _) => validate_filter("--log", v)?,
+            (None, Some(v)) => validate_filter("KEEL_LOG", v)?,
+            (None, None) => "info".to_owned(),
+        };
+        let shutdown_timeout_secs = match env("KEEL_SHUTDOWN_TIMEOUT") {
+            Some(v) => parse_named("KEEL_SHUTDOWN_TIMEOUT", v)?,
+            None => DEFAULT_SHUTDOWN_TIMEOUT_SECS,
+        };
+
+        let config = Config {
+            service: service.to_owned(),
+            database_url: string(flags.database_url, "KEEL_DATABASE_URL", DEFAULT_DATABASE_URL),
+            nats_url: string(flags.nats_url, "KEEL_NATS_URL", DEFAULT_NATS_URL),
+            redis_url: string(flags.redis_url, "KEEL_REDIS_URL", DEFAULT_REDIS_URL),
+            grpc_addr: addr(
+                flags.grpc_addr,
+                "--grpc-addr",
+                format!("{prefix}GRPC_ADDR"),
+                grpc_port,
+            )?,
+            http_addr: addr(
+                flags.http_addr,
+                "--http-addr",
+                format!("{prefix}HTTP_ADDR"),
+                http_port,
+            )?,
+            log_level,
+            log_format,
+            bus_prefix: env("KEEL_BUS_PREFIX").unwrap_or_default(),
+            otlp_endpoint: env("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            shutdown_timeout_secs,
+            extra: BTreeMap::new(),
+        };
+        Ok(if flags.print_config {
+            ConfigOrPrint::Print(config)
+        } else {
+            ConfigOrPrint::Run(config)
+        })
+    }
+
+    /// Pure resolution from `args` and an enumerable environment; also fills `extra`.
+    pub fn from_vars(
+        service: &str,
+        args: impl IntoIterator<Item = String>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<ConfigOrPrint> {
+        let vars: BTreeMap<String, String> = vars.into_iter().collect();
+        let extra = extra_settings(service, &vars);
+        let mut resolved = Config::from_sources(service, args, |k| vars.get(k).cloned())?;
+        match &mut resolved {
+            ConfigOrPrint::Run(c) | ConfigOrPrint::Print(c) => c.extra = extra,
+        }
+        Ok(resolved)
+    }
+
+    /// A service's own setting from `extra`, e.g. `setting("jwks_ttl")` for
+    /// `KEEL_TENANT_JWKS_TTL`.
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.extra.get(key).map(String::as_str)
+    }
+
+    /// A service's own setting parsed; a bad value is an error naming the variable.
+    pub fn setting_parsed<T>(&self, key: &str) -> Result<Option<T>>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        self.setting(key)
+            .map(|value| {
+                let name = format!("{}{}", env_prefix(&self.service), key.to_ascii_uppercase());
+                parse_named(&name, value.to_owned())
+            })
+            .transpose()
+    }
+
+    /// A copy with passwords in URLs and values of secret-looking settings replaced.
+    pub fn redacted(&self) -> Config {
+        let url = |u: &str| crate::telemetry::scrub(u).into_owned();
+        let mut c = self.clone();
+        c.database_url = url(&c.database_url);
+        c.nats_url = url(&c.nats_url);
+        c.redis_url = url(&c.redis_url);
+        c.otlp_endpoint = c.otlp_endpoint.as_deref().map(url);
+        for (key, value) in c.extra.iter_mut() {
+            *value = if crate::telemetry::is_secret_key(key) {
+                "[redacted]".to_owned()
+            } else {
+                url(value)
+            };
+        }
+        c
+    }
+
+    /// The redacted configuration as pretty JSON, as printed by `--print-config`.
+    pub fn to_redacted_json(&self) -> String {
+        serde_json::to_string_pretty(&self.redacted())
+            .unwrap_or_else(|e| format!("{{\"error\":\"cannot serialize config: {e}\"}}"))
+    }
+}
+
+fn extra_settings(service: &str, vars: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let prefix = env_prefix(service);
+    vars.iter()
+        .filter_map(|(k, v)| Some((k.strip_prefix(&prefix)?, v)))
+        .filter(|(rest, _)| !rest.is_empty() && !matches!(*rest, "GRPC_ADDR" | "HTTP_ADDR"))
+        .map(|(rest, v)| (rest.to_ascii_lowercase(), v.clone()))
+        .collect()
+}
+
+fn parse_named<T>(name: &str, value: String) -> Result<T>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    value.trim().parse::<T>().map_err(|e| Error::Config {
+        name: name.to_owned(),
+        reason: e.to_string(),
+        value,
+    })
+}
+
+fn validate_filter(name: &str, value: String) -> Result<String> {
+    match tracing_subscriber::EnvFilter::try_new(&value) {
+        Ok(_) => Ok(value),
+        Err(e) => Err(Error::Config {
+            name: name.to_owned(),
+            reason: format!("not a log filter: {e}"),
+            value,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(service: &str, args: &[&str], env: &[(&str, &str)]) -> Result<ConfigOrPrint> {
+        let args = std::iter::once("keel").chain(args.iter().copied()).map(String::from);
+        let vars = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        Config::from_vars(service, args, vars)
+    }
+
+    fn run(service: &str, args: &[&str], env: &[(&str, &str)]) -> Config {
+        match resolve(service, args, env) {
+            Ok(ConfigOrPrint::Run(c)) => c,
+            other => panic!("expected a config to run, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_work_on_a_developer_machine() {
+        let c = run("tenant", &[], &[]);
+        assert_eq!(c.grpc_addr, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(c.http_addr, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(c.database_url, DEFAULT_DATABASE_URL);
+        assert_eq!(c.nats_url, DEFAULT_NATS_URL);
+        assert_eq!(c.redis_url, DEFAULT_REDIS_URL);
+        assert_eq!(c.log_level, "info");
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.bus_prefix, "");
+        assert_eq!(c.otlp_endpoint, None);
+        assert!(c.extra.is_empty());
+    }
+
+    #[test]
+    fn every_service_has_its_own_ports() {
+        let services = [
+            "tenant",
+            "provisioning",
+            "billing",
+            "timeline",
+            "evidence",
+            "scheduler",
+            "evaluator",
+        ];
+        for (i, s) in services.iter().enumerate() {
+            let c = run(s, &[], &[]);
+            assert_eq!(c.grpc_addr.port(), 50051 + i as u16, "{s}");
+            assert_eq!(c.http_addr.port(), 8081 + i as u16, "{s}");
+        }
+        assert_eq!(run("something-else", &[], &[]).grpc_addr.port(), 0);
+    }
+
+    #[test]
+    fn flag_beats_env_beats_default() {
+        let env = [
+            ("KEEL_TENANT_GRPC_ADDR", "0.0.0.0:6000"),
+            ("KEEL_NATS_URL", "nats://env:4222"),
+            ("KEEL_REDIS_URL", "redis://env:6379"),
+            ("KEEL_LOG", "debug"),
+        ];
+        let c = run(
+            "tenant",
+            &["--grpc-addr", "127.0.0.1:0", "--redis-url=redis://flag:1"],
+            &env,
+        );
+        assert_eq!(c.grpc_addr, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.redis_url, "redis://flag:1");
+        assert_eq!(c.nats_url, "nats://env:4222");
+        assert_eq!(c.log_level, "debug");
+        assert_eq!(c.http_addr.port(), 8081);
+    }
+
+    #[test]
+    fn other_services_variables_are_ignored() {
+        let c = run("tenant", &[], &[("KEEL_BILLING_GRPC_ADDR", "127.0.0.1:1")]);
+        assert_eq!(c.grpc_addr.port(), 50051);
+    }
+
+    #[test]
+    fn port_zero_is_accepted() {
+        let c = run("billing", &["--http-addr", "127.0.0.1:0"], &[]);
+        assert_eq!(c.http_addr.port(), 0);
+    }
+
+    #[test]
+    fn bad_address_names_the_variable() {
+        let err = resolve("tenant", &[], &[("KEEL_TENANT_HTTP_ADDR", "localhost")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("KEEL_TENANT_HTTP_ADDR"), "{msg}");
+        assert!(msg.contains("localhost"), "{msg}");
+        let err = resolve("tenant", &["--grpc-addr", "nope"], &[]).unwrap_err();
+        assert!(err.to_string().contains("--grpc-addr"), "{err}");
+    }
+
+    #[test]
+    fn bad_log_settings_name_the_variable() {
+        let err = resolve("tenant", &[], &[("KEEL_LOG_FORMAT", "xml")]).unwrap_err();
+        assert!(err.to_string().contains("KEEL_LOG_FORMAT"), "{err}");
+        let err = resolve("tenant", &["--log", "info,[bad"], &[]).unwrap_err();
+        assert!(err.to_string().contains("--log"), "{err}");
+        let c = run("tenant", &["--log-format", "pretty"], &[]);
+        assert_eq!(c.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn empty_variables_count_as_unset() {
+        let c = run("tenant", &[], &[("KEEL_NATS_URL", ""), ("OTEL_EXPORTER_OTLP_ENDPOINT", "")]);
+        assert_eq!(c.nats_url, DEFAULT_NATS_URL);
+        assert_eq!(c.otlp_endpoint, None);
+    }
+
+    #[test]
+    fn unknown_flags_are_rejected() {
+        assert!(matches!(resolve("tenant", &["--nope"], &[]), Err(Error::Cli(_))));
+    }
+
+    #[test]
+    fn extra_holds_the_services_own_settings() {
+        let env = [
+            ("KEEL_TENANT_JWKS_TTL", "300"),
+            ("KEEL_TENANT_SIGNING_KEY_PATH", "/k"),
+            ("KEEL_TENANT_GRPC_ADDR", "127.0.0.1:0"),
+            ("KEEL_BILLING_PLAN", "x"),
+            ("KEEL_BUS_PREFIX", "t1_"),
+        ];
+        let c = run("tenant", &[], &env);
+        assert_eq!(c.extra.len(), 2, "{:?}", c.extra);
+        assert_eq!(c.setting("jwks_ttl"), Some("300"));
+        assert_eq!(c.setting("signing_key_path"), Some("/k"));
+        assert_eq!(c.setting_parsed::<u64>("jwks_ttl").unwrap(), Some(300));
+        assert_eq!(c.setting_parsed::<u64>("missing").unwrap(), None);
+        let err = c.setting_parsed::<u64>("signing_key_path").unwrap_err();
+        assert!(err.to_string().contains("KEEL_TENANT_SIGNING_KEY_PATH"), "{err}");
+        assert_eq!(c.bus_prefix, "t1_");
+    }
+
+    #[test]
+    fn print_config_redacts_secrets() {
+        let env = [
+            ("KEEL_DATABASE_URL", "postgres://keel:hunter2@db:5432/keel"),
+            ("KEEL_TENANT_API_TOKEN", "abc123"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+        ];
+        let c = match resolve("tenant", &["--print-config"], &env).unwrap() {
+            ConfigOrPrint::Print(c) => c,
+            other => panic!("expected print, got {other:?}"),
+        };
+        let json = c.to_redacted_json();
+        assert!(!json.contains("hunter2"), "{json}");
+        assert!(!json.contains("abc123"), "{json}");
+        assert!(json.contains("postgres://keel:[redacted]@db:5432/keel"), "{json}");
+        assert!(json.contains("http://collector:4317"), "{json}");
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed["log_format"], "json");
+        assert_eq!(parsed["grpc_addr"], "127.0.0.1:50051");
+    }
+}

@@ -1,0 +1,342 @@
+//! The projection runner: a durable JetStream pull consumer feeding a [`Projection`].
+//!
+//! Messages are taken in batches; each batch is applied in one PostgreSQL transaction, each
+//! message under its own savepoint so one bad message cannot undo its neighbours. The batch is
+//! acked only after the commit. A message whose apply fails transiently is nak'ed with
+//! exponential backoff; one that is malformed, fails permanently, or has been delivered
+//! `max_deliver` times goes to KEEL_DLQ with the reason in its headers and is acked, so it never
+//! blocks what comes behind it. Delivery is at-least-once; projections make it exactly-once in
+//! effect by writing idempotently (`ON CONFLICT (event_id) DO NOTHING`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{FutureExt, StreamExt};
+use keel_bus::{Bus, Outgoing, StreamKind, headers};
+use keel_events::{Envelope, subjects};
+use sqlx::{Acquire, PgConnection, PgPool};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Error, Result};
+
+/// Why applying one message failed, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// Worth retrying later (database busy, a dependency down).
+    #[error("{0}")]
+    Transient(String),
+    /// Will fail the same way every time: dead-letter it now.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<sqlx::Error> for ApplyError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            // Class 22 (data exception) and 23 (integrity violation) do not heal by retrying.
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")) => {
+                ApplyError::Permanent(e.to_string())
+            }
+            _ => ApplyError::Transient(e.to_string()),
+        }
+    }
+}
+
+/// A read model built from one stream.
+#[async_trait]
+pub trait Projection: Send + Sync + 'static {
+    /// The durable consumer name; also the DLQ kind. 1-64 of `[A-Za-z0-9_-]`.
+    fn name(&self) -> &str;
+    /// Applies one event inside the batch transaction. Must be idempotent.
+    async fn apply(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ApplyError>;
+    /// Empties the projection's tables before a rebuild from the start of the stream.
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ApplyError>;
+}
+
+#[derive(Clone, Debug)]
+pub struct ProjectionConfig {
+    pub stream: StreamKind,
+    /// Subject filter without namespace prefix (`keel.evt.>`); empty = the whole stream.
+    pub filter_subject: String,
+    /// Messages per transaction, 1..=1000.
+    pub batch_size: usize,
+    /// Deliveries after which a failing message is dead-lettered.
+    pub max_deliver: i64,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub ack_wait: Duration,
+}
+
+impl ProjectionConfig {
+    pub fn new(stream: StreamKind) -> Self {
+        Self {
+            stream,
+            filter_subject: String::new(),
+            batch_size: 256,
+            max_deliver: 5,
+            backoff_base: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Counters about a running projection.
+#[derive(Debug, Default)]
+pub struct ProjectionStats {
+    pub applied: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub retried: AtomicU64,
+}
+
+pub struct ProjectionRunner<P: Projection> {
+    pool: PgPool,
+    bus: Bus,
+    projection: Arc<P>,
+    config: ProjectionConfig,
+    stats: Arc<ProjectionStats>,
+}
+
+impl<P: Projection> Clone for ProjectionRunner<P> {
+    fn clone(&self) -> Self {
+        Self {
+            pool: self.pool.clone(),
+            bus: self.bus.clone(),
+            projection: self.projection.clone(),
+            config: self.config.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+enum Outcome {
+    Ack,
+    Retry(Duration),
+    DeadLetter(String),
+}
+
+impl<P: Projection> ProjectionRunner<P> {
+    pub fn new(pool: PgPool, bus: Bus, projection: P, config: ProjectionConfig) -> Self {
+        Self { pool, bus, projection: Arc::new(projection), config, stats: Arc::default() }
+    }
+
+    pub fn stats(&self) -> &Arc<ProjectionStats> {
+        &self.stats
+    }
+
+    fn fail(&self, message: impl ToString) -> Error {
+        Error::Projection { projection: self.projection.name().to_owned(), message: message.to_string() }
+    }
+
+    /// Creates the durable consumer if it does not exist yet.
+    pub async fn consumer(&self) -> Result<PullConsumer> {
+        let stream = self.bus.jetstream().get_stream(self.bus.stream_name(self.config.stream)).await.map_err(|e| self.fail(e))?;
+        let filter = if self.config.filter_subject.is_empty() {
+            String::new()
+        } else {
+            format!("{}{}", self.bus.subject_prefix(), self.config.filter_subject)
+        };
+        let config = pull::Config {
+            durable_name: Some(self.projection.name().to_owned()),
+            filter_subject: filter,
+            ack_policy: AckPolicy::Explicit,
+            deliver_policy: DeliverPolicy::All,
+            ack_wait: self.config.ack_wait,
+            // The runner counts deliveries itself and dead-letters; the server must not give up first.
+            max_deliver: -1,
+            max_ack_pending: 20_000,
+            ..Default::default()
+        };
+        stream.get_or_create_consumer(self.projection.name(), config).await.map_err(|e| self.fail(e))
+    }
+
+    /// Messages not yet acked by this projection (waiting plus in flight).
+    pub async fn lag(&self) -> Result<u64> {
+        let consumer = self.consumer().await?;
+        let info = consumer.get_info().await.map_err(|e| self.fail(e))?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
+    }
+
+    /// Forgets everything: empties the tables and deletes the consumer, so the next run replays
+    /// the stream from its first message. Stop the runner first.
+    pub async fn reset(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        self.projection.reset(&mut tx).await.map_err(|e| self.fail(e))?;
+        tx.commit().await?;
+        let stream = self.bus.jetstream().get_stream(self.bus.stream_name(self.config.stream)).await.map_err(|e| self.fail(e))?;
+        let _ = stream.delete_consumer(self.projection.name()).await;
+        Ok(())
+    }
+
+    pub fn spawn(self, shutdown: CancellationToken) -> JoinHandle<Result<()>> {
+        tokio::spawn(async move { self.run(shutdown).await })
+    }
+
+    /// Consumes until `shutdown`; reconnects after errors.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            match self.consume(&shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(projection = self.projection.name(), error = %e, "projection interrupted; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn consume(&self, shutdown: &CancellationToken) -> Result<()> {
+        let consumer = self.consumer().await?;
+        let batch_size = self.config.batch_size.clamp(1, 1000);
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(batch_size)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| self.fail(e))?;
+        loop {
+            let first = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                next = messages.next() => next,
+            };
+            let Some(first) = first else { return Err(self.fail("message stream ended")) };
+            let mut batch = vec![first.map_err(|e| self.fail(e))?];
+            // Take whatever else is already here, without waiting.
+            while batch.len() < batch_size {
+                match messages.next().now_or_never() {
+                    Some(Some(Ok(m))) => batch.push(m),
+                    Some(Some(Err(e))) => return Err(self.fail(e)),
+                    Some(None) | None => break,
+                }
+            }
+            self.handle_batch(batch).await?;
+        }
+    }
+
+    async fn handle_batch(&self, batch: Vec<async_nats::jetstream::Message>) -> Result<()> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut tx = self.pool.begin().await?;
+        for msg in &batch {
+            let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+            let outcome = match Envelope::parse(&msg.payload) {
+                Err(e) => Outcome::DeadLetter(format!("malformed envelope: {e}")),
+                Ok(env) => {
+                    let mut sp = tx.begin().await?;
+                    match self.projection.apply(&mut sp, &env).await {
+                        Ok(()) => {
+                            sp.commit().await?;
+                            Outcome::Ack
+                        }
+                        Err(ApplyError::Permanent(reason)) => {
+                            sp.rollback().await?;
+                            Outcome::DeadLetter(reason)
+                        }
+                        Err(ApplyError::Transient(reason)) => {
+                            sp.rollback().await?;
+                            if delivered >= self.config.max_deliver {
+                                Outcome::DeadLetter(format!("gave up after {delivered} deliveries: {reason}"))
+                            } else {
+                                tracing::warn!(projection = self.projection.name(), delivered, %reason, "apply failed; will retry");
+                                Outcome::Retry(self.backoff(delivered))
+                            }
+                        }
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        if let Err(e) = tx.commit().await {
+            // Nothing of the batch is stored: let every message come back later.
+            for msg in &batch {
+                let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+                let _ = msg.ack_with(AckKind::Nak(Some(self.backoff(delivered)))).await;
+            }
+            return Err(e.into());
+        }
+        for (msg, outcome) in batch.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Ack => {
+                    self.stats.applied.fetch_add(1, Ordering::Relaxed);
+                    msg.ack().await.map_err(|e| self.fail(e))?;
+                }
+                Outcome::Retry(delay) => {
+                    self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                    msg.ack_with(AckKind::Nak(Some(delay))).await.map_err(|e| self.fail(e))?;
+                }
+                Outcome::DeadLetter(reason) => {
+                    self.dead_letter(msg, &reason).await?;
+                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                    msg.ack().await.map_err(|e| self.fail(e))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn backoff(&self, delivered: i64) -> Duration {
+        let exp = u32::try_from(delivered.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+        let jitter = rand::random_range(0.8..1.2);
+        (self.config.backoff_base * 2u32.pow(exp)).min(self.config.backoff_max).mul_f64(jitter)
+    }
+
+    async fn dead_letter(&self, msg: &async_nats::jetstream::Message, reason: &str) -> Result<()> {
+        let info = msg.info().ok();
+        let (stream, seq, delivered) =
+            info.as_ref().map(|i| (i.stream.to_owned(), i.stream_sequence, i.delivered)).unwrap_or_default();
+        let tenant = tenant_of_subject(msg.subject.as_str(), &self.bus.subject_prefix()).unwrap_or("unknown");
+        tracing::error!(projection = self.projection.name(), %stream, seq, %reason, "dead-lettering message");
+        let reason: String = reason.chars().take(1024).collect();
+        let headers = vec![
+            (headers::DLQ_REASON.to_owned(), reason.replace(['\r', '\n'], " ")),
+            (headers::DLQ_STREAM.to_owned(), stream.clone()),
+            (headers::DLQ_SEQUENCE.to_owned(), seq.to_string()),
+            (headers::DLQ_SUBJECT.to_owned(), msg.subject.to_string()),
+            (headers::DLQ_CONSUMER.to_owned(), self.projection.name().to_owned()),
+            (headers::DLQ_DELIVERIES.to_owned(), delivered.to_string()),
+        ];
+        self.bus
+            .publish_acked(Outgoing {
+                subject: subjects::dlq(&self.bus.subject_prefix(), self.projection.name(), tenant),
+                payload: Bytes::copy_from_slice(&msg.payload),
+                msg_id: format!("{}:{stream}:{seq}", self.projection.name()),
+                traceparent: None,
+                headers,
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+/// The tenant token of `<prefix>keel.<kind>.<tenant>.…`, if it is a valid token.
+fn tenant_of_subject<'a>(subject: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = subject.strip_prefix(prefix)?;
+    let mut parts = rest.split('.');
+    let (_keel, _kind, tenant) = (parts.next()?, parts.next()?, parts.next()?);
+    subjects::is_valid_token(tenant).then_some(tenant)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_is_read_from_the_subject() {
+        assert_eq!(tenant_of_subject("keel.evt.acme.tenant.TenantCreated", ""), Some("acme"));
+        assert_eq!(tenant_of_subject("t1.keel.audit.acme.tenant.create", "t1."), Some("acme"));
+        assert_eq!(tenant_of_subject("keel.evt", ""), None);
+    }
+}

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Makes sure PostgreSQL, NATS (with JetStream) and Redis run on 127.0.0.1 at their standard ports.
+# Installs a missing one with apt, starts a stopped one, leaves a running one alone, and says
+# what it did. Idempotent; safe to run before every `just up` / `just test`.
+set -euo pipefail
+
+say() { printf 'services: %s\n' "$*"; }
+listening() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() {
+  local port=$1 name=$2
+  for _ in $(seq 1 100); do listening "$port" && return 0; sleep 0.1; done
+  say "$name did not open port $port" >&2; return 1
+}
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+apt_updated=""
+need_pkg() {
+  local cmd=$1 pkg=$2
+  command -v "$cmd" >/dev/null 2>&1 && return 0
+  say "installing $pkg (apt)"
+  [ -n "$apt_updated" ] || { $SUDO apt-get update -qq; apt_updated=1; }
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$pkg" >/dev/null
+}
+
+# PostgreSQL
+if listening 5432; then
+  say "postgresql already running on 5432"
+else
+  need_pkg psql postgresql
+  ver=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1)
+  if [ -z "$ver" ]; then need_pkg pg_ctlcluster postgresql; ver=$(ls /etc/postgresql | sort -V | tail -1); fi
+  say "starting postgresql $ver"
+  $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main start || $SUDO pg_ctlcluster "$ver" main start
+  wait_port 5432 postgresql
+fi
+# The database Keel uses by default (services each own a schema in it).
+PSQL=(psql -h 127.0.0.1 -U postgres -d postgres -tAq)
+if ! "${PSQL[@]}" -c "SELECT 1" >/dev/null 2>&1; then
+  PSQL=($SUDO -u postgres psql -d postgres -tAq)
+fi
+if [ "$("${PSQL[@]}" -c "SELECT 1 FROM pg_database WHERE datname = 'keel'")" != "1" ]; then
+  "${PSQL[@]}" -c "CREATE DATABASE keel" && say "created database keel"
+else
+  say "database keel exists"
+fi
+
+# NATS with JetStream
+if listening 4222; then
+  say "nats already running on 4222"
+else
+  need_pkg nats-server nats-server
+  mkdir -p /var/lib/nats-server 2>/dev/null || true
+  say "starting nats-server with JetStream"
+  $SUDO start-stop-daemon --start --oknodo --background --exec "$(command -v nats-server)" -- \
+    -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
+  wait_port 4222 nats
+fi
+
+# Redis
+if listening 6379; then
+  say "redis already running on 6379"
+else
+  need_pkg redis-server redis-server
+  say "starting redis"
+  mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+  $SUDO redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/keel.log
+  wait_port 6379 redis
+fi
+say "ready: postgresql 127.0.0.1:5432 (db keel), nats 127.0.0.1:4222 (JetStream), redis 127.0.0.1:6379"
