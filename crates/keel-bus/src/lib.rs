@@ -4,6 +4,7 @@
 //!
 //! Start from [`Bus`].
 
+pub mod audit;
 pub mod error;
 pub mod headers;
 pub mod streams;

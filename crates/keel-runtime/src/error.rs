@@ -43,7 +43,10 @@ pub enum Error {
 impl Error {
     /// Whether trying the same thing again later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Io { .. } | Error::Connect { .. } | Error::Transport(_))
+        matches!(
+            self,
+            Error::Io { .. } | Error::Connect { .. } | Error::Transport(_)
+        )
     }
 
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {

@@ -12,7 +12,7 @@ use tonic::transport::server::{Router, TcpIncoming};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
-use tonic_reflection::server::v1::{ReflectionService, ServerReflectionServer};
+use tonic_reflection::server::v1::{ServerReflection, ServerReflectionServer};
 
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
@@ -43,8 +43,7 @@ pub fn listening_line(grpc: SocketAddr, http: SocketAddr) -> String {
 /// Prints [`listening_line`] on stdout and flushes it.
 pub fn announce(grpc: SocketAddr, http: SocketAddr) {
     let mut stdout = std::io::stdout().lock();
-    if let Err(e) = writeln!(stdout, "{}", listening_line(grpc, http)).and_then(|()| stdout.flush())
-    {
+    if let Err(e) = writeln!(stdout, "{}", listening_line(grpc, http)).and_then(|()| stdout.flush()) {
         tracing::error!(error = %e, "cannot announce the listening addresses on stdout");
     }
 }
@@ -70,7 +69,7 @@ pub async fn health_and_reflection(
 ) -> Result<(
     HealthReporter,
     HealthServer<HealthService>,
-    ServerReflectionServer<ReflectionService>,
+    ServerReflectionServer<impl ServerReflection + use<>>,
 )> {
     let reporter = HealthReporter::new();
     let (health, reflection) = introspection(&reporter, fds, service_names).await?;
@@ -83,21 +82,23 @@ pub(crate) async fn introspection(
     service_names: &[&str],
 ) -> Result<(
     HealthServer<HealthService>,
-    ServerReflectionServer<ReflectionService>,
+    ServerReflectionServer<impl ServerReflection + use<>>,
 )> {
     let mut builder = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(fds)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
     if !service_names.is_empty() {
-        for name in service_names.iter().copied().chain([HEALTH_SERVICE, REFLECTION_SERVICE]) {
+        let mut advertised: Vec<&str> = service_names.to_vec();
+        advertised.extend([HEALTH_SERVICE, REFLECTION_SERVICE]);
+        advertised.sort_unstable();
+        advertised.dedup();
+        for name in advertised {
             builder = builder.with_service_name(name);
         }
     }
     let reflection = builder.build_v1()?;
     for name in service_names {
-        reporter
-            .set_service_status(*name, ServingStatus::Serving)
-            .await;
+        reporter.set_service_status(*name, ServingStatus::Serving).await;
     }
     let health = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
     Ok((health, reflection))
@@ -105,22 +106,14 @@ pub(crate) async fn introspection(
 
 /// Marks the overall status and each of `service_names` NOT_SERVING.
 pub async fn set_not_serving(reporter: &HealthReporter, service_names: &[String]) {
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    reporter.set_service_status("", ServingStatus::NotServing).await;
     for name in service_names {
-        reporter
-            .set_service_status(name, ServingStatus::NotServing)
-            .await;
+        reporter.set_service_status(name, ServingStatus::NotServing).await;
     }
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, then drains in-flight calls.
-pub async fn serve<L, ResBody>(
-    listener: TcpListener,
-    router: Router<L>,
-    shutdown: Shutdown,
-) -> Result<()>
+pub async fn serve<L, ResBody>(listener: TcpListener, router: Router<L>, shutdown: Shutdown) -> Result<()>
 where
     L: tower::Layer<Routes>,
     L::Service: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<ResBody>>

@@ -151,9 +151,10 @@ impl Health {
             Some(("redis".to_owned(), bounded(probe).await))
         };
         let custom = async {
-            let probes = self.custom.iter().map(|(name, check)| async move {
-                (name.clone(), bounded(check()).await)
-            });
+            let probes = self
+                .custom
+                .iter()
+                .map(|(name, check)| async move { (name.clone(), bounded(check()).await) });
             futures::future::join_all(probes).await
         };
         let (postgres, nats, redis, custom) = tokio::join!(postgres, nats, redis, custom);
@@ -182,6 +183,29 @@ async fn bounded(probe: impl Future<Output = Result<(), String>>) -> Result<(), 
         Ok(outcome) => outcome,
         Err(_) => Err(format!("timed out after {}s", PROBE_TIMEOUT.as_secs())),
     }
+}
+
+/// A Redis connection that connects on first use (and reconnects), so a service can start, and
+/// report not ready, while Redis is down. Fails on a malformed URL or outside a Tokio runtime.
+pub fn redis_lazy(url: &str) -> crate::Result<redis::aio::ConnectionManager> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(crate::Error::Connect {
+            dependency: "redis",
+            message: "a lazy connection needs a Tokio runtime".into(),
+        });
+    }
+    let invalid = |e: redis::RedisError| crate::Error::Config {
+        name: "redis url".into(),
+        value: crate::telemetry::scrub(url).into_owned(),
+        reason: e.to_string(),
+    };
+    let settings = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(PROBE_TIMEOUT))
+        .set_response_timeout(Some(PROBE_TIMEOUT))
+        .set_number_of_retries(1);
+    redis::Client::open(url)
+        .and_then(|client| client.get_connection_manager_lazy(settings))
+        .map_err(invalid)
 }
 
 /// `GET /livez`, `GET /readyz` and `GET /metrics`. Merge a service's own routes into it.
@@ -213,7 +237,10 @@ async fn readyz(health: Health, metrics: Metrics) -> impl IntoResponse {
     let readiness = health.check().await;
     for (name, outcome) in &readiness.checks {
         let up = i64::from(outcome == "ok");
-        metrics.dependency_up().with_label_values(&[name.as_str()]).set(up);
+        metrics
+            .dependency_up()
+            .with_label_values(&[name.as_str()])
+            .set(up);
     }
     let code = if readiness.is_ready() {
         StatusCode::OK
@@ -249,7 +276,10 @@ mod tests {
         let r = health.check().await;
         assert_eq!(r.status, "not_ready");
         assert_eq!(r.checks["jwks"], "ok");
-        assert_eq!(r.checks["vault"], "error: refused https://u:[redacted]@vault:8200");
+        assert_eq!(
+            r.checks["vault"],
+            "error: refused https://u:[redacted]@vault:8200"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -4,8 +4,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::error::Result;
@@ -123,14 +122,7 @@ impl Metrics {
     }
 
     /// Counts one request and observes its latency.
-    pub fn observe_request(
-        &self,
-        tenant: &str,
-        service: &str,
-        method: &str,
-        code: &str,
-        seconds: f64,
-    ) {
+    pub fn observe_request(&self, tenant: &str, service: &str, method: &str, code: &str, seconds: f64) {
         let tenant = self.tenant_label(tenant);
         self.requests_total
             .with_label_values(&[tenant.as_str(), service, method, code])

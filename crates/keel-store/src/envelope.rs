@@ -64,9 +64,23 @@ impl StoredEvent {
             .actor(&actor)
             .traceparent(meta.traceparent)
             .aggregate(&self.aggregate_type, &self.aggregate_id, sequence)
-            .data(self.payload.clone())
+            .data(event_data(&self.payload, &self.event_type))
             .build()
             .map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// cqrs-es stores enum events externally tagged (`{"TenantCreated": {…}}`, or `"TenantReactivated"`
+/// for a unit variant); the envelope's `data` is the inner object, as the event schemas describe.
+pub fn event_data(payload: &Value, event_type: &str) -> Value {
+    match payload {
+        Value::String(s) if s == event_type => Value::Object(Default::default()),
+        Value::Object(map) if map.len() == 1 => match map.get(event_type) {
+            Some(Value::Null) => Value::Object(Default::default()),
+            Some(inner) => inner.clone(),
+            None => payload.clone(),
+        },
+        other => other.clone(),
     }
 }
 
@@ -79,6 +93,14 @@ fn parse_version(v: &str) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tagged_payloads_are_unwrapped() {
+        use serde_json::json;
+        assert_eq!(event_data(&json!({"Added": {"n": 1}}), "Added"), json!({"n": 1}));
+        assert_eq!(event_data(&json!("Reactivated"), "Reactivated"), json!({}));
+        assert_eq!(event_data(&json!({"n": 1}), "Added"), json!({"n": 1}));
+    }
 
     #[test]
     fn versions() {

@@ -28,7 +28,6 @@ pub use repository::EventRepository;
 /// The cqrs-es framework of an aggregate stored in Keel's event store.
 pub type Framework<A> = CqrsFramework<A, PersistedEventStore<EventRepository, A>>;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// One service's event store: a connection pool whose `search_path` is the service's schema.
 #[derive(Clone, Debug)]
@@ -66,7 +65,7 @@ impl Store {
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await?;
-        MIGRATOR.run(&pool).await?;
+        migrate(&pool, sqlx::migrate!("./migrations")).await?;
         Ok(Self { pool, options, schema: schema.to_owned(), service: service.to_owned() })
     }
 
@@ -105,6 +104,15 @@ impl Store {
             services,
         )
     }
+}
+
+/// Runs `migrator` in the store's schema. A service adds its own tables with its own migrator
+/// (versions distinct from keel-store's); each tolerates the other's entries in `_sqlx_migrations`.
+pub async fn migrate(pool: &PgPool, mut migrator: sqlx::migrate::Migrator) -> Result<()> {
+    // sqlx serialises concurrent migrators of one database with an advisory lock.
+    migrator.set_ignore_missing(true);
+    migrator.run(pool).await?;
+    Ok(())
 }
 
 fn validate_schema(schema: &str) -> Result<()> {

@@ -63,7 +63,10 @@ where
 
         let target = visitor.log_target.as_deref().unwrap_or(meta.target());
         let head: [(&str, &str); 6] = [
-            ("ts", &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+            (
+                "ts",
+                &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            ),
             ("level", meta.level().as_str()),
             ("service", &self.service),
             ("version", self.version),

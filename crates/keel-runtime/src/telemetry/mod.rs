@@ -8,7 +8,7 @@ mod format;
 mod scrub;
 mod trace_context;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -16,12 +16,12 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::{Dispatch, Subscriber};
+use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::JsonFields;
 use tracing_subscriber::fmt::{MakeWriter, TestWriter};
 use tracing_subscriber::layer::{Layer, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt as _;
-use tracing_subscriber::EnvFilter;
 
 use crate::config::{Config, LogFormat};
 use crate::error::{Error, Result};
@@ -80,18 +80,13 @@ pub fn init(config: &Config) -> Result<TelemetryGuard> {
         None => None,
     };
     let otel_dispatch: Option<OtelDispatch> = provider.as_ref().map(|_| Arc::default());
-    let otel_layer = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer().with_tracer(p.tracer(format!("keel-{}", config.service)))
-    });
+    let otel_layer = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(format!("keel-{}", config.service))));
     let writer = ScrubbingWriter::new(std::io::stderr);
     let fmt_layer = match config.log_format {
         LogFormat::Json => json_layer(&config.service, otel_dispatch.clone(), writer).boxed(),
-        LogFormat::Pretty => tracing_subscriber::fmt::layer()
-            .pretty()
-            // Escape codes between a key and its value would hide the pair from the scrubber.
-            .with_ansi(false)
-            .with_writer(writer)
-            .boxed(),
+        LogFormat::Pretty => pretty_layer(writer).boxed(),
     };
     tracing_subscriber::registry()
         .with(filter)
@@ -137,6 +132,19 @@ where
             version: VERSION,
             otel,
         })
+        .with_writer(writer)
+}
+
+/// The human-readable layer of [`init`], writing scrubbed lines to `writer`.
+fn pretty_layer<S, W>(writer: ScrubbingWriter<W>) -> impl Layer<S> + Send + Sync + 'static
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .pretty()
+        // Escape codes between a key and its value would hide the pair from the scrubber.
+        .with_ansi(false)
         .with_writer(writer)
 }
 
@@ -283,7 +291,11 @@ mod tests {
         let subscriber = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
             .with(DispatchCapture(otel.clone()))
-            .with(json_layer("tenant", Some(otel), ScrubbingWriter::new(buffer.clone())));
+            .with(json_layer(
+                "tenant",
+                Some(otel),
+                ScrubbingWriter::new(buffer.clone()),
+            ));
         let traceparent = tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("call");
             let _entered = span.enter();
@@ -295,6 +307,45 @@ mod tests {
         let line = &buffer.lines()[0];
         assert_eq!(line["trace_id"], trace_id.as_str());
         assert_eq!(line["span_id"], span_id.as_str());
+    }
+
+    #[test]
+    fn pretty_lines_are_scrubbed_too() {
+        let buffer = Buffer::default();
+        let subscriber =
+            tracing_subscriber::registry().with(pretty_layer(ScrubbingWriter::new(buffer.clone())));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("request", api_key = "k-123456");
+            let _entered = span.enter();
+            tracing::info!(password = "hunter2", to = "bob@example.org", "sent");
+        });
+        let raw = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        for leaked in ["k-123456", "hunter2", "bob@example.org"] {
+            assert!(!raw.contains(leaked), "{leaked} leaked into {raw}");
+        }
+        assert!(raw.contains("sent"), "{raw}");
+    }
+
+    #[test]
+    fn otlp_export_needs_a_runtime() {
+        let err = tracer_provider("tenant", "http://127.0.0.1:4317").unwrap_err();
+        assert!(err.to_string().contains("Tokio runtime"), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn otlp_pipeline_builds_and_shuts_down_without_a_collector() {
+        let provider = tracer_provider("tenant", "http://127.0.0.1:1").unwrap();
+        let tracer = provider.tracer("test");
+        opentelemetry::trace::Tracer::in_span(&tracer, "work", |_| {});
+        let guard = TelemetryGuard {
+            provider: Some(provider),
+        };
+        assert!(guard.exporting());
+        let dropped = tokio::task::spawn_blocking(move || drop(guard));
+        tokio::time::timeout(Duration::from_secs(10), dropped)
+            .await
+            .expect("shutdown is bounded")
+            .unwrap();
     }
 
     #[test]
@@ -310,7 +361,10 @@ mod tests {
             current_traceparent()
         });
         let current = current.unwrap();
-        assert!(current.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{current}");
+        assert!(
+            current.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+            "{current}"
+        );
         assert!(!current.contains("00f067aa0ba902b7"), "{current}");
     }
 }

@@ -14,58 +14,68 @@ use tracing_subscriber::fmt::MakeWriter;
 /// `X-Api-Key`, `client_secret`, ...).
 const SECRET_KEY: &str = r"[A-Za-z0-9_.-]*(?:password|passwd|secret|token|api[_-]?key|authorization|private[_-]?key)[A-Za-z0-9_.-]*";
 
-static URL_USERINFO: LazyLock<Regex> = LazyLock::new(|| {
-    compile(r#"(?P<pre>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:@/"'\\]*):[^\s@/"'\\]+@"#)
+struct Patterns {
+    url_userinfo: Regex,
+    key_value: Regex,
+    bearer: Regex,
+    jwt: Regex,
+    email: Regex,
+    secret_key: Regex,
+}
+
+/// `None` only if a pattern failed to compile, which the tests rule out; scrubbing then fails
+/// closed (see [`scrub`]).
+static PATTERNS: LazyLock<Option<Patterns>> = LazyLock::new(|| match Patterns::compile() {
+    Ok(p) => Some(p),
+    Err(e) => {
+        eprintln!("keel-runtime: log scrubbing patterns do not compile: {e}");
+        None
+    }
 });
 
-static KEY_VALUE: LazyLock<Regex> = LazyLock::new(|| {
-    let value = [
-        // `authorization: Bearer abc`: the scheme and the credential together.
-        r"(?:bearer|basic)\s+[^\s\x22'\\,;&]+",
-        // `\"password\":\"x\"`: JSON text embedded in a JSON string.
-        r"\\\x22(?:[^\x22\\]|\\[^\x22])*\\\x22",
-        r"\x22(?:[^\x22\\]|\\.)*\x22",
-        r"'[^']*'",
-        // Bare values; never starting with `:` so `module::token::fn` paths are left alone.
-        r"[^\s\x22'\\,;&})=:][^\s\x22'\\,;&})]*",
-    ]
-    .join("|");
-    compile(&format!(
-        r#"(?i)(?P<key>\\?"{SECRET_KEY}\\?"|'{SECRET_KEY}'|{SECRET_KEY})(?P<sep>\s*[:=]\s*)(?P<value>{value})"#
-    ))
-});
-
-static BEARER: LazyLock<Regex> =
-    LazyLock::new(|| compile(r#"(?i)\bbearer\s+[^\s"'\\,;]+"#));
-
-static JWT: LazyLock<Regex> =
-    LazyLock::new(|| compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"));
-
-static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
-    compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-});
-
-static SECRET_KEY_EXACT: LazyLock<Regex> =
-    LazyLock::new(|| compile(&format!("^(?i:{SECRET_KEY})$")));
-
-/// The patterns are constants covered by tests; a pattern that fails to compile degrades to one
-/// that never matches instead of taking the process down from inside a log call.
-fn compile(pattern: &str) -> Regex {
-    Regex::new(pattern).unwrap_or_else(|e| {
-        eprintln!("keel-runtime: bad scrubbing pattern {pattern:?}: {e}");
-        Regex::new(r"[^\s\S]").unwrap_or_else(|_| unreachable!("constant pattern"))
-    })
+impl Patterns {
+    fn compile() -> Result<Patterns, regex::Error> {
+        let value = [
+            // `authorization: Bearer abc`: the scheme and the credential together.
+            r"(?:bearer|basic)\s+[^\s\x22'\\,;&]+",
+            // `\"password\":\"x\"`: JSON text embedded in a JSON string.
+            r"\\\x22(?:[^\x22\\]|\\[^\x22])*\\\x22",
+            r"\x22(?:[^\x22\\]|\\.)*\x22",
+            r"'[^']*'",
+            // Bare values; never starting with `:` so `module::token::fn` paths are left alone.
+            r"[^\s\x22'\\,;&})=:][^\s\x22'\\,;&})]*",
+        ]
+        .join("|");
+        Ok(Patterns {
+            url_userinfo: Regex::new(r#"(?P<pre>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:@/"'\\]*):[^\s@/"'\\]+@"#)?,
+            key_value: Regex::new(&format!(
+                r#"(?i)(?P<key>\\?"{SECRET_KEY}\\?"|'{SECRET_KEY}'|{SECRET_KEY})(?P<sep>\s*[:=]\s*)(?P<value>{value})"#
+            ))?,
+            bearer: Regex::new(r#"(?i)\bbearer\s+[^\s"'\\,;]+"#)?,
+            jwt: Regex::new(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")?,
+            email: Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")?,
+            secret_key: Regex::new(&format!("^(?i:{SECRET_KEY})$"))?,
+        })
+    }
 }
 
 /// Whether a setting or field named `key` holds a secret (`password`, `api_key`, ...).
 pub fn is_secret_key(key: &str) -> bool {
-    SECRET_KEY_EXACT.is_match(key)
+    PATTERNS.as_ref().is_none_or(|p| p.secret_key.is_match(key))
 }
 
 /// Redacts secrets and e-mail addresses from one formatted log line (or any text).
 ///
 /// Borrowed when nothing needed redacting. Idempotent: scrubbing scrubbed text changes nothing.
 pub fn scrub(line: &str) -> Cow<'_, str> {
+    let Some(p) = PATTERNS.as_ref() else {
+        let redacted = "[redacted: log scrubber unavailable]";
+        return if line.ends_with('\n') {
+            Cow::Owned(format!("{redacted}\n"))
+        } else {
+            Cow::Borrowed(redacted)
+        };
+    };
     let mut out = Cow::Borrowed(line);
     let mut apply = |f: &dyn Fn(&str) -> Cow<'_, str>| {
         if let Cow::Owned(s) = f(&out) {
@@ -73,11 +83,11 @@ pub fn scrub(line: &str) -> Cow<'_, str> {
         }
     };
     // Userinfo first, so `user:pass@host.com` is not half-taken for an e-mail address.
-    apply(&|s| URL_USERINFO.replace_all(s, "${pre}:[redacted]@"));
-    apply(&|s| KEY_VALUE.replace_all(s, redact_value));
-    apply(&|s| BEARER.replace_all(s, "Bearer [redacted]"));
-    apply(&|s| JWT.replace_all(s, "[jwt]"));
-    apply(&|s| EMAIL.replace_all(s, "[email]"));
+    apply(&|s| p.url_userinfo.replace_all(s, "${pre}:[redacted]@"));
+    apply(&|s| p.key_value.replace_all(s, redact_value));
+    apply(&|s| p.bearer.replace_all(s, "Bearer [redacted]"));
+    apply(&|s| p.jwt.replace_all(s, "[jwt]"));
+    apply(&|s| p.email.replace_all(s, "[email]"));
     out
 }
 
@@ -175,14 +185,26 @@ mod tests {
     #[track_caller]
     fn check(input: &str, expected: &str) {
         assert_eq!(scrub(input), expected, "scrubbing {input:?}");
-        assert_eq!(scrub(expected), expected, "scrubbing is idempotent for {expected:?}");
+        assert_eq!(
+            scrub(expected),
+            expected,
+            "scrubbing is idempotent for {expected:?}"
+        );
+    }
+
+    #[test]
+    fn patterns_compile() {
+        assert!(PATTERNS.is_some());
     }
 
     #[test]
     fn clean_lines_are_borrowed() {
         let line = r#"{"level":"INFO","message":"tenant created","tenant_id":"t-1"}"#;
         assert!(matches!(scrub(line), Cow::Borrowed(_)));
-        check("keel_auth::token::jwks refreshed", "keel_auth::token::jwks refreshed");
+        check(
+            "keel_auth::token::jwks refreshed",
+            "keel_auth::token::jwks refreshed",
+        );
     }
 
     #[test]
@@ -217,9 +239,18 @@ mod tests {
         check("secret: shh, other: 1", "secret: [redacted], other: 1");
         check("PASSWD=x;API_KEY=y", "PASSWD=[redacted];API_KEY=[redacted]");
         check("apikey='a b c'", "apikey='[redacted]'");
-        check(r#"client_secret="a \"quoted\" s""#, r#"client_secret="[redacted]""#);
-        check("x-api-key: k1 private_key: k2", "x-api-key: [redacted] private_key: [redacted]");
-        check("GET /cb?access_token=abc&state=1", "GET /cb?access_token=[redacted]&state=1");
+        check(
+            r#"client_secret="a \"quoted\" s""#,
+            r#"client_secret="[redacted]""#,
+        );
+        check(
+            "x-api-key: k1 private_key: k2",
+            "x-api-key: [redacted] private_key: [redacted]",
+        );
+        check(
+            "GET /cb?access_token=abc&state=1",
+            "GET /cb?access_token=[redacted]&state=1",
+        );
         check("Config { token: \"t\" }", "Config { token: \"[redacted]\" }");
     }
 
@@ -235,7 +266,10 @@ mod tests {
             r#"{"message":"hi","password":"hunter2","tenant_id":"t1"}"#,
             r#"{"message":"hi","password":"[redacted]","tenant_id":"t1"}"#,
         );
-        check(r#"{"api_key": "k", "n": 1}"#, r#"{"api_key": "[redacted]", "n": 1}"#);
+        check(
+            r#"{"api_key": "k", "n": 1}"#,
+            r#"{"api_key": "[redacted]", "n": 1}"#,
+        );
         check(r#"{"token":12345}"#, r#"{"token":[redacted]}"#);
         check(
             r#"{"authorization":"Bearer eyJa.eyJb.c"}"#,
@@ -266,13 +300,23 @@ mod tests {
             r#"{"url":"nats://u:p@example.com:4222"}"#,
             r#"{"url":"nats://u:[redacted]@example.com:4222"}"#,
         );
-        check("postgres://postgres@127.0.0.1:5432/keel", "postgres://postgres@127.0.0.1:5432/keel");
+        check(
+            "postgres://postgres@127.0.0.1:5432/keel",
+            "postgres://postgres@127.0.0.1:5432/keel",
+        );
         check("https://example.com:8443/x", "https://example.com:8443/x");
     }
 
     #[test]
     fn secret_key_names() {
-        for key in ["password", "db_password", "API_KEY", "apikey", "x-api-key", "client_secret"] {
+        for key in [
+            "password",
+            "db_password",
+            "API_KEY",
+            "apikey",
+            "x-api-key",
+            "client_secret",
+        ] {
             assert!(is_secret_key(key), "{key}");
         }
         for key in ["tenant", "grpc_addr", "jwks_ttl", "user"] {
@@ -289,6 +333,9 @@ mod tests {
             w.write_all(b"mple.com\npassword=").unwrap();
             w.write_all(b"hunter2").unwrap();
         }
-        assert_eq!(String::from_utf8(out).unwrap(), "mail [email]\npassword=[redacted]");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "mail [email]\npassword=[redacted]"
+        );
     }
 }

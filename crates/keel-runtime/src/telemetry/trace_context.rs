@@ -1,8 +1,6 @@
 //! W3C `traceparent` helpers, so one trace spans gRPC metadata and NATS headers.
 
-use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The `traceparent` of the current span, when OpenTelemetry is on and the span is traced.
@@ -24,11 +22,9 @@ pub fn current_traceparent() -> Option<String> {
 /// ids not all zero); `None` otherwise.
 pub fn parse_traceparent(s: &str) -> Option<(String, String)> {
     let mut parts = s.trim().split('-');
-    let (version, trace_id, span_id, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let lower_hex = |p: &str, len: usize| {
-        p.len() == len && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
+    let (version, trace_id, span_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let lower_hex =
+        |p: &str, len: usize| p.len() == len && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     let nonzero = |p: &str| p.bytes().any(|b| b != b'0');
     let valid = parts.next().is_none()
         && version == "00"
@@ -63,8 +59,7 @@ pub fn set_parent_from_traceparent(span: &tracing::Span, traceparent: &str) -> b
     let Some((trace_id, span_id)) = parse_traceparent(traceparent) else {
         return false;
     };
-    let (Ok(trace_id), Ok(span_id)) = (TraceId::from_hex(&trace_id), SpanId::from_hex(&span_id))
-    else {
+    let (Ok(trace_id), Ok(span_id)) = (TraceId::from_hex(&trace_id), SpanId::from_hex(&span_id)) else {
         return false;
     };
     let sampled = traceparent

@@ -1,0 +1,59 @@
+//! The claims of a Keel access token and the scope vocabulary.
+
+use serde::{Deserialize, Serialize};
+
+/// Claims of an access token issued by the tenant service.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Subject: a user id, or a service-account id starting with `sa_`.
+    pub sub: String,
+    /// Tenant id, or `"*"` for platform operators.
+    pub tenant: String,
+    /// Granted scopes, e.g. `timeline:read`; see [`scopes`].
+    pub scopes: Vec<String>,
+    /// Expiry, Unix seconds.
+    pub exp: i64,
+    /// Issued at, Unix seconds.
+    pub iat: i64,
+    /// Unique token id.
+    pub jti: String,
+    /// Tenant tier, selecting the rate limit (see [`crate::ratelimit::tier_limits`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+}
+
+impl Claims {
+    /// Whether `scope` was granted.
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+/// Scope strings carried in [`Claims::scopes`].
+pub mod scopes {
+    pub const TENANT_READ: &str = "tenant:read";
+    pub const TENANT_WRITE: &str = "tenant:write";
+    pub const MEMBER_WRITE: &str = "member:write";
+    pub const TOKEN_ISSUE: &str = "token:issue";
+    pub const LICENSE_READ: &str = "license:read";
+    pub const TIMELINE_READ: &str = "timeline:read";
+    pub const EVIDENCE_CREATE: &str = "evidence:create";
+    pub const OPERATOR: &str = "operator";
+
+    /// Every scope, for validating requested scopes at issue time.
+    pub const ALL: &[&str] = &[
+        TENANT_READ,
+        TENANT_WRITE,
+        MEMBER_WRITE,
+        TOKEN_ISSUE,
+        LICENSE_READ,
+        TIMELINE_READ,
+        EVIDENCE_CREATE,
+        OPERATOR,
+    ];
+
+    /// Whether `scope` is one Keel knows.
+    pub fn is_known(scope: &str) -> bool {
+        ALL.contains(&scope)
+    }
+}

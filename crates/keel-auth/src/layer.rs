@@ -1,0 +1,281 @@
+//! The tower layer that authenticates and rate-limits every non-public gRPC call.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, Request, Response};
+use tonic::Status;
+use tonic::metadata::{MetadataMap, MetadataValue};
+
+use crate::claims::Claims;
+use crate::jwks::JwksCache;
+use crate::principal::Principal;
+use crate::ratelimit::{Decision, RateLimiter, tier_limits};
+
+/// Path prefixes that need no token: health checks and reflection.
+pub const DEFAULT_PUBLIC_PATHS: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
+pub const DEFAULT_LEEWAY_SECS: i64 = 30;
+/// Tier assumed when a token carries none.
+pub const DEFAULT_TIER: &str = "low";
+
+/// What [`AuthLayer`] checks requests against.
+pub struct AuthConfig {
+    pub jwks: Arc<JwksCache>,
+    /// Per-tenant limits; `None` disables rate limiting.
+    pub limiter: Option<Arc<RateLimiter>>,
+    /// Path prefixes served without a token (and without a [`Principal`]).
+    pub public_paths: Vec<String>,
+    /// Where `keel_rate_limit_hits_total` is counted and the auth counters are registered.
+    pub metrics: Option<keel_runtime::metrics::Metrics>,
+}
+
+impl AuthConfig {
+    /// Verification against `jwks`, [`DEFAULT_PUBLIC_PATHS`] public, no rate limit, no metrics.
+    pub fn new(jwks: Arc<JwksCache>) -> Self {
+        AuthConfig {
+            jwks,
+            limiter: None,
+            public_paths: DEFAULT_PUBLIC_PATHS.iter().map(|p| p.to_string()).collect(),
+            metrics: None,
+        }
+    }
+
+    pub fn with_limiter(mut self, limiter: Arc<RateLimiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// Adds a public path prefix, e.g. `/keel.v1.TokenService/ExchangeApiKey`.
+    pub fn with_public_path(mut self, prefix: impl Into<String>) -> Self {
+        self.public_paths.push(prefix.into());
+        self
+    }
+
+    pub fn with_metrics(mut self, metrics: keel_runtime::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+}
+
+/// Authenticates each call (`authorization: Bearer <jwt>`), stores the [`Principal`] in the
+/// request extensions and applies the tenant's rate limit. Failures become gRPC error responses.
+///
+/// ```no_run
+/// # async fn run() -> anyhow::Result<()> {
+/// use std::{sync::Arc, time::Duration};
+/// use keel_auth::{AuthConfig, AuthLayer, JwksCache};
+///
+/// let url = "http://127.0.0.1:8081/.well-known/jwks.json";
+/// let jwks = Arc::new(JwksCache::new(url, Duration::from_secs(600)));
+/// let auth = AuthLayer::new(
+///     AuthConfig::new(jwks).with_public_path("/keel.v1.TokenService/ExchangeApiKey"),
+/// );
+/// let (_health, svc) = tonic_health::server::health_reporter();
+/// tonic::transport::Server::builder()
+///     .layer(auth)
+///     .add_service(svc)
+///     .serve("127.0.0.1:50051".parse()?)
+///     .await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AuthLayer {
+    shared: Arc<AuthConfig>,
+}
+
+impl std::fmt::Debug for AuthLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthLayer")
+            .field("public_paths", &self.shared.public_paths)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuthLayer {
+    /// The layer; registers `keel_auth_degraded_total` and `keel_rate_limit_failopen_total` in
+    /// the metrics registry when metrics are configured.
+    pub fn new(config: AuthConfig) -> Self {
+        if let Some(metrics) = &config.metrics {
+            let registry = metrics.registry();
+            let mut counters = vec![config.jwks.degraded_counter().clone()];
+            if let Some(limiter) = &config.limiter {
+                counters.push(limiter.failopen_counter().clone());
+            }
+            for counter in counters {
+                // AlreadyReg when a second layer shares the registry: the first one counts.
+                if let Err(e) = registry.register(Box::new(counter)) {
+                    tracing::debug!(error = %e, "auth metric not registered");
+                }
+            }
+        }
+        AuthLayer {
+            shared: Arc::new(config),
+        }
+    }
+
+    /// Whether `path` needs no token.
+    pub fn is_public(&self, path: &str) -> bool {
+        self.shared
+            .public_paths
+            .iter()
+            .any(|p| path.starts_with(p.as_str()))
+    }
+
+    /// Verifies the bearer token in `headers` and applies the rate limit; the error is the
+    /// status to answer with.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Status> {
+        let cfg = &self.shared;
+        let token = bearer(headers).ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
+        let claims: Claims = cfg
+            .jwks
+            .verify(token, unix_now(), DEFAULT_LEEWAY_SECS)
+            .await
+            .map_err(|e| {
+                tracing::debug!(error = %e, "token rejected");
+                Status::from(e)
+            })?;
+        let principal = Principal::new(claims);
+        if let Some(limiter) = &cfg.limiter
+            && principal.claims.tenant != "*"
+        {
+            let tenant = principal.claims.tenant.as_str();
+            let tier = principal.claims.tier.as_deref().unwrap_or(DEFAULT_TIER);
+            if let Decision::Limited { retry_after } = limiter.check(tenant, tier_limits(tier)).await {
+                if let Some(metrics) = &cfg.metrics {
+                    metrics.rate_limit_hit(tenant);
+                }
+                return Err(rate_limited(retry_after));
+            }
+        }
+        Ok(principal)
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] wraps around a tonic router.
+#[derive(Clone, Debug)]
+pub struct AuthService<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for AuthService<S>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        // The clone may not be ready; call the instance poll_ready was called on.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if self.layer.is_public(req.uri().path()) {
+            return Box::pin(inner.call(req));
+        }
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            match layer.authenticate(req.headers()).await {
+                Ok(principal) => {
+                    req.extensions_mut().insert(principal);
+                    inner.call(req).await
+                }
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+/// The token of an `authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' ')).then_some(token)
+}
+
+/// RESOURCE_EXHAUSTED with `retry-after` in whole seconds, at least 1.
+fn rate_limited(retry_after: Duration) -> Status {
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let mut metadata = MetadataMap::new();
+    metadata.insert("retry-after", MetadataValue::from(secs.max(1)));
+    Status::with_metadata(tonic::Code::ResourceExhausted, "rate limit exceeded", metadata)
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::AUTHORIZATION, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn bearer_is_parsed_strictly() {
+        assert_eq!(bearer(&headers("Bearer abc.def.ghi")), Some("abc.def.ghi"));
+        assert_eq!(bearer(&headers("bearer abc")), Some("abc"));
+        assert_eq!(bearer(&headers("Basic abc")), None);
+        assert_eq!(bearer(&headers("Bearer ")), None);
+        assert_eq!(bearer(&headers("Bearer a b")), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let secs = |d| {
+            let s = rate_limited(d);
+            assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+            assert_eq!(s.message(), "rate limit exceeded");
+            s.metadata()
+                .get("retry-after")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(secs(Duration::from_millis(10)), "1");
+        assert_eq!(secs(Duration::from_millis(1500)), "2");
+        assert_eq!(secs(Duration::ZERO), "1");
+    }
+
+    #[test]
+    fn default_public_paths() {
+        let jwks = Arc::new(JwksCache::with_static(Default::default()));
+        let layer =
+            AuthLayer::new(AuthConfig::new(jwks).with_public_path("/keel.v1.TokenService/ExchangeApiKey"));
+        assert!(layer.is_public("/grpc.health.v1.Health/Check"));
+        assert!(layer.is_public("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"));
+        assert!(layer.is_public("/keel.v1.TokenService/ExchangeApiKey"));
+        assert!(!layer.is_public("/keel.v1.TenantService/GetTenant"));
+    }
+}

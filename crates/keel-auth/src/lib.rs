@@ -1,0 +1,24 @@
+//! keel-auth: who is calling and may they. Ed25519 (EdDSA) JWTs signed by the tenant service,
+//! a JWKS cache that rides out outages within its TTL, scope and tenant checks, and per-tenant
+//! GCRA rate limits in Redis — packaged as a tower layer every gRPC service installs.
+//!
+//! Start from [`AuthLayer`] (with [`AuthConfig`]); handlers read the caller with
+//! [`principal::from_request`] and check it with [`Principal::require`].
+
+pub mod claims;
+pub mod error;
+pub mod jwks;
+pub mod keys;
+pub mod layer;
+pub mod principal;
+pub mod ratelimit;
+pub mod verify;
+
+pub use claims::{Claims, scopes};
+pub use error::{AuthError, Result};
+pub use jwks::JwksCache;
+pub use keys::{Jwk, JwkSet, SigningKey};
+pub use layer::{AuthConfig, AuthLayer, AuthService};
+pub use principal::{Principal, from_request, principal};
+pub use ratelimit::{Decision, RateLimiter, TierLimits, tier_limits};
+pub use verify::{decode_kid, verify};

@@ -1,0 +1,71 @@
+//! Audit records (schemas/audit-record.json) on `keel.audit.<tenant>.<service>.<action>`: every
+//! state-changing call, allowed or denied, so a tenant's security team can tail
+//! `keel.audit.<tenant>.>`.
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{Bus, Outgoing, Result};
+
+/// The subject token used for calls that concern no single tenant (operator actions).
+pub const PLATFORM_TENANT: &str = "_platform";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditResult {
+    Success,
+    Denied,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    pub id: uuid::Uuid,
+    /// `user:<id>`, `service:<name>` or `system`.
+    pub actor: String,
+    pub tenant: String,
+    pub service: String,
+    /// Subject token: `create`, `suspend`, `member-invite` …
+    pub action: String,
+    /// `<resource_type>/<resource_id>`.
+    pub resource: String,
+    pub result: AuditResult,
+    pub source_ip: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    pub time: DateTime<Utc>,
+    /// Why a call was denied or failed (never PII).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
+impl Bus {
+    /// Publishes an audit record and waits for JetStream's ack.
+    pub async fn publish_audit(&self, record: &AuditRecord) -> Result<()> {
+        let tenant = if keel_events::subjects::is_valid_token(&record.tenant) {
+            record.tenant.as_str()
+        } else {
+            PLATFORM_TENANT
+        };
+        let subject = keel_events::subjects::audit(&self.subject_prefix(), tenant, &record.service, &record.action);
+        let payload = serde_json::to_vec(record).map_err(|e| crate::Error::Publish {
+            subject: subject.clone(),
+            message: e.to_string(),
+        })?;
+        self.publish_acked(Outgoing {
+            subject,
+            payload: Bytes::from(payload),
+            msg_id: record.id.to_string(),
+            traceparent: None,
+            headers: Vec::new(),
+        })
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,5 @@
+//! Integration tests of keel-runtime against the local PostgreSQL, NATS and Redis.
+
+mod readiness;
+mod service;
+mod support;

@@ -1,0 +1,75 @@
+//! LicenseService: signed licenses for the tenant's tier.
+
+use chrono::Utc;
+use keel_auth::scopes;
+use keel_proto::v1 as pb;
+use keel_proto::v1::license_service_server::LicenseService;
+use tonic::{Request, Response, Status};
+
+use super::convert::{timestamp, tier_to_pb};
+use super::{Call, Core, Shared};
+use crate::domain::{TenantCommand, TenantError, Tier};
+use crate::error::Error;
+use crate::license::LicenseClaims;
+
+pub struct LicenseApi(pub Shared);
+
+/// Signs a license for the tenant's current tier, stores it, and records `LicenseIssued`.
+pub async fn issue(core: &Core, call: &Call, tenant_id: &str) -> Result<pb::License, Status> {
+    let (tenant, _) = core.load_existing(tenant_id).await?;
+    let tier = tenant.tier.ok_or(Error::Domain(TenantError::NotFound))?;
+    let claims = LicenseClaims::new(tenant_id, tier, Utc::now());
+    let key = core.signing.active().await?;
+    let jwt = claims.sign(&key).map_err(Error::from)?;
+    sqlx::query("INSERT INTO licenses (license_id, tenant_id, tier, jwt, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(&claims.lid)
+        .bind(tenant_id)
+        .bind(tier.as_str())
+        .bind(&jwt)
+        .bind(claims.issued_at())
+        .bind(claims.expires_at())
+        .execute(core.store.pool())
+        .await
+        .map_err(Error::from)?;
+    let command = TenantCommand::RecordLicense { license_id: claims.lid.clone(), expires_at: claims.expires_at().to_rfc3339() };
+    core.execute(call, tenant_id, "license-issue", command).await?;
+    Ok(license_pb(&claims.lid, tenant_id, tier, &claims, jwt))
+}
+
+fn license_pb(id: &str, tenant_id: &str, tier: Tier, claims: &LicenseClaims, jwt: String) -> pb::License {
+    pb::License {
+        license_id: id.to_owned(),
+        tenant_id: tenant_id.to_owned(),
+        tier: tier_to_pb(tier) as i32,
+        issued_at: Some(timestamp(claims.issued_at())),
+        expires_at: Some(timestamp(claims.expires_at())),
+        jwt,
+    }
+}
+
+#[tonic::async_trait]
+impl LicenseService for LicenseApi {
+    async fn issue_license(&self, req: Request<pb::IssueLicenseRequest>) -> Result<Response<pb::License>, Status> {
+        let call = Call::of(&req);
+        let tenant_id = self.0.resolve(&call, req.get_ref().tenant.as_ref(), scopes::OPERATOR).await?;
+        self.0.authorize_operator(&call, &tenant_id, "license-issue").await?;
+        Ok(Response::new(issue(&self.0, &call, &tenant_id).await?))
+    }
+
+    async fn get_license(&self, req: Request<pb::GetLicenseRequest>) -> Result<Response<pb::License>, Status> {
+        let call = Call::of(&req);
+        let tenant_id = self.0.resolve(&call, req.get_ref().tenant.as_ref(), scopes::LICENSE_READ).await?;
+        self.0.authorize(&call, scopes::LICENSE_READ, &tenant_id, "license-get").await?;
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT license_id, jwt FROM licenses WHERE tenant_id = $1 ORDER BY issued_at DESC LIMIT 1")
+                .bind(&tenant_id)
+                .fetch_optional(self.0.store.pool())
+                .await
+                .map_err(Error::from)?;
+        let (id, jwt) = row.ok_or(Error::NotFound("license"))?;
+        let jwks = self.0.signing.jwks().await?;
+        // Our own licenses always verify unless their key has aged out of the JWKS.
+        let (claims, _) = crate::license::verify(&jwt, &jwks, Utc::now()).map_err(|_| Error::NotFound("current license"))?;
+        Ok(Response::new(license_pb(&id, &tenant_id, claims.tier, &claims, jwt)))
+    }
+}

@@ -1,0 +1,189 @@
+//! gRPC handlers: validate, authorize (and audit), call the domain, answer.
+
+pub mod convert;
+mod license;
+mod tenant;
+mod token;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use cqrs_es::EventStore;
+use cqrs_es::persist::PersistedEventStore;
+use keel_auth::Principal;
+use keel_bus::Bus;
+use keel_bus::audit::{AuditRecord, AuditResult, PLATFORM_TENANT};
+use keel_proto::v1::{TenantRef, tenant_ref};
+use keel_store::{EventRepository, Framework, Metadata, Store};
+use tonic::{Request, Status};
+
+use crate::crypto::DataKeys;
+use crate::domain::{Tenant, TenantCommand, TenantError};
+use crate::error::{Error, Result};
+use crate::signing::SigningKeys;
+use crate::tokens::ApiKeys;
+
+pub use license::LicenseApi;
+pub use tenant::TenantApi;
+pub use token::TokenApi;
+
+pub const SERVICE: &str = "tenant";
+
+/// What every handler shares.
+pub struct Core {
+    pub store: Store,
+    pub cqrs: Framework<Tenant>,
+    pub loader: PersistedEventStore<EventRepository, Tenant>,
+    pub data_keys: DataKeys,
+    pub signing: SigningKeys,
+    pub api_keys: ApiKeys,
+    pub bus: Bus,
+}
+
+/// The caller of one request: who, from where, in which trace.
+pub struct Call {
+    pub principal: Option<Principal>,
+    pub source_ip: String,
+    pub traceparent: String,
+    pub request_id: String,
+}
+
+impl Call {
+    pub fn of<T>(req: &Request<T>) -> Self {
+        let header = |k: &str| req.metadata().get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let traceparent = header("traceparent")
+            .filter(|tp| keel_runtime::telemetry::parse_traceparent(tp).is_some())
+            .unwrap_or_else(keel_runtime::telemetry::new_traceparent);
+        let request_id = header("x-request-id")
+            .filter(|r| r.len() <= 128)
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        Self {
+            principal: keel_auth::from_request(req).ok().cloned(),
+            source_ip: req.remote_addr().map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".into()),
+            traceparent,
+            request_id,
+        }
+    }
+
+    pub fn principal(&self) -> Result<&Principal, Status> {
+        self.principal.as_ref().ok_or_else(|| Status::unauthenticated("missing bearer token"))
+    }
+
+    pub fn actor(&self) -> String {
+        self.principal.as_ref().map(Principal::actor).unwrap_or_else(|| "system".into())
+    }
+
+    pub fn trace_id(&self) -> Option<String> {
+        keel_runtime::telemetry::parse_traceparent(&self.traceparent).map(|(t, _)| t)
+    }
+
+    pub fn metadata(&self, tenant_id: &str) -> Metadata {
+        Metadata::new(tenant_id, self.actor())
+            .with_traceparent(Some(self.traceparent.clone()))
+            .with_request_id(Some(self.request_id.clone()))
+    }
+}
+
+impl Core {
+    /// Publishes an audit record; a failure to publish is logged, not returned to the caller.
+    pub async fn audit(&self, call: &Call, tenant: &str, action: &str, resource: String, result: AuditResult, reason: Option<String>) {
+        let record = AuditRecord {
+            id: uuid::Uuid::now_v7(),
+            actor: call.actor(),
+            tenant: if tenant == "*" { PLATFORM_TENANT.to_owned() } else { tenant.to_owned() },
+            service: SERVICE.to_owned(),
+            action: action.to_owned(),
+            resource,
+            result,
+            source_ip: call.source_ip.clone(),
+            trace_id: call.trace_id(),
+            time: Utc::now(),
+            reason,
+        };
+        if let Err(e) = self.bus.publish_audit(&record).await {
+            tracing::error!(error = %e, action, "audit record not published");
+        }
+    }
+
+    /// Checks `scope` on `tenant_id`; a refusal is audited as `denied`.
+    pub async fn authorize(&self, call: &Call, scope: &str, tenant_id: &str, action: &str) -> Result<(), Status> {
+        let principal = call.principal()?;
+        if let Err(status) = principal.require(scope, tenant_id) {
+            self.audit(call, tenant_id, action, format!("tenant/{tenant_id}"), AuditResult::Denied, Some(status.message().to_owned()))
+                .await;
+            return Err(status);
+        }
+        Ok(())
+    }
+
+    /// Operator-only calls; a refusal is audited on `tenant_id` (or the platform).
+    pub async fn authorize_operator(&self, call: &Call, tenant_id: &str, action: &str) -> Result<(), Status> {
+        let principal = call.principal()?;
+        if let Err(status) = principal.require_operator() {
+            self.audit(call, tenant_id, action, format!("tenant/{tenant_id}"), AuditResult::Denied, Some(status.message().to_owned()))
+                .await;
+            return Err(status);
+        }
+        Ok(())
+    }
+
+    /// A tenant reference as an id. Slugs are resolved; for a caller who is not an operator an
+    /// unknown slug is indistinguishable from someone else's (PERMISSION_DENIED, not NOT_FOUND).
+    pub async fn resolve(&self, call: &Call, reference: Option<&TenantRef>, scope: &str) -> Result<String, Status> {
+        let reference = reference.and_then(|r| r.r#ref.as_ref()).ok_or_else(|| Status::invalid_argument("tenant: required"))?;
+        match reference {
+            tenant_ref::Ref::Id(id) => {
+                if !keel_events::subjects::is_valid_token(id) {
+                    return Err(Status::invalid_argument("tenant.id: must be a tenant id"));
+                }
+                Ok(id.clone())
+            }
+            tenant_ref::Ref::Slug(slug) => {
+                crate::domain::validate::slug("tenant.slug", slug).map_err(Error::from)?;
+                let found: Option<String> = sqlx::query_scalar("SELECT tenant_id FROM tenant_creates WHERE slug = $1")
+                    .bind(slug)
+                    .fetch_optional(self.store.pool())
+                    .await
+                    .map_err(Error::from)?;
+                match found {
+                    Some(id) => Ok(id),
+                    None if call.principal()?.is_operator() => Err(Error::NotFound("tenant").into()),
+                    None => Err(Status::permission_denied(format!("missing scope {scope} for this tenant"))),
+                }
+            }
+        }
+    }
+
+    /// The tenant's current state and version (0 if it does not exist).
+    pub async fn load(&self, tenant_id: &str) -> Result<(Tenant, usize)> {
+        let ctx = self.loader.load_aggregate(tenant_id).await.map_err(|e| Error::Store(e.to_string()))?;
+        Ok((ctx.aggregate, ctx.current_sequence))
+    }
+
+    pub async fn load_existing(&self, tenant_id: &str) -> Result<(Tenant, usize)> {
+        let (t, v) = self.load(tenant_id).await?;
+        if v == 0 {
+            return Err(Error::Domain(TenantError::NotFound));
+        }
+        Ok((t, v))
+    }
+
+    /// Runs a command and audits its outcome.
+    pub async fn execute(&self, call: &Call, tenant_id: &str, action: &str, command: TenantCommand) -> Result<(), Status> {
+        let result = self.cqrs.execute_with_metadata(tenant_id, command, call.metadata(tenant_id).into_map()).await;
+        match result {
+            Ok(()) => {
+                self.audit(call, tenant_id, action, format!("tenant/{tenant_id}"), AuditResult::Success, None).await;
+                Ok(())
+            }
+            Err(e) => {
+                let err = Error::from(e);
+                self.audit(call, tenant_id, action, format!("tenant/{tenant_id}"), AuditResult::Failed, Some(err.to_string())).await;
+                Err(err.into())
+            }
+        }
+    }
+}
+
+/// Shared by the three gRPC services.
+pub type Shared = Arc<Core>;
