@@ -1,1 +1,140 @@
-//! End-to-end tests of the Keel mesh.
+//! End-to-end test support: start a real service binary on free ports with its own schema and
+//! bus namespace, read the ports it announces, capture its logs, stop it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A running service process.
+pub struct ServiceProc {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    /// Schema and bus namespace the process was given (shared with the test).
+    pub schema: String,
+    pub namespace: String,
+    child: Child,
+    logs: Arc<Mutex<String>>,
+}
+
+impl ServiceProc {
+    /// Starts `binary` (e.g. `env!("CARGO_BIN_EXE_keel-tenant")`) for `service` with ports 0, the
+    /// test's schema and namespace, and `env` on top; waits for its `listening` line.
+    pub async fn start(
+        binary: &Path,
+        service: &str,
+        schema: &str,
+        namespace: &str,
+        env: &HashMap<String, String>,
+    ) -> anyhow::Result<Self> {
+        let upper = service.to_uppercase().replace('-', "_");
+        let mut cmd = Command::new(binary);
+        cmd.env("KEEL_DATABASE_URL", keel_store::testing::database_url())
+            .env("KEEL_NATS_URL", keel_store::testing::nats_url())
+            .env("KEEL_REDIS_URL", keel_store::testing::redis_url())
+            .env(format!("KEEL_{upper}_SCHEMA"), schema)
+            .env("KEEL_BUS_PREFIX", namespace)
+            .env(format!("KEEL_{upper}_GRPC_ADDR"), "127.0.0.1:0")
+            .env(format!("KEEL_{upper}_HTTP_ADDR"), "127.0.0.1:0")
+            .env("KEEL_LOG_FORMAT", "json")
+            .envs(env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let logs = Arc::new(Mutex::new(String::new()));
+        if let Some(err) = child.stderr.take() {
+            let logs = logs.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(err).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if let Ok(mut l) = logs.lock() {
+                        l.push_str(&line);
+                        l.push('\n');
+                    }
+                }
+            });
+        }
+        let out = child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(out).lines();
+        let listening = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["event"] == "listening"
+                {
+                    return Some(v);
+                }
+            }
+            None
+        })
+        .await;
+        let Ok(Some(v)) = listening else {
+            let logs = logs.lock().map(|l| l.clone()).unwrap_or_default();
+            bail!("{service} did not announce its ports; logs:\n{logs}");
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let addr = |k: &str| -> anyhow::Result<SocketAddr> { Ok(v[k].as_str().context("address")?.parse()?) };
+        Ok(Self {
+            grpc: addr("grpc")?,
+            http: addr("http")?,
+            schema: schema.to_owned(),
+            namespace: namespace.to_owned(),
+            child,
+            logs,
+        })
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    /// Everything the process wrote to stderr (its logs) so far.
+    pub fn logs(&self) -> String {
+        self.logs.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        Ok(tonic::transport::Endpoint::from_shared(self.grpc_url())?
+            .connect()
+            .await?)
+    }
+
+    /// SIGKILL, as a crash.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub async fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            kill(Pid::from_raw(pid), Signal::SIGTERM)?;
+        }
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(pub Option<String>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(t) = &self.0 {
+            let v = format!("Bearer {t}")
+                .parse()
+                .map_err(|_| tonic::Status::invalid_argument("token"))?;
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
+    }
+}

@@ -199,8 +199,11 @@ where
         Box::pin(async move {
             match layer.authenticate(req.headers()).await {
                 Ok(principal) => {
+                    let tenant = keel_runtime::RequestTenant(principal.claims.tenant.clone());
                     req.extensions_mut().insert(principal);
-                    inner.call(req).await
+                    let mut resp = inner.call(req).await?;
+                    resp.extensions_mut().insert(tenant);
+                    Ok(resp)
                 }
                 Err(status) => Ok(status.into_http()),
             }

@@ -53,7 +53,8 @@ impl Bus {
         } else {
             PLATFORM_TENANT
         };
-        let subject = keel_events::subjects::audit(&self.subject_prefix(), tenant, &record.service, &record.action);
+        let subject =
+            keel_events::subjects::audit(&self.subject_prefix(), tenant, &record.service, &record.action);
         let payload = serde_json::to_vec(record).map_err(|e| crate::Error::Publish {
             subject: subject.clone(),
             message: e.to_string(),

@@ -61,7 +61,11 @@ impl Bus {
             .timeout(Duration::from_secs(10))
             .max_ack_inflight(20_000)
             .build(client.clone());
-        Ok(Self { client, js, namespace: namespace.to_owned() })
+        Ok(Self {
+            client,
+            js,
+            namespace: namespace.to_owned(),
+        })
     }
 
     pub fn client(&self) -> &async_nats::Client {
@@ -78,7 +82,11 @@ impl Bus {
 
     /// The prefix to put in front of every subject: `""` or `"<namespace>."`.
     pub fn subject_prefix(&self) -> String {
-        if self.namespace.is_empty() { String::new() } else { format!("{}.", self.namespace) }
+        if self.namespace.is_empty() {
+            String::new()
+        } else {
+            format!("{}.", self.namespace)
+        }
     }
 
     /// The full name of one of the Keel streams in this namespace.
@@ -104,7 +112,10 @@ impl Bus {
         self.js
             .create_or_update_stream(config)
             .await
-            .map_err(|e| Error::Stream { stream: self.stream_name(kind), message: e.to_string() })?;
+            .map_err(|e| Error::Stream {
+                stream: self.stream_name(kind),
+                message: e.to_string(),
+            })?;
         Ok(())
     }
 
@@ -130,14 +141,20 @@ impl Bus {
         self.js
             .publish_with_headers(msg.subject.clone(), headers, msg.payload)
             .await
-            .map_err(|e| Error::Publish { subject: msg.subject, message: e.to_string() })
+            .map_err(|e| Error::Publish {
+                subject: msg.subject,
+                message: e.to_string(),
+            })
     }
 
     /// Publishes and waits for the ack. Returns whether JetStream saw it as a duplicate.
     pub async fn publish_acked(&self, msg: Outgoing) -> Result<jetstream::publish::PublishAck> {
         let subject = msg.subject.clone();
         let ack = self.publish(msg).await?;
-        ack.await.map_err(|e| Error::Publish { subject, message: e.to_string() })
+        ack.await.map_err(|e| Error::Publish {
+            subject,
+            message: e.to_string(),
+        })
     }
 
     /// Publishes a Keel envelope on `subject`, deduplicated on the envelope id.

@@ -21,8 +21,13 @@ pub enum StreamKind {
 }
 
 impl StreamKind {
-    pub const ALL: [StreamKind; 5] =
-        [StreamKind::Events, StreamKind::Audit, StreamKind::Jobs, StreamKind::Dlq, StreamKind::Usage];
+    pub const ALL: [StreamKind; 5] = [
+        StreamKind::Events,
+        StreamKind::Audit,
+        StreamKind::Jobs,
+        StreamKind::Dlq,
+        StreamKind::Usage,
+    ];
 
     pub fn base_name(self) -> &'static str {
         match self {

@@ -25,8 +25,8 @@ use keel_store::relay::{Relay, RelayConfig};
 use keel_store::testing::{TestEnv, database_url};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -37,7 +37,14 @@ struct BenchTenant {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 enum BenchTenantEvent {
-    TenantCreated { tenant_id: String, name: String, slug: String, tier: String, owner_email_enc: serde_json::Value, request_id: String },
+    TenantCreated {
+        tenant_id: String,
+        name: String,
+        slug: String,
+        tier: String,
+        owner_email_enc: serde_json::Value,
+        request_id: String,
+    },
 }
 
 impl DomainEvent for BenchTenantEvent {
@@ -85,7 +92,12 @@ impl Aggregate for BenchTenant {
 }
 
 fn seconds() -> Duration {
-    Duration::from_secs_f64(std::env::var("KEEL_BENCH_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0))
+    Duration::from_secs_f64(
+        std::env::var("KEEL_BENCH_SECONDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5.0),
+    )
 }
 
 /// Runs `op` from `concurrency` tasks for the bench duration; returns operations per second.
@@ -114,12 +126,20 @@ where
 }
 
 async fn pool(schema: &str, size: u32) -> Result<PgPool> {
-    let opts: PgConnectOptions = database_url().parse::<PgConnectOptions>()?.options([("search_path", schema)]);
-    Ok(PgPoolOptions::new().max_connections(size).min_connections(size).connect_with(opts).await?)
+    let opts: PgConnectOptions = database_url()
+        .parse::<PgConnectOptions>()?
+        .options([("search_path", schema)]);
+    Ok(PgPoolOptions::new()
+        .max_connections(size)
+        .min_connections(size)
+        .connect_with(opts)
+        .await?)
 }
 
 async fn postgres_es_schema(admin: &PgPool, schema: &str) -> Result<()> {
-    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(admin).await?;
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(admin)
+        .await?;
     sqlx::query(&format!(
         "CREATE TABLE {schema}.events (aggregate_type text NOT NULL, aggregate_id text NOT NULL, \
          sequence bigint CHECK (sequence >= 0) NOT NULL, event_type text NOT NULL, event_version text NOT NULL, \
@@ -138,20 +158,30 @@ async fn postgres_es_schema(admin: &PgPool, schema: &str) -> Result<()> {
 }
 
 fn metadata() -> HashMap<String, String> {
-    Metadata::new("acme", "service:bench").with_request_id(Some(Uuid::new_v4().to_string())).into_map()
+    Metadata::new("acme", "service:bench")
+        .with_request_id(Some(Uuid::new_v4().to_string()))
+        .into_map()
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    println!("keel-store bench: {}s per figure, PostgreSQL {}", seconds().as_secs_f64(), database_url());
+    println!(
+        "keel-store bench: {}s per figure, PostgreSQL {}",
+        seconds().as_secs_f64(),
+        database_url()
+    );
     let env = TestEnv::new("bench").await?;
     let admin = env.store.pool().clone();
-    sqlx::query("CREATE TABLE raw_insert (id bigserial PRIMARY KEY, payload jsonb NOT NULL)").execute(&admin).await?;
+    sqlx::query("CREATE TABLE raw_insert (id bigserial PRIMARY KEY, payload jsonb NOT NULL)")
+        .execute(&admin)
+        .await?;
     let pges_schema = format!("{}_pges", env.store.schema());
     postgres_es_schema(&admin, &pges_schema).await?;
     let raw_payload = json!({"tenant_id": "x", "blob": "x".repeat(450)});
 
-    println!("\n| concurrency | raw INSERT commits/s | keel-store cmds/s | postgres-es cmds/s | keel/raw | keel/postgres-es |");
+    println!(
+        "\n| concurrency | raw INSERT commits/s | keel-store cmds/s | postgres-es cmds/s | keel/raw | keel/postgres-es |"
+    );
     println!("|---|---|---|---|---|---|");
     for concurrency in [1usize, 8, 16] {
         let size = concurrency as u32;
@@ -160,12 +190,16 @@ async fn main() -> Result<()> {
         let raw = rate(concurrency, move || {
             let (p, v) = (raw_pool.clone(), payload.clone());
             async move {
-                let _ = sqlx::query("INSERT INTO raw_insert (payload) VALUES ($1)").bind(v).execute(&p).await;
+                let _ = sqlx::query("INSERT INTO raw_insert (payload) VALUES ($1)")
+                    .bind(v)
+                    .execute(&p)
+                    .await;
             }
         })
         .await;
 
-        let keel_store = keel_store::Store::connect_with(&database_url(), env.store.schema(), "bench", size).await?;
+        let keel_store =
+            keel_store::Store::connect_with(&database_url(), env.store.schema(), "bench", size).await?;
         let keel_cqrs = Arc::new(keel_store.framework::<BenchTenant>(()));
         let keel = rate(concurrency, move || {
             let c = keel_cqrs.clone();
@@ -178,7 +212,11 @@ async fn main() -> Result<()> {
         })
         .await;
 
-        let pges_cqrs = Arc::new(postgres_es::postgres_cqrs::<BenchTenant>(pool(&pges_schema, size).await?, vec![], ()));
+        let pges_cqrs = Arc::new(postgres_es::postgres_cqrs::<BenchTenant>(
+            pool(&pges_schema, size).await?,
+            vec![],
+            (),
+        ));
         let pges = rate(concurrency, move || {
             let c = pges_cqrs.clone();
             async move {
@@ -198,16 +236,23 @@ async fn main() -> Result<()> {
 
     relay_throughput(&env).await?;
     relay_latency(&env).await?;
-    sqlx::query(&format!("DROP SCHEMA {pges_schema} CASCADE")).execute(&admin).await?;
+    sqlx::query(&format!("DROP SCHEMA {pges_schema} CASCADE"))
+        .execute(&admin)
+        .await?;
     env.cleanup().await?;
     Ok(())
 }
 
 /// Pre-fills the table, then times one relay draining it into JetStream.
 async fn relay_throughput(env: &TestEnv) -> Result<()> {
-    let n: i64 = std::env::var("KEEL_BENCH_RELAY_EVENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let n: i64 = std::env::var("KEEL_BENCH_RELAY_EVENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
     let pool = env.store.pool();
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await?;
+    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM events")
+        .fetch_one(pool)
+        .await?;
     // Earlier figures appended events; publish those first so the timing covers only the pre-fill.
     let warm = CancellationToken::new();
     let relay = Relay::new(&env.store, env.bus.clone(), RelayConfig::default()).start(warm.clone());
@@ -240,14 +285,16 @@ async fn relay_throughput(env: &TestEnv) -> Result<()> {
 }
 
 async fn wait_checkpoint(pool: &PgPool, events: i64) -> Result<()> {
-    let target: Option<i64> =
-        sqlx::query_scalar("SELECT max(global_position) FROM events").fetch_one(pool).await?;
+    let target: Option<i64> = sqlx::query_scalar("SELECT max(global_position) FROM events")
+        .fetch_one(pool)
+        .await?;
     let Some(target) = target else { return Ok(()) };
     let _ = events;
     loop {
-        let at: Option<i64> = sqlx::query_scalar("SELECT global_position FROM relay_checkpoints WHERE relay = 'jetstream'")
-            .fetch_optional(pool)
-            .await?;
+        let at: Option<i64> =
+            sqlx::query_scalar("SELECT global_position FROM relay_checkpoints WHERE relay = 'jetstream'")
+                .fetch_optional(pool)
+                .await?;
         if at.is_some_and(|p| p >= target) {
             return Ok(());
         }
@@ -263,7 +310,11 @@ async fn relay_latency(env: &TestEnv) -> Result<()> {
     let relay = Relay::new(&env.store, env.bus.clone(), RelayConfig::default()).start(shutdown.clone());
     wait_checkpoint(&pool, 0).await?;
     // An ordered JetStream consumer: a message reaches it only once the stream has stored it.
-    let stream = env.bus.jetstream().get_stream(env.bus.stream_name(StreamKind::Events)).await?;
+    let stream = env
+        .bus
+        .jetstream()
+        .get_stream(env.bus.stream_name(StreamKind::Events))
+        .await?;
     let mut sub = stream
         .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
             deliver_subject: env.bus.client().new_inbox(),
@@ -315,10 +366,17 @@ async fn relay_latency(env: &TestEnv) -> Result<()> {
     let mut latencies = Vec::new();
     let deadline = Instant::now() + seconds() + Duration::from_secs(10);
     while (latencies.len() as u64) < total && Instant::now() < deadline {
-        let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await else { break };
+        let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_secs(2), sub.next()).await else {
+            break;
+        };
         let arrived = Instant::now();
-        let Ok(env) = keel_events::Envelope::parse(&msg.payload) else { continue };
-        let start = committed.lock().ok().and_then(|m| m.get(&env.id.to_string()).copied());
+        let Ok(env) = keel_events::Envelope::parse(&msg.payload) else {
+            continue;
+        };
+        let start = committed
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&env.id.to_string()).copied());
         if let Some(start) = start {
             latencies.push(arrived.saturating_duration_since(start));
         }
@@ -327,7 +385,12 @@ async fn relay_latency(env: &TestEnv) -> Result<()> {
     shutdown.cancel();
     relay.join().await?;
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 - 1.0) * p) as usize).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
     println!(
         "relay latency at 2,000 events/s (commit → stored in {} and delivered): n={} p50={:.1}ms p99={:.1}ms max={:.1}ms",
         env.bus.stream_name(StreamKind::Events),

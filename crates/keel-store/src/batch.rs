@@ -60,13 +60,19 @@ pub(crate) struct Dispatcher<R: Grouped> {
 
 impl<R: Grouped> std::fmt::Debug for Dispatcher<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dispatcher").field("limits", &self.limits).finish_non_exhaustive()
+        f.debug_struct("Dispatcher")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
     }
 }
 
 impl<R: Grouped> Dispatcher<R> {
     pub fn new(pool: sqlx::PgPool, limits: Limits) -> Self {
-        Self { pool, limits, queue: OnceLock::new() }
+        Self {
+            pool,
+            limits,
+            queue: OnceLock::new(),
+        }
     }
 
     /// Queues `request` and waits for its outcome.
@@ -90,7 +96,11 @@ fn stopped() -> PersistenceError {
     PersistenceError::ConnectionError("the repository's group-commit task stopped before answering".into())
 }
 
-async fn dispatch<R: Grouped>(pool: sqlx::PgPool, mut queue: mpsc::UnboundedReceiver<Pending<R>>, limits: Limits) {
+async fn dispatch<R: Grouped>(
+    pool: sqlx::PgPool,
+    mut queue: mpsc::UnboundedReceiver<Pending<R>>,
+    limits: Limits,
+) {
     let slots = Arc::new(Semaphore::new(limits.in_flight.max(1)));
     let mut carried: Option<Pending<R>> = None;
     loop {
@@ -102,7 +112,9 @@ async fn dispatch<R: Grouped>(pool: sqlx::PgPool, mut queue: mpsc::UnboundedRece
             },
         };
         // While every slot is busy, requests pile up in the queue: that is the group.
-        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let mut weight = first.request.weight();
         let mut group = vec![first];
         while weight < limits.max_weight {
@@ -130,7 +142,9 @@ pub(crate) fn shared_error(e: &sqlx::Error) -> PersistenceError {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
             PersistenceError::ConnectionError(message.into())
         }
-        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => PersistenceError::DeserializationError(message.into()),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+            PersistenceError::DeserializationError(message.into())
+        }
         _ => PersistenceError::UnknownError(message.into()),
     }
 }

@@ -34,7 +34,9 @@ impl StoredEvent {
         let tx: String = row.try_get("tx_id")?;
         Ok(Self {
             global_position: row.try_get("global_position")?,
-            tx_id: tx.parse().map_err(|_| sqlx::Error::Decode(format!("bad xid8 {tx:?}").into()))?,
+            tx_id: tx
+                .parse()
+                .map_err(|_| sqlx::Error::Decode(format!("bad xid8 {tx:?}").into()))?,
             event_id: row.try_get("event_id")?,
             tenant_id: row.try_get("tenant_id")?,
             aggregate_type: row.try_get("aggregate_type")?,
@@ -51,11 +53,22 @@ impl StoredEvent {
     /// The envelope of this event as produced by `service`: type `keel.<service>.<Event>.v<N>`,
     /// subject `<aggregate_type>/<aggregate_id>`, actor and trace from the command's metadata.
     pub fn to_envelope(&self, service: &str) -> Result<Envelope> {
-        let fail = |reason: String| Error::Envelope { event_id: self.event_id, reason };
-        let version = parse_version(&self.event_version)
-            .ok_or_else(|| fail(format!("event_version {:?} is not a version number", self.event_version)))?;
+        let fail = |reason: String| Error::Envelope {
+            event_id: self.event_id,
+            reason,
+        };
+        let version = parse_version(&self.event_version).ok_or_else(|| {
+            fail(format!(
+                "event_version {:?} is not a version number",
+                self.event_version
+            ))
+        })?;
         let meta = Metadata::from_json(&self.metadata);
-        let actor = if meta.actor.is_empty() { "system".to_owned() } else { meta.actor };
+        let actor = if meta.actor.is_empty() {
+            "system".to_owned()
+        } else {
+            meta.actor
+        };
         let sequence = u64::try_from(self.sequence).map_err(|e| fail(e.to_string()))?;
         Envelope::builder(service, &self.event_type, version)
             .id(self.event_id)

@@ -25,7 +25,10 @@ impl Error {
         match self {
             Error::Database(e) => !matches!(e, sqlx::Error::Database(_) | sqlx::Error::ColumnDecode { .. }),
             Error::Bus(e) => e.is_retryable(),
-            Error::Migrate(_) | Error::InvalidSchema(_) | Error::MissingMetadata(_) | Error::Envelope { .. } => false,
+            Error::Migrate(_)
+            | Error::InvalidSchema(_)
+            | Error::MissingMetadata(_)
+            | Error::Envelope { .. } => false,
             Error::Projection { .. } => true,
         }
     }

@@ -5,6 +5,7 @@
 //!
 //! Start from [`Store::connect`].
 
+mod batch;
 pub mod envelope;
 pub mod error;
 pub mod metadata;
@@ -23,11 +24,10 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 pub use error::{Error, Result};
 pub use metadata::Metadata;
-pub use repository::EventRepository;
+pub use repository::{EventRepository, GroupCommit};
 
 /// The cqrs-es framework of an aggregate stored in Keel's event store.
 pub type Framework<A> = CqrsFramework<A, PersistedEventStore<EventRepository, A>>;
-
 
 /// One service's event store: a connection pool whose `search_path` is the service's schema.
 #[derive(Clone, Debug)]
@@ -55,7 +55,10 @@ impl Store {
         let base = PgConnectOptions::from_str(database_url)?;
         // Create the schema on a plain connection first: search_path may not name it yet.
         {
-            let pool = PgPoolOptions::new().max_connections(1).connect_with(base.clone()).await?;
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(base.clone())
+                .await?;
             create_schema(&pool, schema).await?;
             pool.close().await;
         }
@@ -66,7 +69,12 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         migrate(&pool, sqlx::migrate!("./migrations")).await?;
-        Ok(Self { pool, options, schema: schema.to_owned(), service: service.to_owned() })
+        Ok(Self {
+            pool,
+            options,
+            schema: schema.to_owned(),
+            service: service.to_owned(),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -93,11 +101,19 @@ impl Store {
 
     /// An event-sourced cqrs-es framework for aggregate `A` (state rebuilt from its events).
     pub fn framework<A: Aggregate>(&self, services: A::Services) -> Framework<A> {
-        CqrsFramework::new(PersistedEventStore::new_event_store(self.repository()), vec![], services)
+        CqrsFramework::new(
+            PersistedEventStore::new_event_store(self.repository()),
+            vec![],
+            services,
+        )
     }
 
     /// As [`Store::framework`], with a snapshot every `snapshot_size` events.
-    pub fn snapshot_framework<A: Aggregate>(&self, services: A::Services, snapshot_size: usize) -> Framework<A> {
+    pub fn snapshot_framework<A: Aggregate>(
+        &self,
+        services: A::Services,
+        snapshot_size: usize,
+    ) -> Framework<A> {
         CqrsFramework::new(
             PersistedEventStore::new_snapshot_store(self.repository(), snapshot_size),
             vec![],
@@ -120,12 +136,19 @@ fn validate_schema(schema: &str) -> Result<()> {
     let ok = schema.len() <= 63
         && chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if ok { Ok(()) } else { Err(Error::InvalidSchema(schema.to_owned())) }
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidSchema(schema.to_owned()))
+    }
 }
 
 async fn create_schema(pool: &PgPool, schema: &str) -> Result<()> {
     // Concurrent starters may race on CREATE SCHEMA IF NOT EXISTS (unique violation on the catalog).
-    match sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}")).execute(pool).await {
+    match sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+        .execute(pool)
+        .await
+    {
         Ok(_) => Ok(()),
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => Ok(()),
         Err(e) => Err(e.into()),

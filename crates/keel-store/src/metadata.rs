@@ -19,7 +19,11 @@ pub struct Metadata {
 
 impl Metadata {
     pub fn new(tenant_id: impl Into<String>, actor: impl Into<String>) -> Self {
-        Self { tenant_id: tenant_id.into(), actor: actor.into(), ..Default::default() }
+        Self {
+            tenant_id: tenant_id.into(),
+            actor: actor.into(),
+            ..Default::default()
+        }
     }
 
     pub fn with_traceparent(mut self, tp: Option<String>) -> Self {
@@ -34,7 +38,10 @@ impl Metadata {
 
     /// The map cqrs-es' `execute_with_metadata` takes.
     pub fn into_map(self) -> HashMap<String, String> {
-        let mut m = HashMap::from([(TENANT_ID.to_owned(), self.tenant_id), (ACTOR.to_owned(), self.actor)]);
+        let mut m = HashMap::from([
+            (TENANT_ID.to_owned(), self.tenant_id),
+            (ACTOR.to_owned(), self.actor),
+        ]);
         if let Some(tp) = self.traceparent {
             m.insert(TRACEPARENT.to_owned(), tp);
         }

@@ -40,7 +40,11 @@ impl From<sqlx::Error> for ApplyError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
             // Class 22 (data exception) and 23 (integrity violation) do not heal by retrying.
-            sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23")) => {
+            sqlx::Error::Database(db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("22") || c.starts_with("23")) =>
+            {
                 ApplyError::Permanent(e.to_string())
             }
             _ => ApplyError::Transient(e.to_string()),
@@ -123,7 +127,13 @@ enum Outcome {
 
 impl<P: Projection> ProjectionRunner<P> {
     pub fn new(pool: PgPool, bus: Bus, projection: P, config: ProjectionConfig) -> Self {
-        Self { pool, bus, projection: Arc::new(projection), config, stats: Arc::default() }
+        Self {
+            pool,
+            bus,
+            projection: Arc::new(projection),
+            config,
+            stats: Arc::default(),
+        }
     }
 
     pub fn stats(&self) -> &Arc<ProjectionStats> {
@@ -131,12 +141,20 @@ impl<P: Projection> ProjectionRunner<P> {
     }
 
     fn fail(&self, message: impl ToString) -> Error {
-        Error::Projection { projection: self.projection.name().to_owned(), message: message.to_string() }
+        Error::Projection {
+            projection: self.projection.name().to_owned(),
+            message: message.to_string(),
+        }
     }
 
     /// Creates the durable consumer if it does not exist yet.
     pub async fn consumer(&self) -> Result<PullConsumer> {
-        let stream = self.bus.jetstream().get_stream(self.bus.stream_name(self.config.stream)).await.map_err(|e| self.fail(e))?;
+        let stream = self
+            .bus
+            .jetstream()
+            .get_stream(self.bus.stream_name(self.config.stream))
+            .await
+            .map_err(|e| self.fail(e))?;
         let filter = if self.config.filter_subject.is_empty() {
             String::new()
         } else {
@@ -153,7 +171,10 @@ impl<P: Projection> ProjectionRunner<P> {
             max_ack_pending: 20_000,
             ..Default::default()
         };
-        stream.get_or_create_consumer(self.projection.name(), config).await.map_err(|e| self.fail(e))
+        stream
+            .get_or_create_consumer(self.projection.name(), config)
+            .await
+            .map_err(|e| self.fail(e))
     }
 
     /// Messages not yet acked by this projection (waiting plus in flight).
@@ -169,7 +190,12 @@ impl<P: Projection> ProjectionRunner<P> {
         let mut tx = self.pool.begin().await?;
         self.projection.reset(&mut tx).await.map_err(|e| self.fail(e))?;
         tx.commit().await?;
-        let stream = self.bus.jetstream().get_stream(self.bus.stream_name(self.config.stream)).await.map_err(|e| self.fail(e))?;
+        let stream = self
+            .bus
+            .jetstream()
+            .get_stream(self.bus.stream_name(self.config.stream))
+            .await
+            .map_err(|e| self.fail(e))?;
         let _ = stream.delete_consumer(self.projection.name()).await;
         Ok(())
     }
@@ -213,7 +239,9 @@ impl<P: Projection> ProjectionRunner<P> {
                 () = shutdown.cancelled() => return Ok(()),
                 next = messages.next() => next,
             };
-            let Some(first) = first else { return Err(self.fail("message stream ended")) };
+            let Some(first) = first else {
+                return Err(self.fail("message stream ended"));
+            };
             let mut batch = vec![first.map_err(|e| self.fail(e))?];
             // Take whatever else is already here, without waiting.
             while batch.len() < batch_size {
@@ -275,7 +303,9 @@ impl<P: Projection> ProjectionRunner<P> {
                 }
                 Outcome::Retry(delay) => {
                     self.stats.retried.fetch_add(1, Ordering::Relaxed);
-                    msg.ack_with(AckKind::Nak(Some(delay))).await.map_err(|e| self.fail(e))?;
+                    msg.ack_with(AckKind::Nak(Some(delay)))
+                        .await
+                        .map_err(|e| self.fail(e))?;
                 }
                 Outcome::DeadLetter(reason) => {
                     self.dead_letter(msg, &reason).await?;
@@ -290,13 +320,17 @@ impl<P: Projection> ProjectionRunner<P> {
     fn backoff(&self, delivered: i64) -> Duration {
         let exp = u32::try_from(delivered.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
         let jitter = rand::random_range(0.8..1.2);
-        (self.config.backoff_base * 2u32.pow(exp)).min(self.config.backoff_max).mul_f64(jitter)
+        (self.config.backoff_base * 2u32.pow(exp))
+            .min(self.config.backoff_max)
+            .mul_f64(jitter)
     }
 
     async fn dead_letter(&self, msg: &async_nats::jetstream::Message, reason: &str) -> Result<()> {
         let info = msg.info().ok();
-        let (stream, seq, delivered) =
-            info.as_ref().map(|i| (i.stream.to_owned(), i.stream_sequence, i.delivered)).unwrap_or_default();
+        let (stream, seq, delivered) = info
+            .as_ref()
+            .map(|i| (i.stream.to_owned(), i.stream_sequence, i.delivered))
+            .unwrap_or_default();
         let tenant = tenant_of_subject(msg.subject.as_str(), &self.bus.subject_prefix()).unwrap_or("unknown");
         tracing::error!(projection = self.projection.name(), %stream, seq, %reason, "dead-lettering message");
         let reason: String = reason.chars().take(1024).collect();
@@ -305,7 +339,10 @@ impl<P: Projection> ProjectionRunner<P> {
             (headers::DLQ_STREAM.to_owned(), stream.clone()),
             (headers::DLQ_SEQUENCE.to_owned(), seq.to_string()),
             (headers::DLQ_SUBJECT.to_owned(), msg.subject.to_string()),
-            (headers::DLQ_CONSUMER.to_owned(), self.projection.name().to_owned()),
+            (
+                headers::DLQ_CONSUMER.to_owned(),
+                self.projection.name().to_owned(),
+            ),
             (headers::DLQ_DELIVERIES.to_owned(), delivered.to_string()),
         ];
         self.bus
@@ -335,8 +372,14 @@ mod tests {
 
     #[test]
     fn tenant_is_read_from_the_subject() {
-        assert_eq!(tenant_of_subject("keel.evt.acme.tenant.TenantCreated", ""), Some("acme"));
-        assert_eq!(tenant_of_subject("t1.keel.audit.acme.tenant.create", "t1."), Some("acme"));
+        assert_eq!(
+            tenant_of_subject("keel.evt.acme.tenant.TenantCreated", ""),
+            Some("acme")
+        );
+        assert_eq!(
+            tenant_of_subject("t1.keel.audit.acme.tenant.create", "t1."),
+            Some("acme")
+        );
         assert_eq!(tenant_of_subject("keel.evt", ""), None);
     }
 }

@@ -90,7 +90,10 @@ impl RelayHandle {
     pub async fn join(self) -> Result<()> {
         match self.task.await {
             Ok(r) => r,
-            Err(e) => Err(crate::Error::Projection { projection: "relay".into(), message: e.to_string() }),
+            Err(e) => Err(crate::Error::Projection {
+                projection: "relay".into(),
+                message: e.to_string(),
+            }),
         }
     }
 
@@ -102,7 +105,12 @@ impl RelayHandle {
 
 impl Relay {
     pub fn new(store: &Store, bus: Bus, config: RelayConfig) -> Self {
-        Self { store: store.clone(), bus, config, stats: Arc::default() }
+        Self {
+            store: store.clone(),
+            bus,
+            config,
+            stats: Arc::default(),
+        }
     }
 
     /// Starts a relay with the default config; it stops when `shutdown` is cancelled.
@@ -161,7 +169,9 @@ impl Relay {
 
     async fn relay_loop(&self, conn: &mut PgConnection, shutdown: &CancellationToken) -> Result<()> {
         let mut cursor = read_checkpoint(conn, &self.config.name).await?;
-        self.stats.checkpoint_position.store(cursor.global_position, Ordering::Relaxed);
+        self.stats
+            .checkpoint_position
+            .store(cursor.global_position, Ordering::Relaxed);
         while !shutdown.is_cancelled() {
             let batch = poll(conn, cursor, self.config.batch_size.clamp(1, 10_000)).await?;
             self.stats.polls.fetch_add(1, Ordering::SeqCst);
@@ -172,11 +182,16 @@ impl Relay {
                 }
                 continue;
             };
-            let next = Cursor { tx_id: last.tx_id, global_position: last.global_position };
+            let next = Cursor {
+                tx_id: last.tx_id,
+                global_position: last.global_position,
+            };
             self.publish(&batch).await?;
             save_checkpoint(conn, &self.config.name, next).await?;
             cursor = next;
-            self.stats.checkpoint_position.store(cursor.global_position, Ordering::Relaxed);
+            self.stats
+                .checkpoint_position
+                .store(cursor.global_position, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -203,9 +218,13 @@ impl Relay {
             };
             acks.push(self.bus.publish(msg).await?);
         }
-        let results = futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
+        let results =
+            futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
         for r in results {
-            let ack = r.map_err(|e| keel_bus::Error::Publish { subject: "relay batch".into(), message: e.to_string() })?;
+            let ack = r.map_err(|e| keel_bus::Error::Publish {
+                subject: "relay batch".into(),
+                message: e.to_string(),
+            })?;
             if ack.duplicate {
                 self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
             } else {
@@ -217,7 +236,11 @@ impl Relay {
 }
 
 fn dead_letter(prefix: &str, event: &StoredEvent, reason: &str) -> Outgoing {
-    let tenant = if subjects::is_valid_token(&event.tenant_id) { event.tenant_id.as_str() } else { "unknown" };
+    let tenant = if subjects::is_valid_token(&event.tenant_id) {
+        event.tenant_id.as_str()
+    } else {
+        "unknown"
+    };
     let body = serde_json::json!({
         "event_id": event.event_id, "tenant_id": event.tenant_id, "aggregate_type": event.aggregate_type,
         "aggregate_id": event.aggregate_id, "sequence": event.sequence, "event_type": event.event_type,
@@ -228,35 +251,47 @@ fn dead_letter(prefix: &str, event: &StoredEvent, reason: &str) -> Outgoing {
         payload: Bytes::from(body.to_string()),
         msg_id: event.event_id.to_string(),
         traceparent: None,
-        headers: vec![(headers::DLQ_REASON.to_owned(), reason.chars().take(1024).collect())],
+        headers: vec![(
+            headers::DLQ_REASON.to_owned(),
+            reason.chars().take(1024).collect(),
+        )],
     }
 }
 
 async fn try_lock(conn: &mut PgConnection, schema: &str, name: &str) -> Result<bool> {
-    Ok(sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))")
-        .bind(format!("keel.relay.{schema}"))
-        .bind(name)
-        .fetch_one(&mut *conn)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))")
+            .bind(format!("keel.relay.{schema}"))
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await?,
+    )
 }
 
 async fn unlock(conn: &mut PgConnection, schema: &str, name: &str) -> Result<bool> {
-    Ok(sqlx::query_scalar("SELECT pg_advisory_unlock(hashtext($1), hashtext($2))")
-        .bind(format!("keel.relay.{schema}"))
-        .bind(name)
-        .fetch_one(&mut *conn)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT pg_advisory_unlock(hashtext($1), hashtext($2))")
+            .bind(format!("keel.relay.{schema}"))
+            .bind(name)
+            .fetch_one(&mut *conn)
+            .await?,
+    )
 }
 
 pub async fn read_checkpoint(conn: &mut PgConnection, name: &str) -> Result<Cursor> {
-    let row = sqlx::query("SELECT tx_id::text AS tx_id, global_position FROM relay_checkpoints WHERE relay = $1")
-        .bind(name)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some(row) = row else { return Ok(Cursor::default()) };
+    let row =
+        sqlx::query("SELECT tx_id::text AS tx_id, global_position FROM relay_checkpoints WHERE relay = $1")
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(row) = row else {
+        return Ok(Cursor::default());
+    };
     let tx: String = row.try_get("tx_id")?;
     Ok(Cursor {
-        tx_id: tx.parse().map_err(|_| sqlx::Error::Decode(format!("bad xid8 {tx:?}").into()))?,
+        tx_id: tx
+            .parse()
+            .map_err(|_| sqlx::Error::Decode(format!("bad xid8 {tx:?}").into()))?,
         global_position: row.try_get("global_position")?,
     })
 }

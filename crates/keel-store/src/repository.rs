@@ -5,104 +5,115 @@
 //! The primary key `(aggregate_type, aggregate_id, sequence)` turns a concurrent append at the
 //! same sequence into `OptimisticLockError`, and because it is a single statement nothing of a
 //! losing command is stored.
+//!
+//! Under load, concurrent commands share those round trips: loads and appends are grouped by
+//! [`crate::batch`] (group commit), each caller still getting exactly its own outcome.
 
 use cqrs_es::Aggregate;
 use cqrs_es::persist::{
     PersistedEventRepository, PersistenceError, ReplayStream, SerializedEvent, SerializedSnapshot,
 };
+use std::sync::Arc;
+
 use futures::TryStreamExt;
 use serde_json::Value;
+use sqlx::Row;
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{Postgres, Row};
-use uuid::Uuid;
 
-use crate::metadata;
+use crate::batch::append::{Append, Columns};
+use crate::batch::load::Load;
+use crate::batch::{Dispatcher, Limits};
 
-const SELECT_EVENTS: &str = "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata \
-     FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND sequence > $3 ORDER BY sequence";
+/// How concurrent calls share statements (group commit). The defaults suit a pool of a few to a
+/// few dozen connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupCommit {
+    /// Append statements running at once; callers beyond them wait for the next free one and
+    /// share it. Fewer means larger groups (fewer commits) but less overlap.
+    pub appends_in_flight: usize,
+    /// Most events in one append statement (a single larger command still runs, alone).
+    pub max_events: usize,
+    /// Load statements running at once.
+    pub loads_in_flight: usize,
+    /// Most aggregates in one load statement.
+    pub max_loads: usize,
+}
 
-const INSERT_EVENTS: &str = "INSERT INTO events \
-     (event_id, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], $8::jsonb[], $9::jsonb[])";
+impl Default for GroupCommit {
+    fn default() -> Self {
+        Self {
+            appends_in_flight: 2,
+            max_events: 512,
+            loads_in_flight: 2,
+            max_loads: 256,
+        }
+    }
+}
 
-/// The Keel event repository. Cheap to clone.
+/// The Keel event repository. Cheap to clone; clones share their group-commit queues.
 #[derive(Clone, Debug)]
 pub struct EventRepository {
     pool: PgPool,
+    appends: Arc<Dispatcher<Append>>,
+    loads: Arc<Dispatcher<Load>>,
 }
 
 impl EventRepository {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self::with_group_commit(pool, tuned(GroupCommit::default()))
     }
 
-    async fn select<A: Aggregate>(&self, id: &str, after: i64) -> Result<Vec<SerializedEvent>, PersistenceError> {
-        let rows = sqlx::query(SELECT_EVENTS)
-            .bind(A::TYPE)
-            .bind(id)
-            .bind(after)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-        rows.iter().map(row_to_event).collect()
-    }
-}
-
-/// Columns of one `INSERT … UNNEST` call.
-#[derive(Default)]
-struct Columns {
-    ids: Vec<Uuid>,
-    tenants: Vec<String>,
-    agg_types: Vec<String>,
-    agg_ids: Vec<String>,
-    seqs: Vec<i64>,
-    types: Vec<String>,
-    versions: Vec<String>,
-    payloads: Vec<Value>,
-    metadata: Vec<Value>,
-}
-
-impl Columns {
-    fn from_events(events: &[SerializedEvent]) -> Result<Self, PersistenceError> {
-        let mut c = Columns::default();
-        for e in events {
-            let tenant = e
-                .metadata
-                .get(metadata::TENANT_ID)
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| PersistenceError::UnknownError(Box::new(crate::Error::MissingMetadata("tenant_id"))))?;
-            c.ids.push(Uuid::now_v7());
-            c.tenants.push(tenant.to_owned());
-            c.agg_types.push(e.aggregate_type.clone());
-            c.agg_ids.push(e.aggregate_id.clone());
-            c.seqs.push(i64::try_from(e.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?);
-            c.types.push(e.event_type.clone());
-            c.versions.push(e.event_version.clone());
-            c.payloads.push(e.payload.clone());
-            c.metadata.push(e.metadata.clone());
+    pub fn with_group_commit(pool: PgPool, config: GroupCommit) -> Self {
+        let appends = Limits {
+            in_flight: config.appends_in_flight,
+            max_weight: config.max_events,
+        };
+        let loads = Limits {
+            in_flight: config.loads_in_flight,
+            max_weight: config.max_loads,
+        };
+        Self {
+            appends: Arc::new(Dispatcher::new(pool.clone(), appends)),
+            loads: Arc::new(Dispatcher::new(pool.clone(), loads)),
+            pool,
         }
-        Ok(c)
     }
 
-    fn bind<'q>(
-        self,
-        q: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
-        q.bind(self.ids)
-            .bind(self.tenants)
-            .bind(self.agg_types)
-            .bind(self.agg_ids)
-            .bind(self.seqs)
-            .bind(self.types)
-            .bind(self.versions)
-            .bind(self.payloads)
-            .bind(self.metadata)
+    async fn select<A: Aggregate>(
+        &self,
+        id: &str,
+        after: i64,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
+        self.loads
+            .call(Load {
+                aggregate_type: A::TYPE,
+                aggregate_id: id.to_owned(),
+                after,
+            })
+            .await
+    }
+}
+
+// TEMP tuning hook
+fn tuned(d: GroupCommit) -> GroupCommit {
+    let get = |k: &str| {
+        std::env::var(format!("KEEL_TUNE_{k}"))
+            .ok()
+            .and_then(|v| v.parse().ok())
+    };
+    GroupCommit {
+        appends_in_flight: get("APPENDS").unwrap_or(d.appends_in_flight),
+        max_events: get("MAX_EVENTS").unwrap_or(d.max_events),
+        loads_in_flight: get("LOADS").unwrap_or(d.loads_in_flight),
+        max_loads: get("MAX_LOADS").unwrap_or(d.max_loads),
     }
 }
 
 impl PersistedEventRepository for EventRepository {
-    async fn get_events<A: Aggregate>(&self, aggregate_id: &str) -> Result<Vec<SerializedEvent>, PersistenceError> {
+    async fn get_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Vec<SerializedEvent>, PersistenceError> {
         self.select::<A>(aggregate_id, 0).await
     }
 
@@ -115,7 +126,10 @@ impl PersistedEventRepository for EventRepository {
         self.select::<A>(aggregate_id, after).await
     }
 
-    async fn get_snapshot<A: Aggregate>(&self, aggregate_id: &str) -> Result<Option<SerializedSnapshot>, PersistenceError> {
+    async fn get_snapshot<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<Option<SerializedSnapshot>, PersistenceError> {
         let row = sqlx::query(
             "SELECT last_sequence, current_snapshot, payload FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2",
         )
@@ -145,15 +159,17 @@ impl PersistedEventRepository for EventRepository {
             if events.is_empty() {
                 return Ok(());
             }
-            columns.bind(sqlx::query(INSERT_EVENTS)).execute(&self.pool).await.map_err(db_error)?;
-            return Ok(());
+            return self.appends.call(Append(columns)).await;
         };
         // Events and the snapshot commit together or not at all. cqrs-es 0.5 hands us an
         // aggregate on which the new events were applied twice (once by `EventSink::write`, once
         // by the snapshot update), so the snapshot is rebuilt here from the stored events instead.
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         if !events.is_empty() {
-            columns.bind(sqlx::query(INSERT_EVENTS)).execute(&mut *tx).await.map_err(db_error)?;
+            columns
+                .insert(&mut *tx, 0..columns.len())
+                .await
+                .map_err(db_error)?;
         }
         let rows = sqlx::query("SELECT sequence, payload FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence")
             .bind(A::TYPE)
@@ -193,7 +209,10 @@ impl PersistedEventRepository for EventRepository {
         Ok(())
     }
 
-    async fn stream_events<A: Aggregate>(&self, aggregate_id: &str) -> Result<ReplayStream, PersistenceError> {
+    async fn stream_events<A: Aggregate>(
+        &self,
+        aggregate_id: &str,
+    ) -> Result<ReplayStream, PersistenceError> {
         Ok(self.stream(
             "SELECT aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata \
              FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 ORDER BY sequence",
@@ -238,12 +257,13 @@ impl EventRepository {
     }
 }
 
-fn row_to_event(row: &PgRow) -> Result<SerializedEvent, PersistenceError> {
+pub(crate) fn row_to_event(row: &PgRow) -> Result<SerializedEvent, PersistenceError> {
     let sequence: i64 = row.try_get("sequence").map_err(db_error)?;
     Ok(SerializedEvent {
         aggregate_type: row.try_get("aggregate_type").map_err(db_error)?,
         aggregate_id: row.try_get("aggregate_id").map_err(db_error)?,
-        sequence: usize::try_from(sequence).map_err(|e| PersistenceError::DeserializationError(Box::new(e)))?,
+        sequence: usize::try_from(sequence)
+            .map_err(|e| PersistenceError::DeserializationError(Box::new(e)))?,
         event_type: row.try_get("event_type").map_err(db_error)?,
         event_version: row.try_get("event_version").map_err(db_error)?,
         payload: row.try_get("payload").map_err(db_error)?,
@@ -252,7 +272,7 @@ fn row_to_event(row: &PgRow) -> Result<SerializedEvent, PersistenceError> {
 }
 
 /// Unique violation on the primary key = someone else appended at this sequence first.
-fn db_error(e: sqlx::Error) -> PersistenceError {
+pub(crate) fn db_error(e: sqlx::Error) -> PersistenceError {
     if let sqlx::Error::Database(db) = &e
         && db.code().as_deref() == Some("23505")
         && db.constraint() == Some("events_pkey")
@@ -263,7 +283,9 @@ fn db_error(e: sqlx::Error) -> PersistenceError {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
             PersistenceError::ConnectionError(Box::new(e))
         }
-        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => PersistenceError::DeserializationError(Box::new(e)),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+            PersistenceError::DeserializationError(Box::new(e))
+        }
         other => PersistenceError::UnknownError(Box::new(other)),
     }
 }

@@ -49,7 +49,9 @@ impl TestEnv {
     /// Drops the schema and the streams. Call at the end of a test that passed.
     pub async fn cleanup(self) -> Result<()> {
         let pool = self.store.pool().clone();
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.store.schema())).execute(&pool).await?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.store.schema()))
+            .execute(&pool)
+            .await?;
         pool.close().await;
         self.bus.delete_streams().await?;
         Ok(())
@@ -68,7 +70,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
     }

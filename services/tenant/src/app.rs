@@ -27,13 +27,21 @@ use crate::projection::TenantsView;
 use crate::signing::SigningKeys;
 use crate::tokens::ApiKeys;
 
-const GRPC_SERVICES: &[&str] = &["keel.v1.TenantService", "keel.v1.LicenseService", "keel.v1.TokenService"];
+const GRPC_SERVICES: &[&str] = &[
+    "keel.v1.TenantService",
+    "keel.v1.LicenseService",
+    "keel.v1.TokenService",
+];
 
 pub async fn run(rt: Service) -> anyhow::Result<()> {
     let config = rt.config.clone();
     let schema = config.setting("schema").unwrap_or("tenant").to_owned();
-    let store = Store::connect(&config.database_url, &schema, "tenant").await.context("event store")?;
-    keel_store::migrate(store.pool(), sqlx::migrate!("./migrations")).await.context("tenant migrations")?;
+    let store = Store::connect(&config.database_url, &schema, "tenant")
+        .await
+        .context("event store")?;
+    keel_store::migrate(store.pool(), sqlx::migrate!("./migrations"))
+        .await
+        .context("tenant migrations")?;
     let nats = rt.connect_nats().await?;
     let bus = Bus::new(nats.clone(), &config.bus_prefix)?;
     bus.ensure_streams().await.context("JetStream streams")?;
@@ -43,7 +51,10 @@ pub async fn run(rt: Service) -> anyhow::Result<()> {
     signing.active().await.context("signing key")?;
     let api_keys = ApiKeys::new(store.pool().clone());
     match std::env::var("KEEL_BOOTSTRAP_TOKEN") {
-        Ok(token) if !token.trim().is_empty() => api_keys.bootstrap(token.trim()).await.context("bootstrap token")?,
+        Ok(token) if !token.trim().is_empty() => api_keys
+            .bootstrap(token.trim())
+            .await
+            .context("bootstrap token")?,
         _ => tracing::info!("KEEL_BOOTSTRAP_TOKEN not set: no bootstrap operator key"),
     }
     let core = Arc::new(Core {
@@ -60,12 +71,17 @@ pub async fn run(rt: Service) -> anyhow::Result<()> {
     let relay = Relay::spawn(&store, bus.clone(), shutdown.token());
     let mut view = ProjectionConfig::new(StreamKind::Events);
     view.filter_subject = "keel.evt.*.tenant.>".into();
-    let projection = ProjectionRunner::new(store.pool().clone(), bus.clone(), TenantsView, view).spawn(shutdown.token());
+    let projection =
+        ProjectionRunner::new(store.pool().clone(), bus.clone(), TenantsView, view).spawn(shutdown.token());
 
     let (grpc_listener, _) = keel_runtime::grpc::bind(config.grpc_addr).await?;
     let (http_listener, http_addr) = keel_runtime::grpc::bind(config.http_addr).await?;
-    let jwks_url = std::env::var("KEEL_JWKS_URL").unwrap_or_else(|_| format!("http://{http_addr}/.well-known/jwks.json"));
-    let jwks_ttl = std::env::var("KEEL_JWKS_TTL_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(300u64);
+    let jwks_url = std::env::var("KEEL_JWKS_URL")
+        .unwrap_or_else(|_| format!("http://{http_addr}/.well-known/jwks.json"));
+    let jwks_ttl = std::env::var("KEEL_JWKS_TTL_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300u64);
     let jwks = Arc::new(JwksCache::new(jwks_url, Duration::from_secs(jwks_ttl)));
     tokio::spawn(report_degraded(jwks.clone(), bus.clone(), shutdown.token()));
     let limiter = Arc::new(RateLimiter::connect(&config.redis_url).await);
@@ -74,8 +90,11 @@ pub async fn run(rt: Service) -> anyhow::Result<()> {
         .with_public_path("/keel.v1.TokenService/ExchangeApiKey")
         .with_metrics(rt.metrics());
 
-    let (health_svc, reflection) = rt.grpc_health_and_reflection(keel_proto::FILE_DESCRIPTOR_SET, GRPC_SERVICES).await?;
+    let (health_svc, reflection) = rt
+        .grpc_health_and_reflection(keel_proto::FILE_DESCRIPTOR_SET, GRPC_SERVICES)
+        .await?;
     let router = keel_runtime::grpc::grpc_server_builder()
+        .layer(keel_runtime::RequestLogLayer::new("tenant", rt.metrics()))
         .layer(AuthLayer::new(auth))
         .add_service(health_svc)
         .add_service(reflection)
@@ -86,9 +105,12 @@ pub async fn run(rt: Service) -> anyhow::Result<()> {
         .with_postgres(store.pool().clone())
         .with_nats(nats)
         .with_redis(keel_runtime::health::redis_lazy(&config.redis_url)?);
-    let http = axum::Router::new().route("/.well-known/jwks.json", get(jwks_handler)).with_state(signing);
+    let http = axum::Router::new()
+        .route("/.well-known/jwks.json", get(jwks_handler))
+        .with_state(signing);
 
-    rt.serve_on(grpc_listener, http_listener, router, health, http).await?;
+    rt.serve_on(grpc_listener, http_listener, router, health, http)
+        .await?;
     relay.join().await?;
     projection.await??;
     Ok(())
@@ -122,7 +144,11 @@ async fn report_degraded(jwks: Arc<JwksCache>, bus: Bus, shutdown: tokio_util::s
                 service: "tenant".into(),
                 action: if now { "auth-degraded" } else { "auth-recovered" }.into(),
                 resource: "jwks/signing-keys".into(),
-                result: if now { AuditResult::Failed } else { AuditResult::Success },
+                result: if now {
+                    AuditResult::Failed
+                } else {
+                    AuditResult::Success
+                },
                 source_ip: "127.0.0.1".into(),
                 trace_id: None,
                 time: chrono::Utc::now(),

@@ -47,7 +47,11 @@ impl MasterKey {
     pub fn wrap(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
         let nonce = random::<NONCE_LEN>();
         let mut out = nonce.to_vec();
-        out.extend(self.0.encrypt(Nonce::from_slice(&nonce), plaintext).map_err(|_| Error::Crypto)?);
+        out.extend(
+            self.0
+                .encrypt(Nonce::from_slice(&nonce), plaintext)
+                .map_err(|_| Error::Crypto)?,
+        );
         Ok(out)
     }
 
@@ -56,7 +60,9 @@ impl MasterKey {
             return Err(Error::Crypto);
         }
         let (nonce, ct) = wrapped.split_at(NONCE_LEN);
-        self.0.decrypt(Nonce::from_slice(nonce), ct).map_err(|_| Error::Crypto)
+        self.0
+            .decrypt(Nonce::from_slice(nonce), ct)
+            .map_err(|_| Error::Crypto)
     }
 }
 
@@ -70,8 +76,14 @@ impl DataKey {
     pub fn encrypt(&self, plaintext: &str) -> Result<Encrypted> {
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.key));
         let nonce = random::<NONCE_LEN>();
-        let ct = cipher.encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes()).map_err(|_| Error::Crypto)?;
-        Ok(Encrypted { key_id: self.key_id.clone(), nonce: B64.encode(nonce), ciphertext: B64.encode(ct) })
+        let ct = cipher
+            .encrypt(Nonce::from_slice(&nonce), plaintext.as_bytes())
+            .map_err(|_| Error::Crypto)?;
+        Ok(Encrypted {
+            key_id: self.key_id.clone(),
+            nonce: B64.encode(nonce),
+            ciphertext: B64.encode(ct),
+        })
     }
 
     pub fn decrypt(&self, value: &Encrypted) -> Result<String> {
@@ -84,13 +96,16 @@ impl DataKey {
             return Err(Error::Crypto);
         }
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.key));
-        let pt = cipher.decrypt(Nonce::from_slice(&nonce), ct.as_slice()).map_err(|_| Error::Crypto)?;
+        let pt = cipher
+            .decrypt(Nonce::from_slice(&nonce), ct.as_slice())
+            .map_err(|_| Error::Crypto)?;
         String::from_utf8(pt).map_err(|_| Error::Crypto)
     }
 
     /// Keyed digest of a normalised e-mail address, for duplicate checks without plaintext.
     pub fn digest(&self, email: &str) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).unwrap_or_else(|_| unreachable!("any key length"));
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .unwrap_or_else(|_| unreachable!("any key length"));
         mac.update(email.to_lowercase().as_bytes());
         hex::encode(mac.finalize().into_bytes())
     }
@@ -129,14 +144,19 @@ impl DataKeys {
                 .bind(tenant_id)
                 .fetch_optional(&self.pool)
                 .await?;
-        let Some((key_id, wrapped)) = row else { return Ok(None) };
+        let Some((key_id, wrapped)) = row else {
+            return Ok(None);
+        };
         let key = <[u8; 32]>::try_from(self.master.unwrap(&wrapped)?).map_err(|_| Error::Crypto)?;
         Ok(Some(DataKey { key_id, key }))
     }
 
     /// Crypto-shredding: after this no encrypted value of the tenant can be read.
     pub async fn destroy(&self, tenant_id: &str) -> Result<bool> {
-        let done = sqlx::query("DELETE FROM tenant_data_keys WHERE tenant_id = $1").bind(tenant_id).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM tenant_data_keys WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 }
@@ -146,7 +166,10 @@ mod tests {
     use super::*;
 
     fn key() -> DataKey {
-        DataKey { key_id: "k1".into(), key: random::<32>() }
+        DataKey {
+            key_id: "k1".into(),
+            key: random::<32>(),
+        }
     }
 
     #[test]

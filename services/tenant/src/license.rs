@@ -40,7 +40,11 @@ impl LicenseClaims {
             tenant: tenant_id.into(),
             tier,
             features: e.features.iter().map(|f| (*f).to_owned()).collect(),
-            limits: Limits { environments: e.environments, agent_limit: e.agent_limit, retention_days: e.retention_days },
+            limits: Limits {
+                environments: e.environments,
+                agent_limit: e.agent_limit,
+                retention_days: e.retention_days,
+            },
             iat: now.timestamp(),
             exp: (now + Duration::days(VALIDITY_DAYS)).timestamp(),
         }
@@ -63,7 +67,9 @@ impl LicenseClaims {
 pub enum LicenseStatus {
     Valid,
     /// Expired less than [`GRACE_DAYS`] ago: the deployment runs read-only until `until`.
-    Grace { until: DateTime<Utc> },
+    Grace {
+        until: DateTime<Utc>,
+    },
     Expired,
 }
 
@@ -73,7 +79,9 @@ impl LicenseStatus {
         if now < exp {
             LicenseStatus::Valid
         } else if now < exp + Duration::days(GRACE_DAYS) {
-            LicenseStatus::Grace { until: exp + Duration::days(GRACE_DAYS) }
+            LicenseStatus::Grace {
+                until: exp + Duration::days(GRACE_DAYS),
+            }
         } else {
             LicenseStatus::Expired
         }
@@ -82,7 +90,11 @@ impl LicenseStatus {
 
 /// Verifies a license offline: signature against `jwks`, then its status at `now`. A license
 /// past its grace period fails to verify.
-pub fn verify(jwt: &str, jwks: &JwkSet, now: DateTime<Utc>) -> Result<(LicenseClaims, LicenseStatus), keel_auth::AuthError> {
+pub fn verify(
+    jwt: &str,
+    jwks: &JwkSet,
+    now: DateTime<Utc>,
+) -> Result<(LicenseClaims, LicenseStatus), keel_auth::AuthError> {
     let claims: LicenseClaims = keel_auth::verify(jwt.trim(), jwks, now.timestamp(), GRACE_DAYS * 86_400)?;
     let status = LicenseStatus::at(&claims, now);
     Ok((claims, status))
@@ -95,7 +107,9 @@ mod tests {
     #[test]
     fn verifies_offline_and_one_changed_byte_fails() {
         let key = SigningKey::generate();
-        let jwks = JwkSet { keys: vec![key.public_jwk()] };
+        let jwks = JwkSet {
+            keys: vec![key.public_jwk()],
+        };
         let now = Utc::now();
         let claims = LicenseClaims::new("t1", Tier::High, now);
         let jwt = claims.sign(&key).unwrap();
@@ -105,19 +119,26 @@ mod tests {
             let mut bytes = jwt.clone().into_bytes();
             bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
             let tampered = String::from_utf8(bytes).unwrap();
-            assert!(verify(&tampered, &jwks, now).is_err(), "byte {i} changed and it still verified");
+            assert!(
+                verify(&tampered, &jwks, now).is_err(),
+                "byte {i} changed and it still verified"
+            );
         }
     }
 
     #[test]
     fn grace_then_expired() {
         let key = SigningKey::generate();
-        let jwks = JwkSet { keys: vec![key.public_jwk()] };
+        let jwks = JwkSet {
+            keys: vec![key.public_jwk()],
+        };
         let issued = Utc::now() - Duration::days(VALIDITY_DAYS + 2);
         let jwt = LicenseClaims::new("t1", Tier::Low, issued).sign(&key).unwrap();
         let (_, status) = verify(&jwt, &jwks, Utc::now()).unwrap();
         assert!(matches!(status, LicenseStatus::Grace { .. }));
-        let old = LicenseClaims::new("t1", Tier::Low, Utc::now() - Duration::days(VALIDITY_DAYS + 8)).sign(&key).unwrap();
+        let old = LicenseClaims::new("t1", Tier::Low, Utc::now() - Duration::days(VALIDITY_DAYS + 8))
+            .sign(&key)
+            .unwrap();
         assert!(verify(&old, &jwks, Utc::now()).is_err());
     }
 }

@@ -9,7 +9,10 @@ use sqlx::PgConnection;
 pub struct TenantsView;
 
 fn str_field<'a>(e: &'a Envelope, key: &str) -> Result<&'a str, ApplyError> {
-    e.data.get(key).and_then(|v| v.as_str()).ok_or_else(|| ApplyError::Permanent(format!("{} lacks data.{key}", e.event_type)))
+    e.data
+        .get(key)
+        .and_then(|v| v.as_str())
+        .ok_or_else(|| ApplyError::Permanent(format!("{} lacks data.{key}", e.event_type)))
 }
 
 #[async_trait]

@@ -39,7 +39,9 @@ impl SigningKeys {
 
     async fn load_active(&self) -> Result<Option<SigningKey>> {
         let row: Option<(String, Vec<u8>)> =
-            sqlx::query_as("SELECT kid, wrapped_seed FROM signing_keys WHERE retired_at IS NULL").fetch_optional(&self.pool).await?;
+            sqlx::query_as("SELECT kid, wrapped_seed FROM signing_keys WHERE retired_at IS NULL")
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|(kid, wrapped)| self.key(&kid, &wrapped)).transpose()
     }
 
@@ -52,7 +54,9 @@ impl SigningKeys {
     pub async fn rotate(&self) -> Result<String> {
         let key = SigningKey::generate();
         let mut tx = self.pool.begin().await?;
-        sqlx::query("UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL").execute(&mut *tx).await?;
+        sqlx::query("UPDATE signing_keys SET retired_at = now() WHERE retired_at IS NULL")
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("INSERT INTO signing_keys (kid, wrapped_seed) VALUES ($1, $2)")
             .bind(key.kid())
             .bind(self.master.wrap(&key.seed())?)
@@ -73,7 +77,10 @@ impl SigningKeys {
         .bind(cutoff)
         .fetch_all(&self.pool)
         .await?;
-        let keys = rows.iter().map(|(kid, w)| self.key(kid, w).map(|k| k.public_jwk())).collect::<Result<Vec<_>>>()?;
+        let keys = rows
+            .iter()
+            .map(|(kid, w)| self.key(kid, w).map(|k| k.public_jwk()))
+            .collect::<Result<Vec<_>>>()?;
         Ok(JwkSet { keys })
     }
 }

@@ -82,12 +82,24 @@ impl ApiKeys {
         .fetch_optional(&self.pool)
         .await?;
         let (key_id, account_id, tenant_id, scopes) = row.ok_or(Error::Unauthenticated("invalid API key"))?;
-        Ok(KeyGrant { key_id, account_id, tenant_id, scopes })
+        Ok(KeyGrant {
+            key_id,
+            account_id,
+            tenant_id,
+            scopes,
+        })
     }
 }
 
 /// Claims of an access token for `subject` of `tenant` (or `*`), valid `ttl_secs` from `now`.
-pub fn access_claims(subject: &str, tenant: &str, scopes: Vec<String>, tier: Option<String>, ttl_secs: u32, now: DateTime<Utc>) -> Claims {
+pub fn access_claims(
+    subject: &str,
+    tenant: &str,
+    scopes: Vec<String>,
+    tier: Option<String>,
+    ttl_secs: u32,
+    now: DateTime<Utc>,
+) -> Claims {
     Claims {
         sub: subject.to_owned(),
         tenant: tenant.to_owned(),
@@ -112,7 +124,11 @@ mod tests {
         let (a, b) = (new_api_key(), new_api_key());
         assert_ne!(a, b);
         assert_eq!(a.len(), 5 + 43);
-        assert!(a[5..].chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(
+            a[5..]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
         assert_ne!(hash(&a), hash(&b));
     }
 }

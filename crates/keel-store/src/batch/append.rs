@@ -50,12 +50,15 @@ impl Columns {
                 .get(metadata::TENANT_ID)
                 .and_then(Value::as_str)
                 .filter(|t| !t.is_empty())
-                .ok_or_else(|| PersistenceError::UnknownError(Box::new(crate::Error::MissingMetadata("tenant_id"))))?;
+                .ok_or_else(|| {
+                    PersistenceError::UnknownError(Box::new(crate::Error::MissingMetadata("tenant_id")))
+                })?;
             c.ids.push(Uuid::now_v7());
             c.tenants.push(tenant.to_owned());
             c.agg_types.push(e.aggregate_type.clone());
             c.agg_ids.push(e.aggregate_id.clone());
-            c.seqs.push(i64::try_from(e.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?);
+            c.seqs
+                .push(i64::try_from(e.sequence).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?);
             c.types.push(e.event_type.clone());
             c.versions.push(e.event_version.clone());
             c.payloads.push(e.payload.clone());
@@ -88,7 +91,11 @@ impl Columns {
 
     /// Inserts rows `range` in one statement: all of them or none. On a pool the statement
     /// commits on its own; on a transaction's connection it is part of that transaction.
-    pub async fn insert<'e>(&self, db: impl sqlx::PgExecutor<'e>, r: Range<usize>) -> Result<(), sqlx::Error> {
+    pub async fn insert<'e>(
+        &self,
+        db: impl sqlx::PgExecutor<'e>,
+        r: Range<usize>,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(INSERT_EVENTS)
             .bind(&self.ids[r.clone()])
             .bind(&self.tenants[r.clone()])
@@ -109,6 +116,8 @@ impl Columns {
 pub(crate) struct Append(pub Columns);
 
 type Reply = oneshot::Sender<Result<(), PersistenceError>>;
+/// A command's rows in the group and its caller.
+type Waiting = (Range<usize>, Reply);
 
 impl Grouped for Append {
     type Output = ();
@@ -135,7 +144,7 @@ impl Grouped for Append {
         };
         // Winners' rows first, so that they form one range.
         let mut rows = Columns::default();
-        let (mut winners, mut losers): (Vec<(Range<usize>, Reply)>, Vec<(Range<usize>, Reply)>) = (vec![], vec![]);
+        let (mut winners, mut losers): (Vec<Waiting>, Vec<Waiting>) = (vec![], vec![]);
         let (won, lost): (Vec<_>, Vec<_>) = group.into_iter().zip(wins).partition(|(_, w)| *w);
         for (p, _) in won {
             winners.push((rows.append(p.request.0), p.reply));
@@ -144,6 +153,7 @@ impl Grouped for Append {
         for (p, _) in lost {
             losers.push((rows.append(p.request.0), p.reply));
         }
+        let alone = winners.len() + losers.len() == 1;
         match rows.insert(&pool, won_rows).await {
             Ok(()) => {
                 for (_, reply) in winners {
@@ -154,21 +164,20 @@ impl Grouped for Append {
                     let _ = reply.send(Err(PersistenceError::OptimisticLockError));
                 }
             }
-            Err(sqlx::Error::Database(_)) if winners.len() + losers.len() > 1 => {
+            Err(e) if alone => {
+                if let Some((_, reply)) = winners.pop() {
+                    let _ = reply.send(Err(db_error(e)));
+                }
+            }
+            Err(sqlx::Error::Database(_)) => {
                 // Nothing of the group was stored. Every command runs again on its own: winners
                 // side by side (their keys are distinct), then losers against what winners left.
                 let (pool, rows) = (&pool, &rows);
-                let alone = |(range, reply): (Range<usize>, Reply)| async move {
+                let run_alone = |(range, reply): Waiting| async move {
                     let _ = reply.send(rows.insert(pool, range).await.map_err(db_error));
                 };
-                futures::future::join_all(winners.into_iter().map(alone)).await;
-                futures::future::join_all(losers.into_iter().map(alone)).await;
-            }
-            Err(e) if winners.len() + losers.len() == 1 => {
-                for (_, reply) in winners {
-                    let _ = reply.send(Err(db_error(e)));
-                    return;
-                }
+                futures::future::join_all(winners.into_iter().map(run_alone)).await;
+                futures::future::join_all(losers.into_iter().map(run_alone)).await;
             }
             Err(e) => {
                 // The outcome is unknown (connection lost mid-statement): every caller hears so.

@@ -39,12 +39,24 @@ impl Aggregate for Counter {
     type Error = CounterError;
     type Services = ();
 
-    async fn handle(&mut self, command: CounterCommand, _: &(), sink: &EventSink<Self>) -> Result<(), CounterError> {
+    async fn handle(
+        &mut self,
+        command: CounterCommand,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), CounterError> {
         let CounterCommand::Add(amount) = command;
         if amount == 0 {
             return Err(CounterError("amount must be positive".into()));
         }
-        sink.write(CounterEvent::Added { amount, note: "x".repeat(400) }, self).await;
+        sink.write(
+            CounterEvent::Added {
+                amount,
+                note: "x".repeat(400),
+            },
+            self,
+        )
+        .await;
         Ok(())
     }
 

@@ -108,21 +108,36 @@ async fn poison_goes_to_the_dlq_with_its_reason_and_does_not_block_the_rest() {
         (rows(&env).await.len() == 40).then_some(())
     })
     .await;
-    let dlq = env.bus.jetstream().get_stream(env.bus.stream_name(StreamKind::Dlq)).await.unwrap();
-    eventually("both bad messages dead-lettered", Duration::from_secs(20), || async {
-        let mut dlq = dlq.clone();
-        (dlq.info().await.unwrap().state.messages == 2).then_some(())
-    })
+    let dlq = env
+        .bus
+        .jetstream()
+        .get_stream(env.bus.stream_name(StreamKind::Dlq))
+        .await
+        .unwrap();
+    eventually(
+        "both bad messages dead-lettered",
+        Duration::from_secs(20),
+        || async {
+            let mut dlq = dlq.clone();
+            (dlq.info().await.unwrap().state.messages == 2).then_some(())
+        },
+    )
     .await;
     let mut reasons = Vec::new();
     for seq in 1..=2 {
         let m = dlq.get_raw_message(seq).await.unwrap();
-        assert_eq!(m.subject.as_str(), format!("{}keel.dlq.seen.acme", env.bus.subject_prefix()));
+        assert_eq!(
+            m.subject.as_str(),
+            format!("{}keel.dlq.seen.acme", env.bus.subject_prefix())
+        );
         assert_eq!(m.headers.get(headers::DLQ_CONSUMER).unwrap().as_str(), "seen");
         reasons.push(m.headers.get(headers::DLQ_REASON).unwrap().as_str().to_owned());
     }
     reasons.sort();
-    assert!(reasons[0].starts_with("gave up after 3 deliveries: poison pill"), "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("gave up after 3 deliveries: poison pill"),
+        "{reasons:?}"
+    );
     assert!(reasons[1].starts_with("malformed envelope"), "{reasons:?}");
     eventually("consumer drained", Duration::from_secs(20), || async {
         (runner.lag().await.unwrap() == 0).then_some(())
@@ -140,8 +155,9 @@ async fn rebuilt_projection_equals_the_live_one_and_redelivery_does_not_double()
         .execute(env.store.pool())
         .await
         .unwrap();
-    let events: Vec<Envelope> =
-        (1..=300).map(|s| envelope(if s % 2 == 0 { "acme" } else { "globex" }, s, json!({"n": s}))).collect();
+    let events: Vec<Envelope> = (1..=300)
+        .map(|s| envelope(if s % 2 == 0 { "acme" } else { "globex" }, s, json!({"n": s})))
+        .collect();
     for e in &events[..150] {
         publish(&env, e).await;
     }

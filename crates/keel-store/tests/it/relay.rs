@@ -14,17 +14,31 @@ const INSERT: &str = "INSERT INTO events (event_id, tenant_id, aggregate_type, a
      '{\"tenant_id\": \"acme\", \"actor\": \"user:alice\"}')";
 
 fn config() -> RelayConfig {
-    RelayConfig { idle_poll: Duration::from_millis(2), standby_poll: Duration::from_millis(20), ..Default::default() }
+    RelayConfig {
+        idle_poll: Duration::from_millis(2),
+        standby_poll: Duration::from_millis(20),
+        ..Default::default()
+    }
 }
 
 async fn stream_len(env: &TestEnv) -> u64 {
-    let mut s = env.bus.jetstream().get_stream(env.bus.stream_name(StreamKind::Events)).await.unwrap();
+    let mut s = env
+        .bus
+        .jetstream()
+        .get_stream(env.bus.stream_name(StreamKind::Events))
+        .await
+        .unwrap();
     s.info().await.unwrap().state.messages
 }
 
 /// Every message of KEEL_EVENTS, in stream order, as envelope ids.
 async fn stream_ids(env: &TestEnv) -> Vec<Uuid> {
-    let s = env.bus.jetstream().get_stream(env.bus.stream_name(StreamKind::Events)).await.unwrap();
+    let s = env
+        .bus
+        .jetstream()
+        .get_stream(env.bus.stream_name(StreamKind::Events))
+        .await
+        .unwrap();
     let n = stream_len(env).await;
     let mut ids = Vec::new();
     for seq in 1..=n {
@@ -36,14 +50,22 @@ async fn stream_ids(env: &TestEnv) -> Vec<Uuid> {
 
 /// The committed events in the order the relay must publish them.
 async fn commit_order(pool: &PgPool) -> Vec<Uuid> {
-    sqlx::query_scalar("SELECT event_id FROM events ORDER BY tx_id, global_position").fetch_all(pool).await.unwrap()
+    sqlx::query_scalar("SELECT event_id FROM events ORDER BY tx_id, global_position")
+        .fetch_all(pool)
+        .await
+        .unwrap()
 }
 
 async fn insert(pool: &PgPool, n: usize) -> Vec<Uuid> {
     let mut ids = Vec::new();
     for i in 0..n {
         let id = Uuid::now_v7();
-        sqlx::query(INSERT).bind(id).bind(format!("a{i}-{id}")).execute(pool).await.unwrap();
+        sqlx::query(INSERT)
+            .bind(id)
+            .bind(format!("a{i}-{id}"))
+            .execute(pool)
+            .await
+            .unwrap();
         ids.push(id);
     }
     ids
@@ -65,9 +87,19 @@ async fn out_of_order_commit_is_held_back_then_published_once_in_commit_order() 
         // A takes the lower position and stays open; B takes a higher one and commits first.
         let mut a = pool.begin().await.unwrap();
         let a_id = Uuid::now_v7();
-        sqlx::query(INSERT).bind(a_id).bind(format!("A{round}")).execute(&mut *a).await.unwrap();
+        sqlx::query(INSERT)
+            .bind(a_id)
+            .bind(format!("A{round}"))
+            .execute(&mut *a)
+            .await
+            .unwrap();
         let b_id = Uuid::now_v7();
-        sqlx::query(INSERT).bind(b_id).bind(format!("B{round}")).execute(&pool).await.unwrap();
+        sqlx::query(INSERT)
+            .bind(b_id)
+            .bind(format!("B{round}"))
+            .execute(&pool)
+            .await
+            .unwrap();
         // Let the relay poll several times while A is open: nothing of A's range may appear.
         let polled = relay.stats().checkpoint_position.load(Ordering::SeqCst);
         let polls_before = relay_polls(&relay);
@@ -75,7 +107,11 @@ async fn out_of_order_commit_is_held_back_then_published_once_in_commit_order() 
             (relay_polls(&relay) >= polls_before + 3).then_some(())
         })
         .await;
-        assert_eq!(stream_len(&env).await, before, "round {round}: published past an open transaction");
+        assert_eq!(
+            stream_len(&env).await,
+            before,
+            "round {round}: published past an open transaction"
+        );
         assert_eq!(relay.stats().checkpoint_position.load(Ordering::SeqCst), polled);
         if round % 5 == 4 {
             a.rollback().await.unwrap();
@@ -83,12 +119,19 @@ async fn out_of_order_commit_is_held_back_then_published_once_in_commit_order() 
             a.commit().await.unwrap();
         }
         let expected = commit_order(&pool).await;
-        let last: i64 = sqlx::query_scalar("SELECT max(global_position) FROM events").fetch_one(&pool).await.unwrap();
-        eventually("relay catches up and checkpoints", Duration::from_secs(10), || async {
-            (stream_len(&env).await == expected.len() as u64
-                && relay.stats().checkpoint_position.load(Ordering::SeqCst) == last)
-                .then_some(())
-        })
+        let last: i64 = sqlx::query_scalar("SELECT max(global_position) FROM events")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        eventually(
+            "relay catches up and checkpoints",
+            Duration::from_secs(10),
+            || async {
+                (stream_len(&env).await == expected.len() as u64
+                    && relay.stats().checkpoint_position.load(Ordering::SeqCst) == last)
+                    .then_some(())
+            },
+        )
         .await;
     }
     // Finally: every committed event exactly once, in commit order; rolled-back ones never.
@@ -116,7 +159,12 @@ async fn concurrent_writers_are_published_exactly_once_in_commit_order() {
         writers.push(tokio::spawn(async move {
             for i in 0..40 {
                 let mut tx = pool.begin().await.unwrap();
-                sqlx::query(INSERT).bind(Uuid::now_v7()).bind(format!("w{w}-{i}")).execute(&mut *tx).await.unwrap();
+                sqlx::query(INSERT)
+                    .bind(Uuid::now_v7())
+                    .bind(format!("w{w}-{i}"))
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
                 if i % 3 == 0 {
                     tokio::task::yield_now().await;
                 }
@@ -159,7 +207,11 @@ async fn relay_killed_before_checkpoint_republishes_and_stream_dedupes() {
             if batch.len() == 50 {
                 break batch;
             }
-            assert!(std::time::Instant::now() < deadline, "only {} of 50 events below the horizon", batch.len());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of 50 events below the horizon",
+                batch.len()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         crashed.publish(&batch).await.unwrap();
@@ -173,7 +225,11 @@ async fn relay_killed_before_checkpoint_republishes_and_stream_dedupes() {
     })
     .await;
     assert_eq!(relay.stats().published.load(Ordering::SeqCst), 0);
-    assert_eq!(stream_len(&env).await, 50, "dedupe must keep one copy of each event");
+    assert_eq!(
+        stream_len(&env).await,
+        50,
+        "dedupe must keep one copy of each event"
+    );
     // Inserted one per transaction, in sequence: commit order is insert order.
     assert_eq!(stream_ids(&env).await, ids);
     shutdown.cancel();
@@ -196,14 +252,26 @@ async fn two_relays_started_at_once_never_both_publish() {
     let sent = |r: &relay::RelayHandle| {
         r.stats().published.load(Ordering::SeqCst) + r.stats().duplicates.load(Ordering::SeqCst)
     };
-    let leaders = [&r1, &r2].iter().filter(|r| r.stats().is_leader.load(Ordering::SeqCst)).count();
+    let leaders = [&r1, &r2]
+        .iter()
+        .filter(|r| r.stats().is_leader.load(Ordering::SeqCst))
+        .count();
     assert_eq!(leaders, 1, "exactly one relay holds the lock");
-    assert!(sent(&r1) == 0 || sent(&r2) == 0, "both relays published: {} and {}", sent(&r1), sent(&r2));
+    assert!(
+        sent(&r1) == 0 || sent(&r2) == 0,
+        "both relays published: {} and {}",
+        sent(&r1),
+        sent(&r2)
+    );
     assert_eq!(sent(&r1) + sent(&r2), 200);
     assert_eq!(stream_ids(&env).await, ids);
 
     // The leader stops; the standby takes over and carries on from the checkpoint.
-    let (leader, standby) = if r1.stats().is_leader.load(Ordering::SeqCst) { (r1, r2) } else { (r2, r1) };
+    let (leader, standby) = if r1.stats().is_leader.load(Ordering::SeqCst) {
+        (r1, r2)
+    } else {
+        (r2, r1)
+    };
     leader.abort();
     let _ = leader.join().await;
     let more = insert(&pool, 20).await;
@@ -234,10 +302,21 @@ async fn envelopes_carry_the_metadata_and_land_on_tenant_subjects() {
     .unwrap();
     let shutdown = CancellationToken::new();
     let relay = Relay::new(&env.store, env.bus.clone(), config()).start(shutdown.clone());
-    eventually("published", Duration::from_secs(10), || async { (stream_len(&env).await == 1).then_some(()) }).await;
-    let s = env.bus.jetstream().get_stream(env.bus.stream_name(StreamKind::Events)).await.unwrap();
+    eventually("published", Duration::from_secs(10), || async {
+        (stream_len(&env).await == 1).then_some(())
+    })
+    .await;
+    let s = env
+        .bus
+        .jetstream()
+        .get_stream(env.bus.stream_name(StreamKind::Events))
+        .await
+        .unwrap();
     let msg = s.get_raw_message(1).await.unwrap();
-    assert_eq!(msg.subject.as_str(), format!("{}.keel.evt.acme.store.TenantCreated", env.token));
+    assert_eq!(
+        msg.subject.as_str(),
+        format!("{}.keel.evt.acme.store.TenantCreated", env.token)
+    );
     let e = Envelope::parse(&msg.payload).unwrap();
     assert_eq!(e.event_type, "keel.store.TenantCreated.v1");
     assert_eq!(e.source, "keel/store");
@@ -245,7 +324,10 @@ async fn envelopes_carry_the_metadata_and_land_on_tenant_subjects() {
     assert_eq!(e.actor, "user:alice");
     assert_eq!(e.traceparent.as_deref(), Some(tp));
     assert_eq!(msg.headers.get("traceparent").map(|v| v.as_str()), Some(tp));
-    assert_eq!(msg.headers.get("Nats-Msg-Id").map(|v| v.as_str()), Some(e.id.to_string().as_str()));
+    assert_eq!(
+        msg.headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+        Some(e.id.to_string().as_str())
+    );
     shutdown.cancel();
     relay.join().await.unwrap();
     env.cleanup().await.unwrap();

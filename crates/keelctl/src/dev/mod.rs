@@ -33,19 +33,56 @@ pub struct ServiceSpec {
 }
 
 pub const SERVICES: &[ServiceSpec] = &[
-    ServiceSpec { name: "tenant", binary: "keel-tenant", grpc_port: 50051, http_port: 8081 },
-    ServiceSpec { name: "provisioning", binary: "keel-provisioning", grpc_port: 50052, http_port: 8082 },
-    ServiceSpec { name: "billing", binary: "keel-billing", grpc_port: 50053, http_port: 8083 },
-    ServiceSpec { name: "timeline", binary: "keel-timeline", grpc_port: 50054, http_port: 8084 },
-    ServiceSpec { name: "evidence", binary: "keel-evidence", grpc_port: 50055, http_port: 8085 },
-    ServiceSpec { name: "scheduler", binary: "keel-scheduler", grpc_port: 50056, http_port: 8086 },
-    ServiceSpec { name: "evaluator", binary: "keel-evaluator", grpc_port: 50057, http_port: 8087 },
+    ServiceSpec {
+        name: "tenant",
+        binary: "keel-tenant",
+        grpc_port: 50051,
+        http_port: 8081,
+    },
+    ServiceSpec {
+        name: "provisioning",
+        binary: "keel-provisioning",
+        grpc_port: 50052,
+        http_port: 8082,
+    },
+    ServiceSpec {
+        name: "billing",
+        binary: "keel-billing",
+        grpc_port: 50053,
+        http_port: 8083,
+    },
+    ServiceSpec {
+        name: "timeline",
+        binary: "keel-timeline",
+        grpc_port: 50054,
+        http_port: 8084,
+    },
+    ServiceSpec {
+        name: "evidence",
+        binary: "keel-evidence",
+        grpc_port: 50055,
+        http_port: 8085,
+    },
+    ServiceSpec {
+        name: "scheduler",
+        binary: "keel-scheduler",
+        grpc_port: 50056,
+        http_port: 8086,
+    },
+    ServiceSpec {
+        name: "evaluator",
+        binary: "keel-evaluator",
+        grpc_port: 50057,
+        http_port: 8087,
+    },
 ];
 
 pub async fn run(command: DevCommand) -> anyhow::Result<()> {
     match command {
-        DevCommand::Up { bin_dir, only, ready_timeout } => {
-            supervisor::up(&bin_dir, &only, std::time::Duration::from_secs(ready_timeout)).await
-        }
+        DevCommand::Up {
+            bin_dir,
+            only,
+            ready_timeout,
+        } => supervisor::up(&bin_dir, &only, std::time::Duration::from_secs(ready_timeout)).await,
     }
 }

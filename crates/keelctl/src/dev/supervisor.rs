@@ -20,17 +20,26 @@ struct Running {
 }
 
 pub async fn up(bin_dir: &Path, only: &[String], ready_timeout: Duration) -> anyhow::Result<()> {
-    let chosen: Vec<&'static ServiceSpec> =
-        SERVICES.iter().filter(|s| only.is_empty() || only.iter().any(|o| o == s.name)).collect();
+    let chosen: Vec<&'static ServiceSpec> = SERVICES
+        .iter()
+        .filter(|s| only.is_empty() || only.iter().any(|o| o == s.name))
+        .collect();
     let mut running = Vec::new();
     for spec in chosen {
         let path = bin_dir.join(spec.binary);
         if !path.exists() {
-            println!("[dev] {:<12} not built yet ({}), skipped", spec.name, path.display());
+            println!(
+                "[dev] {:<12} not built yet ({}), skipped",
+                spec.name,
+                path.display()
+            );
             continue;
         }
         let mut child = Command::new(&path)
-            .env("KEEL_LOG_FORMAT", std::env::var("KEEL_LOG_FORMAT").unwrap_or_else(|_| "pretty".into()))
+            .env(
+                "KEEL_LOG_FORMAT",
+                std::env::var("KEEL_LOG_FORMAT").unwrap_or_else(|_| "pretty".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -42,15 +51,27 @@ pub async fn up(bin_dir: &Path, only: &[String], ready_timeout: Duration) -> any
         if let Some(err) = child.stderr.take() {
             tokio::spawn(prefix(spec.name, err));
         }
-        println!("[dev] {:<12} started (pid {}), gRPC :{} HTTP :{}", spec.name, child.id().unwrap_or(0), spec.grpc_port, spec.http_port);
+        println!(
+            "[dev] {:<12} started (pid {}), gRPC :{} HTTP :{}",
+            spec.name,
+            child.id().unwrap_or(0),
+            spec.grpc_port,
+            spec.http_port
+        );
         running.push(Running { spec, child });
     }
     if running.is_empty() {
-        bail!("no service binary found in {}: run `cargo build --bins` first", bin_dir.display());
+        bail!(
+            "no service binary found in {}: run `cargo build --bins` first",
+            bin_dir.display()
+        );
     }
     for r in &mut running {
         wait_ready(r, ready_timeout).await?;
-        println!("[dev] {:<12} ready on http://127.0.0.1:{}/readyz", r.spec.name, r.spec.http_port);
+        println!(
+            "[dev] {:<12} ready on http://127.0.0.1:{}/readyz",
+            r.spec.name, r.spec.http_port
+        );
     }
     println!("[dev] mesh is up ({} services). Ctrl-C stops it.", running.len());
 
@@ -58,7 +79,7 @@ pub async fn up(bin_dir: &Path, only: &[String], ready_timeout: Duration) -> any
     let exited = async {
         // Any service dying on its own brings the mesh down: a half mesh only confuses.
         let waits: Vec<_> = running.iter_mut().map(|r| Box::pin(r.child.wait())).collect();
-        futures::future::select_all(waits).await;
+        let _ = futures::future::select_all(waits).await;
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => println!("\n[dev] stopping…"),
@@ -104,7 +125,11 @@ async fn wait_ready(r: &mut Running, timeout: Duration) -> anyhow::Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{} not ready after {timeout:?} (GET :{}/readyz)", r.spec.name, r.spec.http_port);
+            bail!(
+                "{} not ready after {timeout:?} (GET :{}/readyz)",
+                r.spec.name,
+                r.spec.http_port
+            );
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(500));
@@ -113,10 +138,18 @@ async fn wait_ready(r: &mut Running, timeout: Duration) -> anyhow::Result<()> {
 
 /// A minimal HTTP/1.0 GET: enough for a readiness probe, no client library needed.
 async fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(("127.0.0.1", port))).await.ok()?.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).await.ok()?;
+    let mut s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(("127.0.0.1", port)))
+        .await
+        .ok()?
+        .ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
     let mut buf = vec![0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await.ok()?.ok()?;
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
     let head = std::str::from_utf8(&buf[..n]).ok()?;
     head.split_whitespace().nth(1)?.parse().ok()
 }

@@ -3,8 +3,8 @@
 use chrono::{DateTime, Utc};
 use keel_proto::v1 as pb;
 
-use crate::domain::{Role, Status, Tenant, Tier};
 use crate::domain::validate::Invalid;
+use crate::domain::{Role, Status, Tenant, Tier};
 
 pub fn tier_to_pb(t: Tier) -> pb::Tier {
     match t {
@@ -21,7 +21,10 @@ pub fn tier_from_pb(field: &'static str, value: i32) -> Result<Tier, Invalid> {
         Ok(pb::Tier::Mid) => Ok(Tier::Mid),
         Ok(pb::Tier::High) => Ok(Tier::High),
         Ok(pb::Tier::Business) => Ok(Tier::Business),
-        _ => Err(Invalid { field, reason: "must be one of TIER_LOW, TIER_MID, TIER_HIGH, TIER_BUSINESS".into() }),
+        _ => Err(Invalid {
+            field,
+            reason: "must be one of TIER_LOW, TIER_MID, TIER_HIGH, TIER_BUSINESS".into(),
+        }),
     }
 }
 
@@ -40,7 +43,10 @@ pub fn role_from_pb(field: &'static str, value: i32) -> Result<Role, Invalid> {
         Ok(pb::Role::Admin) => Ok(Role::Admin),
         Ok(pb::Role::Developer) => Ok(Role::Developer),
         Ok(pb::Role::Viewer) => Ok(Role::Viewer),
-        _ => Err(Invalid { field, reason: "must be one of ROLE_OWNER, ROLE_ADMIN, ROLE_DEVELOPER, ROLE_VIEWER".into() }),
+        _ => Err(Invalid {
+            field,
+            reason: "must be one of ROLE_OWNER, ROLE_ADMIN, ROLE_DEVELOPER, ROLE_VIEWER".into(),
+        }),
     }
 }
 
@@ -71,7 +77,10 @@ pub fn status_from_name(s: &str) -> Status {
 }
 
 pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) }
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
 }
 
 pub fn entitlements(t: Tier) -> pb::Entitlements {

@@ -6,7 +6,7 @@ use keel_proto::v1 as pb;
 use keel_proto::v1::license_service_server::LicenseService;
 use tonic::{Request, Response, Status};
 
-use super::convert::{timestamp, tier_to_pb};
+use super::convert::{tier_to_pb, timestamp};
 use super::{Call, Core, Shared};
 use crate::domain::{TenantCommand, TenantError, Tier};
 use crate::error::Error;
@@ -31,7 +31,10 @@ pub async fn issue(core: &Core, call: &Call, tenant_id: &str) -> Result<pb::Lice
         .execute(core.store.pool())
         .await
         .map_err(Error::from)?;
-    let command = TenantCommand::RecordLicense { license_id: claims.lid.clone(), expires_at: claims.expires_at().to_rfc3339() };
+    let command = TenantCommand::RecordLicense {
+        license_id: claims.lid.clone(),
+        expires_at: claims.expires_at().to_rfc3339(),
+    };
     core.execute(call, tenant_id, "license-issue", command).await?;
     Ok(license_pb(&claims.lid, tenant_id, tier, &claims, jwt))
 }
@@ -49,27 +52,51 @@ fn license_pb(id: &str, tenant_id: &str, tier: Tier, claims: &LicenseClaims, jwt
 
 #[tonic::async_trait]
 impl LicenseService for LicenseApi {
-    async fn issue_license(&self, req: Request<pb::IssueLicenseRequest>) -> Result<Response<pb::License>, Status> {
+    async fn issue_license(
+        &self,
+        req: Request<pb::IssueLicenseRequest>,
+    ) -> Result<Response<pb::License>, Status> {
         let call = Call::of(&req);
-        let tenant_id = self.0.resolve(&call, req.get_ref().tenant.as_ref(), scopes::OPERATOR).await?;
-        self.0.authorize_operator(&call, &tenant_id, "license-issue").await?;
+        let tenant_id = self
+            .0
+            .resolve(&call, req.get_ref().tenant.as_ref(), scopes::OPERATOR)
+            .await?;
+        self.0
+            .authorize_operator(&call, &tenant_id, "license-issue")
+            .await?;
         Ok(Response::new(issue(&self.0, &call, &tenant_id).await?))
     }
 
-    async fn get_license(&self, req: Request<pb::GetLicenseRequest>) -> Result<Response<pb::License>, Status> {
+    async fn get_license(
+        &self,
+        req: Request<pb::GetLicenseRequest>,
+    ) -> Result<Response<pb::License>, Status> {
         let call = Call::of(&req);
-        let tenant_id = self.0.resolve(&call, req.get_ref().tenant.as_ref(), scopes::LICENSE_READ).await?;
-        self.0.authorize(&call, scopes::LICENSE_READ, &tenant_id, "license-get").await?;
-        let row: Option<(String, String)> =
-            sqlx::query_as("SELECT license_id, jwt FROM licenses WHERE tenant_id = $1 ORDER BY issued_at DESC LIMIT 1")
-                .bind(&tenant_id)
-                .fetch_optional(self.0.store.pool())
-                .await
-                .map_err(Error::from)?;
+        let tenant_id = self
+            .0
+            .resolve(&call, req.get_ref().tenant.as_ref(), scopes::LICENSE_READ)
+            .await?;
+        self.0
+            .authorize(&call, scopes::LICENSE_READ, &tenant_id, "license-get")
+            .await?;
+        let row: Option<(String, String)> = sqlx::query_as(
+            "SELECT license_id, jwt FROM licenses WHERE tenant_id = $1 ORDER BY issued_at DESC LIMIT 1",
+        )
+        .bind(&tenant_id)
+        .fetch_optional(self.0.store.pool())
+        .await
+        .map_err(Error::from)?;
         let (id, jwt) = row.ok_or(Error::NotFound("license"))?;
         let jwks = self.0.signing.jwks().await?;
         // Our own licenses always verify unless their key has aged out of the JWKS.
-        let (claims, _) = crate::license::verify(&jwt, &jwks, Utc::now()).map_err(|_| Error::NotFound("current license"))?;
-        Ok(Response::new(license_pb(&id, &tenant_id, claims.tier, &claims, jwt)))
+        let (claims, _) = crate::license::verify(&jwt, &jwks, Utc::now())
+            .map_err(|_| Error::NotFound("current license"))?;
+        Ok(Response::new(license_pb(
+            &id,
+            &tenant_id,
+            claims.tier,
+            &claims,
+            jwt,
+        )))
     }
 }

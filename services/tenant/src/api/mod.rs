@@ -50,7 +50,12 @@ pub struct Call {
 
 impl Call {
     pub fn of<T>(req: &Request<T>) -> Self {
-        let header = |k: &str| req.metadata().get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header = |k: &str| {
+            req.metadata()
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         let traceparent = header("traceparent")
             .filter(|tp| keel_runtime::telemetry::parse_traceparent(tp).is_some())
             .unwrap_or_else(keel_runtime::telemetry::new_traceparent);
@@ -59,18 +64,26 @@ impl Call {
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         Self {
             principal: keel_auth::from_request(req).ok().cloned(),
-            source_ip: req.remote_addr().map(|a| a.ip().to_string()).unwrap_or_else(|| "unknown".into()),
+            source_ip: req
+                .remote_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_else(|| "unknown".into()),
             traceparent,
             request_id,
         }
     }
 
     pub fn principal(&self) -> Result<&Principal, Status> {
-        self.principal.as_ref().ok_or_else(|| Status::unauthenticated("missing bearer token"))
+        self.principal
+            .as_ref()
+            .ok_or_else(|| Status::unauthenticated("missing bearer token"))
     }
 
     pub fn actor(&self) -> String {
-        self.principal.as_ref().map(Principal::actor).unwrap_or_else(|| "system".into())
+        self.principal
+            .as_ref()
+            .map(Principal::actor)
+            .unwrap_or_else(|| "system".into())
     }
 
     pub fn trace_id(&self) -> Option<String> {
@@ -86,11 +99,23 @@ impl Call {
 
 impl Core {
     /// Publishes an audit record; a failure to publish is logged, not returned to the caller.
-    pub async fn audit(&self, call: &Call, tenant: &str, action: &str, resource: String, result: AuditResult, reason: Option<String>) {
+    pub async fn audit(
+        &self,
+        call: &Call,
+        tenant: &str,
+        action: &str,
+        resource: String,
+        result: AuditResult,
+        reason: Option<String>,
+    ) {
         let record = AuditRecord {
             id: uuid::Uuid::now_v7(),
             actor: call.actor(),
-            tenant: if tenant == "*" { PLATFORM_TENANT.to_owned() } else { tenant.to_owned() },
+            tenant: if tenant == "*" {
+                PLATFORM_TENANT.to_owned()
+            } else {
+                tenant.to_owned()
+            },
             service: SERVICE.to_owned(),
             action: action.to_owned(),
             resource,
@@ -106,11 +131,24 @@ impl Core {
     }
 
     /// Checks `scope` on `tenant_id`; a refusal is audited as `denied`.
-    pub async fn authorize(&self, call: &Call, scope: &str, tenant_id: &str, action: &str) -> Result<(), Status> {
+    pub async fn authorize(
+        &self,
+        call: &Call,
+        scope: &str,
+        tenant_id: &str,
+        action: &str,
+    ) -> Result<(), Status> {
         let principal = call.principal()?;
         if let Err(status) = principal.require(scope, tenant_id) {
-            self.audit(call, tenant_id, action, format!("tenant/{tenant_id}"), AuditResult::Denied, Some(status.message().to_owned()))
-                .await;
+            self.audit(
+                call,
+                tenant_id,
+                action,
+                format!("tenant/{tenant_id}"),
+                AuditResult::Denied,
+                Some(status.message().to_owned()),
+            )
+            .await;
             return Err(status);
         }
         Ok(())
@@ -120,8 +158,15 @@ impl Core {
     pub async fn authorize_operator(&self, call: &Call, tenant_id: &str, action: &str) -> Result<(), Status> {
         let principal = call.principal()?;
         if let Err(status) = principal.require_operator() {
-            self.audit(call, tenant_id, action, format!("tenant/{tenant_id}"), AuditResult::Denied, Some(status.message().to_owned()))
-                .await;
+            self.audit(
+                call,
+                tenant_id,
+                action,
+                format!("tenant/{tenant_id}"),
+                AuditResult::Denied,
+                Some(status.message().to_owned()),
+            )
+            .await;
             return Err(status);
         }
         Ok(())
@@ -129,8 +174,15 @@ impl Core {
 
     /// A tenant reference as an id. Slugs are resolved; for a caller who is not an operator an
     /// unknown slug is indistinguishable from someone else's (PERMISSION_DENIED, not NOT_FOUND).
-    pub async fn resolve(&self, call: &Call, reference: Option<&TenantRef>, scope: &str) -> Result<String, Status> {
-        let reference = reference.and_then(|r| r.r#ref.as_ref()).ok_or_else(|| Status::invalid_argument("tenant: required"))?;
+    pub async fn resolve(
+        &self,
+        call: &Call,
+        reference: Option<&TenantRef>,
+        scope: &str,
+    ) -> Result<String, Status> {
+        let reference = reference
+            .and_then(|r| r.r#ref.as_ref())
+            .ok_or_else(|| Status::invalid_argument("tenant: required"))?;
         match reference {
             tenant_ref::Ref::Id(id) => {
                 if !keel_events::subjects::is_valid_token(id) {
@@ -140,15 +192,18 @@ impl Core {
             }
             tenant_ref::Ref::Slug(slug) => {
                 crate::domain::validate::slug("tenant.slug", slug).map_err(Error::from)?;
-                let found: Option<String> = sqlx::query_scalar("SELECT tenant_id FROM tenant_creates WHERE slug = $1")
-                    .bind(slug)
-                    .fetch_optional(self.store.pool())
-                    .await
-                    .map_err(Error::from)?;
+                let found: Option<String> =
+                    sqlx::query_scalar("SELECT tenant_id FROM tenant_creates WHERE slug = $1")
+                        .bind(slug)
+                        .fetch_optional(self.store.pool())
+                        .await
+                        .map_err(Error::from)?;
                 match found {
                     Some(id) => Ok(id),
                     None if call.principal()?.is_operator() => Err(Error::NotFound("tenant").into()),
-                    None => Err(Status::permission_denied(format!("missing scope {scope} for this tenant"))),
+                    None => Err(Status::permission_denied(format!(
+                        "missing scope {scope} for this tenant"
+                    ))),
                 }
             }
         }
@@ -156,7 +211,11 @@ impl Core {
 
     /// The tenant's current state and version (0 if it does not exist).
     pub async fn load(&self, tenant_id: &str) -> Result<(Tenant, usize)> {
-        let ctx = self.loader.load_aggregate(tenant_id).await.map_err(|e| Error::Store(e.to_string()))?;
+        let ctx = self
+            .loader
+            .load_aggregate(tenant_id)
+            .await
+            .map_err(|e| Error::Store(e.to_string()))?;
         Ok((ctx.aggregate, ctx.current_sequence))
     }
 
@@ -169,16 +228,41 @@ impl Core {
     }
 
     /// Runs a command and audits its outcome.
-    pub async fn execute(&self, call: &Call, tenant_id: &str, action: &str, command: TenantCommand) -> Result<(), Status> {
-        let result = self.cqrs.execute_with_metadata(tenant_id, command, call.metadata(tenant_id).into_map()).await;
+    pub async fn execute(
+        &self,
+        call: &Call,
+        tenant_id: &str,
+        action: &str,
+        command: TenantCommand,
+    ) -> Result<(), Status> {
+        let result = self
+            .cqrs
+            .execute_with_metadata(tenant_id, command, call.metadata(tenant_id).into_map())
+            .await;
         match result {
             Ok(()) => {
-                self.audit(call, tenant_id, action, format!("tenant/{tenant_id}"), AuditResult::Success, None).await;
+                self.audit(
+                    call,
+                    tenant_id,
+                    action,
+                    format!("tenant/{tenant_id}"),
+                    AuditResult::Success,
+                    None,
+                )
+                .await;
                 Ok(())
             }
             Err(e) => {
                 let err = Error::from(e);
-                self.audit(call, tenant_id, action, format!("tenant/{tenant_id}"), AuditResult::Failed, Some(err.to_string())).await;
+                self.audit(
+                    call,
+                    tenant_id,
+                    action,
+                    format!("tenant/{tenant_id}"),
+                    AuditResult::Failed,
+                    Some(err.to_string()),
+                )
+                .await;
                 Err(err.into())
             }
         }

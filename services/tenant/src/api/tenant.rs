@@ -20,10 +20,12 @@ const MAX_PAGE: u32 = 500;
 
 impl TenantApi {
     async fn created_at(&self, tenant_id: &str) -> Result<Option<DateTime<Utc>>> {
-        Ok(sqlx::query_scalar("SELECT created_at FROM tenant_creates WHERE tenant_id = $1")
-            .bind(tenant_id)
-            .fetch_optional(self.0.store.pool())
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT created_at FROM tenant_creates WHERE tenant_id = $1")
+                .bind(tenant_id)
+                .fetch_optional(self.0.store.pool())
+                .await?,
+        )
     }
 
     async fn tenant(&self, tenant_id: &str) -> Result<pb::Tenant, Status> {
@@ -44,13 +46,16 @@ impl TenantApi {
         if operator_only {
             self.0.authorize_operator(call, &tenant_id, action).await?;
         } else {
-            self.0.authorize(call, scopes::TENANT_WRITE, &tenant_id, action).await?;
+            self.0
+                .authorize(call, scopes::TENANT_WRITE, &tenant_id, action)
+                .await?;
         }
         self.0.execute(call, &tenant_id, action, command).await?;
         Ok(Response::new(self.tenant(&tenant_id).await?))
     }
 
     async fn create(&self, call: &Call, r: pb::CreateTenantRequest) -> Result<pb::Tenant, Status> {
+        tracing::debug!(request = ?r, request_id = %call.request_id, "create tenant");
         validate::name("name", &r.name).map_err(Error::from)?;
         validate::slug("slug", &r.slug).map_err(Error::from)?;
         let tier = tier_from_pb("tier", r.tier).map_err(Error::from)?;
@@ -68,17 +73,27 @@ impl TenantApi {
             .await;
         match inserted {
             Err(sqlx::Error::Database(db)) if db.constraint() == Some("tenant_creates_slug_key") => {
-                self.0.audit(call, "*", "create", format!("slug/{}", r.slug), AuditResult::Failed, Some("slug is already taken".into())).await;
+                self.0
+                    .audit(
+                        call,
+                        "*",
+                        "create",
+                        format!("slug/{}", r.slug),
+                        AuditResult::Failed,
+                        Some("slug is already taken".into()),
+                    )
+                    .await;
                 return Err(Error::AlreadyExists { field: "slug" }.into());
             }
             Err(e) => return Err(Error::from(e).into()),
             Ok(_) => {}
         }
-        let tenant_id: String = sqlx::query_scalar("SELECT tenant_id FROM tenant_creates WHERE request_id = $1")
-            .bind(&r.request_id)
-            .fetch_one(pool)
-            .await
-            .map_err(Error::from)?;
+        let tenant_id: String =
+            sqlx::query_scalar("SELECT tenant_id FROM tenant_creates WHERE request_id = $1")
+                .bind(&r.request_id)
+                .fetch_one(pool)
+                .await
+                .map_err(Error::from)?;
         let (_, version) = self.0.load(&tenant_id).await?;
         if version > 0 {
             // A repeat of a request that already created its tenant: the first result, nothing new.
@@ -113,7 +128,10 @@ fn parse_page_token(token: &str) -> Result<Option<String>> {
     if token.is_empty() {
         return Ok(None);
     }
-    let invalid = || validate::Invalid { field: "page.page_token", reason: "is not a token this service issued".into() };
+    let invalid = || validate::Invalid {
+        field: "page.page_token",
+        reason: "is not a token this service issued".into(),
+    };
     let bytes = B64URL.decode(token).map_err(|_| invalid())?;
     let id = String::from_utf8(bytes).map_err(|_| invalid())?;
     if !keel_events::subjects::is_valid_token(&id) {
@@ -126,7 +144,10 @@ type ViewRow = (String, String, String, String, String, String, DateTime<Utc>, i
 
 #[tonic::async_trait]
 impl TenantService for TenantApi {
-    async fn create_tenant(&self, req: Request<pb::CreateTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+    async fn create_tenant(
+        &self,
+        req: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
         let call = Call::of(&req);
         self.0.authorize_operator(&call, "*", "create").await?;
         Ok(Response::new(self.create(&call, req.into_inner()).await?))
@@ -134,22 +155,37 @@ impl TenantService for TenantApi {
 
     async fn get_tenant(&self, req: Request<pb::GetTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
         let call = Call::of(&req);
-        let tenant_id = self.0.resolve(&call, req.get_ref().tenant.as_ref(), scopes::TENANT_READ).await?;
-        self.0.authorize(&call, scopes::TENANT_READ, &tenant_id, "get").await?;
+        let tenant_id = self
+            .0
+            .resolve(&call, req.get_ref().tenant.as_ref(), scopes::TENANT_READ)
+            .await?;
+        self.0
+            .authorize(&call, scopes::TENANT_READ, &tenant_id, "get")
+            .await?;
         Ok(Response::new(self.tenant(&tenant_id).await?))
     }
 
-    async fn list_tenants(&self, req: Request<pb::ListTenantsRequest>) -> Result<Response<pb::ListTenantsResponse>, Status> {
+    async fn list_tenants(
+        &self,
+        req: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
         let call = Call::of(&req);
         let principal = call.principal()?;
         let r = req.get_ref();
         let page = r.page.clone().unwrap_or_default();
-        let size = validate::page_size("page.page_size", page.page_size, 50, MAX_PAGE).map_err(Error::from)?;
+        let size =
+            validate::page_size("page.page_size", page.page_size, 50, MAX_PAGE).map_err(Error::from)?;
         let after = parse_page_token(&page.page_token)?;
         let status = match pb::TenantStatus::try_from(r.status) {
             Ok(pb::TenantStatus::Unspecified) => None,
             Ok(s) => Some(s.as_str_name().trim_start_matches("TENANT_STATUS_").to_owned()),
-            Err(_) => return Err(Error::from(validate::Invalid { field: "status", reason: "unknown status".into() }).into()),
+            Err(_) => {
+                return Err(Error::from(validate::Invalid {
+                    field: "status",
+                    reason: "unknown status".into(),
+                })
+                .into());
+            }
         };
         // A tenant token sees only its own tenant; an operator sees all.
         let only: Option<String> = if principal.is_operator() {
@@ -180,7 +216,9 @@ impl TenantService for TenantApi {
                     id,
                     name,
                     slug,
-                    tier: tier.map(super::convert::tier_to_pb).unwrap_or(pb::Tier::Unspecified) as i32,
+                    tier: tier
+                        .map(super::convert::tier_to_pb)
+                        .unwrap_or(pb::Tier::Unspecified) as i32,
                     status: super::convert::status_to_pb(status_from_name(&status)) as i32,
                     entitlements: tier.map(super::convert::entitlements),
                     status_reason: reason,
@@ -189,15 +227,32 @@ impl TenantService for TenantApi {
                 }
             })
             .collect();
-        let next = if more { tenants.last().map(|t| page_token(&t.id)).unwrap_or_default() } else { String::new() };
-        Ok(Response::new(pb::ListTenantsResponse { tenants, page: Some(pb::PageInfo { next_page_token: next }) }))
+        let next = if more {
+            tenants.last().map(|t| page_token(&t.id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants,
+            page: Some(pb::PageInfo {
+                next_page_token: next,
+            }),
+        }))
     }
 
     async fn change_tier(&self, req: Request<pb::ChangeTierRequest>) -> Result<Response<pb::Tenant>, Status> {
         let call = Call::of(&req);
         let r = req.into_inner();
         let tier = tier_from_pb("tier", r.tier).map_err(Error::from)?;
-        let resp = self.lifecycle(&call, r.tenant.as_ref(), "change-tier", true, TenantCommand::ChangeTier { tier }).await?;
+        let resp = self
+            .lifecycle(
+                &call,
+                r.tenant.as_ref(),
+                "change-tier",
+                true,
+                TenantCommand::ChangeTier { tier },
+            )
+            .await?;
         // A new tier means new entitlements: re-issue the license.
         if let Err(e) = super::license::issue(&self.0, &call, &resp.get_ref().id).await {
             tracing::warn!(error = %e.message(), "license not re-issued after tier change");
@@ -205,58 +260,140 @@ impl TenantService for TenantApi {
         Ok(resp)
     }
 
-    async fn suspend_tenant(&self, req: Request<pb::SuspendTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+    async fn suspend_tenant(
+        &self,
+        req: Request<pb::SuspendTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
         let call = Call::of(&req);
         let r = req.into_inner();
         validate::reason("reason", &r.reason).map_err(Error::from)?;
-        self.lifecycle(&call, r.tenant.as_ref(), "suspend", true, TenantCommand::Suspend { reason: r.reason }).await
+        self.lifecycle(
+            &call,
+            r.tenant.as_ref(),
+            "suspend",
+            true,
+            TenantCommand::Suspend { reason: r.reason },
+        )
+        .await
     }
 
-    async fn reactivate_tenant(&self, req: Request<pb::ReactivateTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+    async fn reactivate_tenant(
+        &self,
+        req: Request<pb::ReactivateTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
         let call = Call::of(&req);
-        self.lifecycle(&call, req.get_ref().tenant.as_ref(), "reactivate", true, TenantCommand::Reactivate).await
+        self.lifecycle(
+            &call,
+            req.get_ref().tenant.as_ref(),
+            "reactivate",
+            true,
+            TenantCommand::Reactivate,
+        )
+        .await
     }
 
-    async fn delete_tenant(&self, req: Request<pb::DeleteTenantRequest>) -> Result<Response<pb::Tenant>, Status> {
+    async fn delete_tenant(
+        &self,
+        req: Request<pb::DeleteTenantRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
         let call = Call::of(&req);
-        let resp = self.lifecycle(&call, req.get_ref().tenant.as_ref(), "delete", false, TenantCommand::RequestDeletion).await?;
+        let resp = self
+            .lifecycle(
+                &call,
+                req.get_ref().tenant.as_ref(),
+                "delete",
+                false,
+                TenantCommand::RequestDeletion,
+            )
+            .await?;
         // Crypto-shredding: from here on no e-mail address of the tenant can be decrypted.
         self.0.data_keys.destroy(&resp.get_ref().id).await?;
         Ok(resp)
     }
 
-    async fn mark_provisioning(&self, req: Request<pb::TenantLifecycleRequest>) -> Result<Response<pb::Tenant>, Status> {
+    async fn mark_provisioning(
+        &self,
+        req: Request<pb::TenantLifecycleRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
         let call = Call::of(&req);
-        self.lifecycle(&call, req.get_ref().tenant.as_ref(), "mark-provisioning", true, TenantCommand::StartProvisioning).await
+        self.lifecycle(
+            &call,
+            req.get_ref().tenant.as_ref(),
+            "mark-provisioning",
+            true,
+            TenantCommand::StartProvisioning,
+        )
+        .await
     }
 
-    async fn mark_provisioned(&self, req: Request<pb::TenantLifecycleRequest>) -> Result<Response<pb::Tenant>, Status> {
+    async fn mark_provisioned(
+        &self,
+        req: Request<pb::TenantLifecycleRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
         let call = Call::of(&req);
-        self.lifecycle(&call, req.get_ref().tenant.as_ref(), "mark-provisioned", true, TenantCommand::MarkProvisioned).await
+        self.lifecycle(
+            &call,
+            req.get_ref().tenant.as_ref(),
+            "mark-provisioned",
+            true,
+            TenantCommand::MarkProvisioned,
+        )
+        .await
     }
 
     async fn mark_failed(&self, req: Request<pb::MarkFailedRequest>) -> Result<Response<pb::Tenant>, Status> {
         let call = Call::of(&req);
         let r = req.into_inner();
         validate::reason("reason", &r.reason).map_err(Error::from)?;
-        self.lifecycle(&call, r.tenant.as_ref(), "mark-failed", true, TenantCommand::MarkFailed { reason: r.reason }).await
+        self.lifecycle(
+            &call,
+            r.tenant.as_ref(),
+            "mark-failed",
+            true,
+            TenantCommand::MarkFailed { reason: r.reason },
+        )
+        .await
     }
 
-    async fn mark_deleted(&self, req: Request<pb::TenantLifecycleRequest>) -> Result<Response<pb::Tenant>, Status> {
+    async fn mark_deleted(
+        &self,
+        req: Request<pb::TenantLifecycleRequest>,
+    ) -> Result<Response<pb::Tenant>, Status> {
         let call = Call::of(&req);
-        let resp = self.lifecycle(&call, req.get_ref().tenant.as_ref(), "mark-deleted", true, TenantCommand::MarkDeleted).await?;
+        let resp = self
+            .lifecycle(
+                &call,
+                req.get_ref().tenant.as_ref(),
+                "mark-deleted",
+                true,
+                TenantCommand::MarkDeleted,
+            )
+            .await?;
         self.0.data_keys.destroy(&resp.get_ref().id).await?;
         Ok(resp)
     }
 
-    async fn invite_member(&self, req: Request<pb::InviteMemberRequest>) -> Result<Response<pb::Member>, Status> {
+    async fn invite_member(
+        &self,
+        req: Request<pb::InviteMemberRequest>,
+    ) -> Result<Response<pb::Member>, Status> {
         let call = Call::of(&req);
         let r = req.into_inner();
         let email = validate::email("email", &r.email).map_err(Error::from)?;
         let role = role_from_pb("role", r.role).map_err(Error::from)?;
-        let tenant_id = self.0.resolve(&call, r.tenant.as_ref(), scopes::MEMBER_WRITE).await?;
-        self.0.authorize(&call, scopes::MEMBER_WRITE, &tenant_id, "member-invite").await?;
-        let key = self.0.data_keys.get(&tenant_id).await?.ok_or(Error::Domain(TenantError::NotFound))?;
+        let tenant_id = self
+            .0
+            .resolve(&call, r.tenant.as_ref(), scopes::MEMBER_WRITE)
+            .await?;
+        self.0
+            .authorize(&call, scopes::MEMBER_WRITE, &tenant_id, "member-invite")
+            .await?;
+        let key = self
+            .0
+            .data_keys
+            .get(&tenant_id)
+            .await?
+            .ok_or(Error::Domain(TenantError::NotFound))?;
         let member_id = format!("mem_{}", uuid::Uuid::now_v7().simple());
         let command = TenantCommand::InviteMember {
             member_id: member_id.clone(),
@@ -264,14 +401,29 @@ impl TenantService for TenantApi {
             email_digest: key.digest(&email),
             role,
         };
-        self.0.execute(&call, &tenant_id, "member-invite", command).await?;
-        Ok(Response::new(pb::Member { id: member_id, tenant_id, email, role: role_to_pb(role) as i32 }))
+        self.0
+            .execute(&call, &tenant_id, "member-invite", command)
+            .await?;
+        Ok(Response::new(pb::Member {
+            id: member_id,
+            tenant_id,
+            email,
+            role: role_to_pb(role) as i32,
+        }))
     }
 
-    async fn list_members(&self, req: Request<pb::ListMembersRequest>) -> Result<Response<pb::ListMembersResponse>, Status> {
+    async fn list_members(
+        &self,
+        req: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
         let call = Call::of(&req);
-        let tenant_id = self.0.resolve(&call, req.get_ref().tenant.as_ref(), scopes::TENANT_READ).await?;
-        self.0.authorize(&call, scopes::TENANT_READ, &tenant_id, "member-list").await?;
+        let tenant_id = self
+            .0
+            .resolve(&call, req.get_ref().tenant.as_ref(), scopes::TENANT_READ)
+            .await?;
+        self.0
+            .authorize(&call, scopes::TENANT_READ, &tenant_id, "member-list")
+            .await?;
         let (tenant, _) = self.0.load_existing(&tenant_id).await?;
         let key = self.0.data_keys.get(&tenant_id).await?;
         let members = tenant
@@ -281,31 +433,74 @@ impl TenantService for TenantApi {
                 id: id.clone(),
                 tenant_id: tenant_id.clone(),
                 // Empty once the data key is destroyed: the address is unrecoverable.
-                email: key.as_ref().and_then(|k| k.decrypt(&m.email_enc).ok()).unwrap_or_default(),
+                email: key
+                    .as_ref()
+                    .and_then(|k| k.decrypt(&m.email_enc).ok())
+                    .unwrap_or_default(),
                 role: role_to_pb(m.role) as i32,
             })
             .collect();
         Ok(Response::new(pb::ListMembersResponse { members }))
     }
 
-    async fn change_member_role(&self, req: Request<pb::ChangeMemberRoleRequest>) -> Result<Response<pb::Member>, Status> {
+    async fn change_member_role(
+        &self,
+        req: Request<pb::ChangeMemberRoleRequest>,
+    ) -> Result<Response<pb::Member>, Status> {
         let call = Call::of(&req);
         let r = req.into_inner();
         let role = role_from_pb("role", r.role).map_err(Error::from)?;
         validate::token("member_id", &r.member_id).map_err(Error::from)?;
-        let tenant_id = self.0.resolve(&call, r.tenant.as_ref(), scopes::MEMBER_WRITE).await?;
-        self.0.authorize(&call, scopes::MEMBER_WRITE, &tenant_id, "member-role").await?;
-        self.0.execute(&call, &tenant_id, "member-role", TenantCommand::ChangeMemberRole { member_id: r.member_id.clone(), role }).await?;
-        Ok(Response::new(pb::Member { id: r.member_id, tenant_id, email: String::new(), role: role_to_pb(role) as i32 }))
+        let tenant_id = self
+            .0
+            .resolve(&call, r.tenant.as_ref(), scopes::MEMBER_WRITE)
+            .await?;
+        self.0
+            .authorize(&call, scopes::MEMBER_WRITE, &tenant_id, "member-role")
+            .await?;
+        self.0
+            .execute(
+                &call,
+                &tenant_id,
+                "member-role",
+                TenantCommand::ChangeMemberRole {
+                    member_id: r.member_id.clone(),
+                    role,
+                },
+            )
+            .await?;
+        Ok(Response::new(pb::Member {
+            id: r.member_id,
+            tenant_id,
+            email: String::new(),
+            role: role_to_pb(role) as i32,
+        }))
     }
 
-    async fn remove_member(&self, req: Request<pb::RemoveMemberRequest>) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
         let call = Call::of(&req);
         let r = req.into_inner();
         validate::token("member_id", &r.member_id).map_err(Error::from)?;
-        let tenant_id = self.0.resolve(&call, r.tenant.as_ref(), scopes::MEMBER_WRITE).await?;
-        self.0.authorize(&call, scopes::MEMBER_WRITE, &tenant_id, "member-remove").await?;
-        self.0.execute(&call, &tenant_id, "member-remove", TenantCommand::RemoveMember { member_id: r.member_id }).await?;
+        let tenant_id = self
+            .0
+            .resolve(&call, r.tenant.as_ref(), scopes::MEMBER_WRITE)
+            .await?;
+        self.0
+            .authorize(&call, scopes::MEMBER_WRITE, &tenant_id, "member-remove")
+            .await?;
+        self.0
+            .execute(
+                &call,
+                &tenant_id,
+                "member-remove",
+                TenantCommand::RemoveMember {
+                    member_id: r.member_id,
+                },
+            )
+            .await?;
         Ok(Response::new(pb::RemoveMemberResponse {}))
     }
 }

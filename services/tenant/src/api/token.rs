@@ -14,12 +14,21 @@ use crate::tokens::{self, DEFAULT_TTL_SECS, KeyGrant, MAX_TTL_SECS};
 pub struct TokenApi(pub Shared);
 
 impl TokenApi {
-    async fn mint(&self, subject: &str, tenant: &str, scopes: Vec<String>, ttl: u32) -> Result<pb::AccessToken, Status> {
+    async fn mint(
+        &self,
+        subject: &str,
+        tenant: &str,
+        scopes: Vec<String>,
+        ttl: u32,
+    ) -> Result<pb::AccessToken, Status> {
         let tier = if tenant == "*" {
             None
         } else {
             let (t, _) = self.0.load_existing(tenant).await?;
-            if !matches!(t.status, TenantStatus::Pending | TenantStatus::Provisioning | TenantStatus::Active) {
+            if !matches!(
+                t.status,
+                TenantStatus::Pending | TenantStatus::Provisioning | TenantStatus::Active
+            ) {
                 return Err(Error::Precondition(format!("tenant is {}", t.status.as_str())).into());
             }
             t.tier.map(|t| t.as_str().to_owned())
@@ -29,7 +38,10 @@ impl TokenApi {
         let token = tokens::sign(&key, &claims)?;
         Ok(pb::AccessToken {
             token,
-            expires_at: Some(prost_types::Timestamp { seconds: claims.exp, nanos: 0 }),
+            expires_at: Some(prost_types::Timestamp {
+                seconds: claims.exp,
+                nanos: 0,
+            }),
             tenant_id: claims.tenant,
             scopes: claims.scopes,
         })
@@ -38,7 +50,10 @@ impl TokenApi {
 
 #[tonic::async_trait]
 impl TokenService for TokenApi {
-    async fn exchange_api_key(&self, req: Request<pb::ExchangeApiKeyRequest>) -> Result<Response<pb::AccessToken>, Status> {
+    async fn exchange_api_key(
+        &self,
+        req: Request<pb::ExchangeApiKeyRequest>,
+    ) -> Result<Response<pb::AccessToken>, Status> {
         let r = req.into_inner();
         validate::scopes("scopes", &r.scopes).map_err(Error::from)?;
         let grant = self.0.api_keys.lookup(&r.api_key).await?;
@@ -49,7 +64,10 @@ impl TokenService for TokenApi {
         } else {
             r.scopes
         };
-        Ok(Response::new(self.mint(&grant.account_id, &grant.tenant_id, scopes, DEFAULT_TTL_SECS).await?))
+        Ok(Response::new(
+            self.mint(&grant.account_id, &grant.tenant_id, scopes, DEFAULT_TTL_SECS)
+                .await?,
+        ))
     }
 
     async fn create_service_account(
@@ -61,10 +79,19 @@ impl TokenService for TokenApi {
         validate::account_name("name", &r.name).map_err(Error::from)?;
         validate::scopes("scopes", &r.scopes).map_err(Error::from)?;
         if r.scopes.iter().any(|s| s == scopes::OPERATOR) {
-            return Err(Error::from(validate::Invalid { field: "scopes", reason: "operator cannot be granted to a tenant account".into() }).into());
+            return Err(Error::from(validate::Invalid {
+                field: "scopes",
+                reason: "operator cannot be granted to a tenant account".into(),
+            })
+            .into());
         }
-        let tenant_id = self.0.resolve(&call, r.tenant.as_ref(), scopes::TOKEN_ISSUE).await?;
-        self.0.authorize(&call, scopes::TOKEN_ISSUE, &tenant_id, "account-create").await?;
+        let tenant_id = self
+            .0
+            .resolve(&call, r.tenant.as_ref(), scopes::TOKEN_ISSUE)
+            .await?;
+        self.0
+            .authorize(&call, scopes::TOKEN_ISSUE, &tenant_id, "account-create")
+            .await?;
         // No escalation: a tenant caller can only grant scopes it holds itself.
         let principal = call.principal()?;
         if !principal.is_operator()
@@ -75,41 +102,89 @@ impl TokenService for TokenApi {
         let account_id = format!("sa_{}", uuid::Uuid::now_v7().simple());
         let key_id = format!("key_{}", uuid::Uuid::now_v7().simple());
         self.0
-            .execute(&call, &tenant_id, "account-create", TenantCommand::CreateServiceAccount {
-                account_id: account_id.clone(),
-                name: r.name,
-                scopes: r.scopes.clone(),
-            })
+            .execute(
+                &call,
+                &tenant_id,
+                "account-create",
+                TenantCommand::CreateServiceAccount {
+                    account_id: account_id.clone(),
+                    name: r.name,
+                    scopes: r.scopes.clone(),
+                },
+            )
             .await?;
         let secret = tokens::new_api_key();
-        let grant = KeyGrant { key_id: key_id.clone(), account_id: account_id.clone(), tenant_id: tenant_id.clone(), scopes: r.scopes };
+        let grant = KeyGrant {
+            key_id: key_id.clone(),
+            account_id: account_id.clone(),
+            tenant_id: tenant_id.clone(),
+            scopes: r.scopes,
+        };
         self.0.api_keys.store(&grant, &secret).await?;
         self.0
-            .execute(&call, &tenant_id, "key-issue", TenantCommand::IssueApiKey { account_id: account_id.clone(), key_id: key_id.clone() })
+            .execute(
+                &call,
+                &tenant_id,
+                "key-issue",
+                TenantCommand::IssueApiKey {
+                    account_id: account_id.clone(),
+                    key_id: key_id.clone(),
+                },
+            )
             .await?;
-        Ok(Response::new(pb::ServiceAccountCreated { account_id, key_id, api_key: secret }))
+        Ok(Response::new(pb::ServiceAccountCreated {
+            account_id,
+            key_id,
+            api_key: secret,
+        }))
     }
 
-    async fn issue_token(&self, req: Request<pb::IssueTokenRequest>) -> Result<Response<pb::AccessToken>, Status> {
+    async fn issue_token(
+        &self,
+        req: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::AccessToken>, Status> {
         let call = Call::of(&req);
         let r = req.into_inner();
         if r.tenant_id != "*" && !keel_events::subjects::is_valid_token(&r.tenant_id) {
-            return Err(Error::from(validate::Invalid { field: "tenant_id", reason: "must be a tenant id or *".into() }).into());
+            return Err(Error::from(validate::Invalid {
+                field: "tenant_id",
+                reason: "must be a tenant id or *".into(),
+            })
+            .into());
         }
         validate::token("subject", &r.subject).map_err(Error::from)?;
         validate::scopes("scopes", &r.scopes).map_err(Error::from)?;
         let ttl = match r.ttl_seconds {
             0 => DEFAULT_TTL_SECS,
             t if t <= MAX_TTL_SECS => t,
-            _ => return Err(Error::from(validate::Invalid { field: "ttl_seconds", reason: format!("must be at most {MAX_TTL_SECS}") }).into()),
+            _ => {
+                return Err(Error::from(validate::Invalid {
+                    field: "ttl_seconds",
+                    reason: format!("must be at most {MAX_TTL_SECS}"),
+                })
+                .into());
+            }
         };
         if r.tenant_id != "*" && r.scopes.iter().any(|s| s == scopes::OPERATOR) {
-            return Err(Error::from(validate::Invalid { field: "scopes", reason: "operator needs tenant_id *".into() }).into());
+            return Err(Error::from(validate::Invalid {
+                field: "scopes",
+                reason: "operator needs tenant_id *".into(),
+            })
+            .into());
         }
-        self.0.authorize_operator(&call, &r.tenant_id, "token-issue").await?;
+        self.0
+            .authorize_operator(&call, &r.tenant_id, "token-issue")
+            .await?;
         let token = self.mint(&r.subject, &r.tenant_id, r.scopes, ttl).await?;
         self.0
-            .audit(&call, &r.tenant_id, "token-issue", format!("token/{}", r.subject), keel_bus::audit::AuditResult::Success, None)
+            .audit(
+                &call,
+                &r.tenant_id,
+                "token-issue",
+                format!("token/{}", r.subject),
+                keel_bus::audit::AuditResult::Success,
+                None,
+            )
             .await;
         Ok(Response::new(token))
     }
@@ -121,9 +196,28 @@ impl TokenService for TokenApi {
         let call = Call::of(&req);
         self.0.authorize_operator(&call, "*", "key-rotate").await?;
         let kid = self.0.signing.rotate().await?;
-        let published = self.0.signing.jwks().await?.keys.into_iter().map(|k| k.kid).collect();
-        self.0.audit(&call, "*", "key-rotate", format!("signing-key/{kid}"), keel_bus::audit::AuditResult::Success, None).await;
-        Ok(Response::new(pb::RotateSigningKeyResponse { kid, published_kids: published }))
+        let published = self
+            .0
+            .signing
+            .jwks()
+            .await?
+            .keys
+            .into_iter()
+            .map(|k| k.kid)
+            .collect();
+        self.0
+            .audit(
+                &call,
+                "*",
+                "key-rotate",
+                format!("signing-key/{kid}"),
+                keel_bus::audit::AuditResult::Success,
+                None,
+            )
+            .await;
+        Ok(Response::new(pb::RotateSigningKeyResponse {
+            kid,
+            published_kids: published,
+        }))
     }
 }
-

@@ -5,7 +5,5 @@ pub mod tenant;
 pub mod tier;
 pub mod validate;
 
-pub use tenant::{
-    Account, Encrypted, Member, Role, Status, Tenant, TenantCommand, TenantError, TenantEvent,
-};
+pub use tenant::{Account, Encrypted, Member, Role, Status, Tenant, TenantCommand, TenantError, TenantEvent};
 pub use tier::{Entitlements, Tier};

@@ -101,20 +101,46 @@ pub enum TenantCommand {
         owner_email_digest: String,
         request_id: String,
     },
-    ChangeTier { tier: Tier },
-    Suspend { reason: String },
+    ChangeTier {
+        tier: Tier,
+    },
+    Suspend {
+        reason: String,
+    },
     Reactivate,
     StartProvisioning,
     MarkProvisioned,
-    MarkFailed { reason: String },
+    MarkFailed {
+        reason: String,
+    },
     RequestDeletion,
     MarkDeleted,
-    InviteMember { member_id: String, email_enc: Encrypted, email_digest: String, role: Role },
-    ChangeMemberRole { member_id: String, role: Role },
-    RemoveMember { member_id: String },
-    RecordLicense { license_id: String, expires_at: String },
-    CreateServiceAccount { account_id: String, name: String, scopes: Vec<String> },
-    IssueApiKey { account_id: String, key_id: String },
+    InviteMember {
+        member_id: String,
+        email_enc: Encrypted,
+        email_digest: String,
+        role: Role,
+    },
+    ChangeMemberRole {
+        member_id: String,
+        role: Role,
+    },
+    RemoveMember {
+        member_id: String,
+    },
+    RecordLicense {
+        license_id: String,
+        expires_at: String,
+    },
+    CreateServiceAccount {
+        account_id: String,
+        name: String,
+        scopes: Vec<String>,
+    },
+    IssueApiKey {
+        account_id: String,
+        key_id: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -129,21 +155,49 @@ pub enum TenantEvent {
         owner_email_digest: String,
         request_id: String,
     },
-    TenantTierChanged { from: Tier, to: Tier },
-    TenantSuspended { reason: String },
+    TenantTierChanged {
+        from: Tier,
+        to: Tier,
+    },
+    TenantSuspended {
+        reason: String,
+    },
     TenantReactivated {},
     TenantProvisioningStarted {},
     TenantProvisioned {},
-    TenantProvisioningFailed { reason: String },
+    TenantProvisioningFailed {
+        reason: String,
+    },
     TenantActivated {},
     TenantDeletionRequested {},
     TenantDeleted {},
-    MemberInvited { member_id: String, email_enc: Encrypted, email_digest: String, role: Role },
-    MemberRoleChanged { member_id: String, role: Role },
-    MemberRemoved { member_id: String },
-    LicenseIssued { license_id: String, tier: Tier, expires_at: String },
-    ServiceAccountCreated { account_id: String, name: String, scopes: Vec<String> },
-    ApiKeyIssued { account_id: String, key_id: String },
+    MemberInvited {
+        member_id: String,
+        email_enc: Encrypted,
+        email_digest: String,
+        role: Role,
+    },
+    MemberRoleChanged {
+        member_id: String,
+        role: Role,
+    },
+    MemberRemoved {
+        member_id: String,
+    },
+    LicenseIssued {
+        license_id: String,
+        tier: Tier,
+        expires_at: String,
+    },
+    ServiceAccountCreated {
+        account_id: String,
+        name: String,
+        scopes: Vec<String>,
+    },
+    ApiKeyIssued {
+        account_id: String,
+        key_id: String,
+    },
 }
 
 impl DomainEvent for TenantEvent {
@@ -218,7 +272,16 @@ impl Tenant {
         use TenantCommand as C;
         use TenantEvent as E;
         let events = match command {
-            C::Create { tenant_id, name, slug, tier, owner_member_id, owner_email_enc, owner_email_digest, request_id } => {
+            C::Create {
+                tenant_id,
+                name,
+                slug,
+                tier,
+                owner_member_id,
+                owner_email_enc,
+                owner_email_digest,
+                request_id,
+            } => {
                 if self.status != Absent {
                     return Err(TenantError::AlreadyExists);
                 }
@@ -234,7 +297,10 @@ impl Tenant {
                 }]
             }
             C::ChangeTier { tier } => {
-                self.require("change the tier of", &[Pending, Provisioning, Active, Suspended, Failed])?;
+                self.require(
+                    "change the tier of",
+                    &[Pending, Provisioning, Active, Suspended, Failed],
+                )?;
                 match self.tier {
                     Some(from) if from != tier => vec![E::TenantTierChanged { from, to: tier }],
                     _ => vec![],
@@ -268,12 +334,22 @@ impl Tenant {
                 self.require("complete deletion of", &[Deleting])?;
                 vec![E::TenantDeleted {}]
             }
-            C::InviteMember { member_id, email_enc, email_digest, role } => {
+            C::InviteMember {
+                member_id,
+                email_enc,
+                email_digest,
+                role,
+            } => {
                 self.live("invite members to")?;
                 if self.members.values().any(|m| m.email_digest == email_digest) {
                     return Err(TenantError::AlreadyMember);
                 }
-                vec![E::MemberInvited { member_id, email_enc, email_digest, role }]
+                vec![E::MemberInvited {
+                    member_id,
+                    email_enc,
+                    email_digest,
+                    role,
+                }]
             }
             C::ChangeMemberRole { member_id, role } => {
                 self.live("change members of")?;
@@ -294,17 +370,32 @@ impl Tenant {
                 }
                 vec![E::MemberRemoved { member_id }]
             }
-            C::RecordLicense { license_id, expires_at } => {
+            C::RecordLicense {
+                license_id,
+                expires_at,
+            } => {
                 self.require("license", &[Pending, Provisioning, Active, Suspended])?;
                 let tier = self.tier.ok_or(TenantError::NotFound)?;
-                vec![E::LicenseIssued { license_id, tier, expires_at }]
+                vec![E::LicenseIssued {
+                    license_id,
+                    tier,
+                    expires_at,
+                }]
             }
-            C::CreateServiceAccount { account_id, name, scopes } => {
+            C::CreateServiceAccount {
+                account_id,
+                name,
+                scopes,
+            } => {
                 self.live("add service accounts to")?;
                 if self.accounts.values().any(|a| a.name == name) {
                     return Err(TenantError::AccountExists);
                 }
-                vec![E::ServiceAccountCreated { account_id, name, scopes }]
+                vec![E::ServiceAccountCreated {
+                    account_id,
+                    name,
+                    scopes,
+                }]
             }
             C::IssueApiKey { account_id, key_id } => {
                 self.require("issue keys for", &[Pending, Provisioning, Active])?;
@@ -325,7 +416,12 @@ impl Aggregate for Tenant {
     type Error = TenantError;
     type Services = ();
 
-    async fn handle(&mut self, command: TenantCommand, _: &(), sink: &EventSink<Self>) -> Result<(), TenantError> {
+    async fn handle(
+        &mut self,
+        command: TenantCommand,
+        _: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), TenantError> {
         for event in self.decide(command)? {
             sink.write(event, self).await;
         }
@@ -335,7 +431,16 @@ impl Aggregate for Tenant {
     fn apply(&mut self, event: TenantEvent) {
         use TenantEvent as E;
         match event {
-            E::TenantCreated { tenant_id, name, slug, tier, owner_member_id, owner_email_enc, owner_email_digest, request_id } => {
+            E::TenantCreated {
+                tenant_id,
+                name,
+                slug,
+                tier,
+                owner_member_id,
+                owner_email_enc,
+                owner_email_digest,
+                request_id,
+            } => {
                 self.id = tenant_id;
                 self.name = name;
                 self.slug = slug;
@@ -344,7 +449,11 @@ impl Aggregate for Tenant {
                 self.request_id = request_id;
                 self.members.insert(
                     owner_member_id,
-                    Member { email_enc: owner_email_enc, email_digest: owner_email_digest, role: Role::Owner },
+                    Member {
+                        email_enc: owner_email_enc,
+                        email_digest: owner_email_digest,
+                        role: Role::Owner,
+                    },
                 );
             }
             E::TenantTierChanged { to, .. } => self.tier = Some(to),
@@ -367,8 +476,20 @@ impl Aggregate for Tenant {
             }
             E::TenantDeletionRequested {} => self.status = Status::Deleting,
             E::TenantDeleted {} => self.status = Status::Deleted,
-            E::MemberInvited { member_id, email_enc, email_digest, role } => {
-                self.members.insert(member_id, Member { email_enc, email_digest, role });
+            E::MemberInvited {
+                member_id,
+                email_enc,
+                email_digest,
+                role,
+            } => {
+                self.members.insert(
+                    member_id,
+                    Member {
+                        email_enc,
+                        email_digest,
+                        role,
+                    },
+                );
             }
             E::MemberRoleChanged { member_id, role } => {
                 if let Some(m) = self.members.get_mut(&member_id) {
@@ -379,8 +500,19 @@ impl Aggregate for Tenant {
                 self.members.remove(&member_id);
             }
             E::LicenseIssued { license_id, .. } => self.license_id = Some(license_id),
-            E::ServiceAccountCreated { account_id, name, scopes } => {
-                self.accounts.insert(account_id, Account { name, scopes, key_ids: vec![] });
+            E::ServiceAccountCreated {
+                account_id,
+                name,
+                scopes,
+            } => {
+                self.accounts.insert(
+                    account_id,
+                    Account {
+                        name,
+                        scopes,
+                        key_ids: vec![],
+                    },
+                );
             }
             E::ApiKeyIssued { account_id, key_id } => {
                 if let Some(a) = self.accounts.get_mut(&account_id) {

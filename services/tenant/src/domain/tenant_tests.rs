@@ -7,7 +7,11 @@ use super::*;
 type F = TestFramework<Tenant>;
 
 fn enc(s: &str) -> Encrypted {
-    Encrypted { key_id: "k1".into(), nonce: "bm9uY2U=".into(), ciphertext: s.into() }
+    Encrypted {
+        key_id: "k1".into(),
+        nonce: "bm9uY2U=".into(),
+        ciphertext: s.into(),
+    }
 }
 
 fn created() -> TenantEvent {
@@ -24,127 +28,271 @@ fn created() -> TenantEvent {
 }
 
 fn active() -> Vec<TenantEvent> {
-    vec![created(), TenantEvent::TenantProvisioningStarted {}, TenantEvent::TenantProvisioned {}, TenantEvent::TenantActivated {}]
+    vec![
+        created(),
+        TenantEvent::TenantProvisioningStarted {},
+        TenantEvent::TenantProvisioned {},
+        TenantEvent::TenantActivated {},
+    ]
 }
 
 fn invite(id: &str, digest: &str, role: Role) -> TenantCommand {
-    TenantCommand::InviteMember { member_id: id.into(), email_enc: enc(id), email_digest: digest.into(), role }
+    TenantCommand::InviteMember {
+        member_id: id.into(),
+        email_enc: enc(id),
+        email_digest: digest.into(),
+        role,
+    }
 }
 
 #[test]
 fn create_makes_a_pending_tenant_with_its_owner() {
-    let TenantEvent::TenantCreated { tenant_id, name, slug, tier, owner_member_id, owner_email_enc, owner_email_digest, request_id } =
-        created()
+    let TenantEvent::TenantCreated {
+        tenant_id,
+        name,
+        slug,
+        tier,
+        owner_member_id,
+        owner_email_enc,
+        owner_email_digest,
+        request_id,
+    } = created()
     else {
         unreachable!()
     };
-    F::with(()).given_no_previous_events().when(TenantCommand::Create {
-        tenant_id, name, slug, tier, owner_member_id, owner_email_enc, owner_email_digest, request_id,
-    }).then_expect_events(vec![created()]);
+    F::with(())
+        .given_no_previous_events()
+        .when(TenantCommand::Create {
+            tenant_id,
+            name,
+            slug,
+            tier,
+            owner_member_id,
+            owner_email_enc,
+            owner_email_digest,
+            request_id,
+        })
+        .then_expect_events(vec![created()]);
 }
 
 #[test]
 fn create_twice_is_refused() {
-    let TenantEvent::TenantCreated { tenant_id, name, slug, tier, owner_member_id, owner_email_enc, owner_email_digest, request_id } =
-        created()
+    let TenantEvent::TenantCreated {
+        tenant_id,
+        name,
+        slug,
+        tier,
+        owner_member_id,
+        owner_email_enc,
+        owner_email_digest,
+        request_id,
+    } = created()
     else {
         unreachable!()
     };
-    F::with(()).given(vec![created()]).when(TenantCommand::Create {
-        tenant_id, name, slug, tier, owner_member_id, owner_email_enc, owner_email_digest, request_id,
-    }).then_expect_error(TenantError::AlreadyExists);
+    F::with(())
+        .given(vec![created()])
+        .when(TenantCommand::Create {
+            tenant_id,
+            name,
+            slug,
+            tier,
+            owner_member_id,
+            owner_email_enc,
+            owner_email_digest,
+            request_id,
+        })
+        .then_expect_error(TenantError::AlreadyExists);
 }
 
 #[test]
 fn commands_on_an_absent_tenant_are_not_found() {
-    F::with(()).given_no_previous_events().when(TenantCommand::Suspend { reason: "x".into() }).then_expect_error(TenantError::NotFound);
+    F::with(())
+        .given_no_previous_events()
+        .when(TenantCommand::Suspend { reason: "x".into() })
+        .then_expect_error(TenantError::NotFound);
 }
 
 #[test]
 fn provisioning_then_activation() {
-    F::with(()).given(vec![created()]).when(TenantCommand::StartProvisioning).then_expect_events(vec![TenantEvent::TenantProvisioningStarted {}]);
-    F::with(()).given(vec![created(), TenantEvent::TenantProvisioningStarted {}]).when(TenantCommand::MarkProvisioned)
-        .then_expect_events(vec![TenantEvent::TenantProvisioned {}, TenantEvent::TenantActivated {}]);
+    F::with(())
+        .given(vec![created()])
+        .when(TenantCommand::StartProvisioning)
+        .then_expect_events(vec![TenantEvent::TenantProvisioningStarted {}]);
+    F::with(())
+        .given(vec![created(), TenantEvent::TenantProvisioningStarted {}])
+        .when(TenantCommand::MarkProvisioned)
+        .then_expect_events(vec![
+            TenantEvent::TenantProvisioned {},
+            TenantEvent::TenantActivated {},
+        ]);
 }
 
 #[test]
 fn failed_provisioning_can_be_retried() {
-    let failed = vec![created(), TenantEvent::TenantProvisioningStarted {}, TenantEvent::TenantProvisioningFailed { reason: "db".into() }];
-    F::with(()).given(failed).when(TenantCommand::StartProvisioning).then_expect_events(vec![TenantEvent::TenantProvisioningStarted {}]);
+    let failed = vec![
+        created(),
+        TenantEvent::TenantProvisioningStarted {},
+        TenantEvent::TenantProvisioningFailed { reason: "db".into() },
+    ];
+    F::with(())
+        .given(failed)
+        .when(TenantCommand::StartProvisioning)
+        .then_expect_events(vec![TenantEvent::TenantProvisioningStarted {}]);
 }
 
 #[test]
 fn pending_cannot_be_activated_and_the_error_names_the_status() {
-    F::with(()).given(vec![created()]).when(TenantCommand::MarkProvisioned)
+    F::with(())
+        .given(vec![created()])
+        .when(TenantCommand::MarkProvisioned)
         .then_expect_error_message("cannot activate a tenant in status PENDING");
 }
 
 #[test]
 fn suspend_and_reactivate() {
-    F::with(()).given(active()).when(TenantCommand::Suspend { reason: "unpaid".into() })
-        .then_expect_events(vec![TenantEvent::TenantSuspended { reason: "unpaid".into() }]);
+    F::with(())
+        .given(active())
+        .when(TenantCommand::Suspend {
+            reason: "unpaid".into(),
+        })
+        .then_expect_events(vec![TenantEvent::TenantSuspended {
+            reason: "unpaid".into(),
+        }]);
     let mut suspended = active();
-    suspended.push(TenantEvent::TenantSuspended { reason: "unpaid".into() });
-    F::with(()).given(suspended).when(TenantCommand::Reactivate).then_expect_events(vec![TenantEvent::TenantReactivated {}]);
+    suspended.push(TenantEvent::TenantSuspended {
+        reason: "unpaid".into(),
+    });
+    F::with(())
+        .given(suspended)
+        .when(TenantCommand::Reactivate)
+        .then_expect_events(vec![TenantEvent::TenantReactivated {}]);
 }
 
 #[test]
 fn only_active_tenants_can_be_suspended() {
-    F::with(()).given(vec![created()]).when(TenantCommand::Suspend { reason: "x".into() })
-        .then_expect_error(TenantError::InvalidTransition { action: "suspend", current: Status::Pending });
+    F::with(())
+        .given(vec![created()])
+        .when(TenantCommand::Suspend { reason: "x".into() })
+        .then_expect_error(TenantError::InvalidTransition {
+            action: "suspend",
+            current: Status::Pending,
+        });
 }
 
 #[test]
 fn tier_change_records_from_and_to_and_same_tier_is_a_no_op() {
-    F::with(()).given(active()).when(TenantCommand::ChangeTier { tier: Tier::High })
-        .then_expect_events(vec![TenantEvent::TenantTierChanged { from: Tier::Mid, to: Tier::High }]);
-    F::with(()).given(active()).when(TenantCommand::ChangeTier { tier: Tier::Mid }).then_expect_events(vec![]);
+    F::with(())
+        .given(active())
+        .when(TenantCommand::ChangeTier { tier: Tier::High })
+        .then_expect_events(vec![TenantEvent::TenantTierChanged {
+            from: Tier::Mid,
+            to: Tier::High,
+        }]);
+    F::with(())
+        .given(active())
+        .when(TenantCommand::ChangeTier { tier: Tier::Mid })
+        .then_expect_events(vec![]);
 }
 
 #[test]
 fn deletion_is_requested_then_completed_and_final() {
-    F::with(()).given(active()).when(TenantCommand::RequestDeletion).then_expect_events(vec![TenantEvent::TenantDeletionRequested {}]);
+    F::with(())
+        .given(active())
+        .when(TenantCommand::RequestDeletion)
+        .then_expect_events(vec![TenantEvent::TenantDeletionRequested {}]);
     let mut deleting = active();
     deleting.push(TenantEvent::TenantDeletionRequested {});
-    F::with(()).given(deleting.clone()).when(TenantCommand::MarkDeleted).then_expect_events(vec![TenantEvent::TenantDeleted {}]);
+    F::with(())
+        .given(deleting.clone())
+        .when(TenantCommand::MarkDeleted)
+        .then_expect_events(vec![TenantEvent::TenantDeleted {}]);
     deleting.push(TenantEvent::TenantDeleted {});
-    F::with(()).given(deleting).when(TenantCommand::Reactivate)
-        .then_expect_error(TenantError::InvalidTransition { action: "reactivate", current: Status::Deleted });
+    F::with(())
+        .given(deleting)
+        .when(TenantCommand::Reactivate)
+        .then_expect_error(TenantError::InvalidTransition {
+            action: "reactivate",
+            current: Status::Deleted,
+        });
 }
 
 #[test]
 fn the_same_email_cannot_be_invited_twice() {
-    F::with(()).given(active()).when(invite("m2", "d-owner", Role::Viewer)).then_expect_error(TenantError::AlreadyMember);
+    F::with(())
+        .given(active())
+        .when(invite("m2", "d-owner", Role::Viewer))
+        .then_expect_error(TenantError::AlreadyMember);
 }
 
 #[test]
 fn the_last_owner_cannot_be_removed_or_demoted() {
-    F::with(()).given(active()).when(TenantCommand::RemoveMember { member_id: "m-owner".into() }).then_expect_error(TenantError::LastOwner);
-    F::with(()).given(active()).when(TenantCommand::ChangeMemberRole { member_id: "m-owner".into(), role: Role::Admin })
+    F::with(())
+        .given(active())
+        .when(TenantCommand::RemoveMember {
+            member_id: "m-owner".into(),
+        })
+        .then_expect_error(TenantError::LastOwner);
+    F::with(())
+        .given(active())
+        .when(TenantCommand::ChangeMemberRole {
+            member_id: "m-owner".into(),
+            role: Role::Admin,
+        })
         .then_expect_error(TenantError::LastOwner);
 }
 
 #[test]
 fn an_owner_can_leave_when_another_owner_remains() {
     let mut events = active();
-    events.push(TenantEvent::MemberInvited { member_id: "m2".into(), email_enc: enc("m2"), email_digest: "d2".into(), role: Role::Owner });
-    F::with(()).given(events).when(TenantCommand::RemoveMember { member_id: "m-owner".into() })
-        .then_expect_events(vec![TenantEvent::MemberRemoved { member_id: "m-owner".into() }]);
+    events.push(TenantEvent::MemberInvited {
+        member_id: "m2".into(),
+        email_enc: enc("m2"),
+        email_digest: "d2".into(),
+        role: Role::Owner,
+    });
+    F::with(())
+        .given(events)
+        .when(TenantCommand::RemoveMember {
+            member_id: "m-owner".into(),
+        })
+        .then_expect_events(vec![TenantEvent::MemberRemoved {
+            member_id: "m-owner".into(),
+        }]);
 }
 
 #[test]
 fn unknown_member_is_not_found() {
-    F::with(()).given(active()).when(TenantCommand::RemoveMember { member_id: "nobody".into() }).then_expect_error(TenantError::MemberNotFound);
+    F::with(())
+        .given(active())
+        .when(TenantCommand::RemoveMember {
+            member_id: "nobody".into(),
+        })
+        .then_expect_error(TenantError::MemberNotFound);
 }
 
 #[test]
 fn service_account_names_are_unique_and_keys_need_an_account() {
     let mut events = active();
-    events.push(TenantEvent::ServiceAccountCreated { account_id: "sa1".into(), name: "ci".into(), scopes: vec!["tenant:read".into()] });
-    F::with(()).given(events.clone())
-        .when(TenantCommand::CreateServiceAccount { account_id: "sa2".into(), name: "ci".into(), scopes: vec![] })
+    events.push(TenantEvent::ServiceAccountCreated {
+        account_id: "sa1".into(),
+        name: "ci".into(),
+        scopes: vec!["tenant:read".into()],
+    });
+    F::with(())
+        .given(events.clone())
+        .when(TenantCommand::CreateServiceAccount {
+            account_id: "sa2".into(),
+            name: "ci".into(),
+            scopes: vec![],
+        })
         .then_expect_error(TenantError::AccountExists);
-    F::with(()).given(events).when(TenantCommand::IssueApiKey { account_id: "sa9".into(), key_id: "k".into() })
+    F::with(())
+        .given(events)
+        .when(TenantCommand::IssueApiKey {
+            account_id: "sa9".into(),
+            key_id: "k".into(),
+        })
         .then_expect_error(TenantError::AccountNotFound);
 }
 
@@ -153,22 +301,50 @@ fn every_event_is_in_the_catalog() {
     let samples = {
         let mut v = active();
         v.extend([
-            TenantEvent::TenantTierChanged { from: Tier::Low, to: Tier::Mid },
+            TenantEvent::TenantTierChanged {
+                from: Tier::Low,
+                to: Tier::Mid,
+            },
             TenantEvent::TenantSuspended { reason: "x".into() },
             TenantEvent::TenantReactivated {},
             TenantEvent::TenantProvisioningFailed { reason: "x".into() },
             TenantEvent::TenantDeletionRequested {},
             TenantEvent::TenantDeleted {},
-            TenantEvent::MemberInvited { member_id: "m".into(), email_enc: enc("x"), email_digest: "d".into(), role: Role::Admin },
-            TenantEvent::MemberRoleChanged { member_id: "m".into(), role: Role::Viewer },
-            TenantEvent::MemberRemoved { member_id: "m".into() },
-            TenantEvent::LicenseIssued { license_id: "l".into(), tier: Tier::Low, expires_at: "2027-01-01T00:00:00Z".into() },
-            TenantEvent::ServiceAccountCreated { account_id: "a".into(), name: "n".into(), scopes: vec![] },
-            TenantEvent::ApiKeyIssued { account_id: "a".into(), key_id: "k".into() },
+            TenantEvent::MemberInvited {
+                member_id: "m".into(),
+                email_enc: enc("x"),
+                email_digest: "d".into(),
+                role: Role::Admin,
+            },
+            TenantEvent::MemberRoleChanged {
+                member_id: "m".into(),
+                role: Role::Viewer,
+            },
+            TenantEvent::MemberRemoved {
+                member_id: "m".into(),
+            },
+            TenantEvent::LicenseIssued {
+                license_id: "l".into(),
+                tier: Tier::Low,
+                expires_at: "2027-01-01T00:00:00Z".into(),
+            },
+            TenantEvent::ServiceAccountCreated {
+                account_id: "a".into(),
+                name: "n".into(),
+                scopes: vec![],
+            },
+            TenantEvent::ApiKeyIssued {
+                account_id: "a".into(),
+                key_id: "k".into(),
+            },
         ]);
         v
     };
     for e in samples {
-        assert!(keel_events::catalog::lookup("tenant", &e.event_type(), 1).is_some(), "{} has no schema", e.event_type());
+        assert!(
+            keel_events::catalog::lookup("tenant", &e.event_type(), 1).is_some(),
+            "{} has no schema",
+            e.event_type()
+        );
     }
 }

@@ -39,7 +39,12 @@ impl Tier {
 
     pub fn entitlements(self) -> Entitlements {
         match self {
-            Tier::Low => Entitlements { environments: 1, agent_limit: 5, retention_days: 30, features: &["topology"] },
+            Tier::Low => Entitlements {
+                environments: 1,
+                agent_limit: 5,
+                retention_days: 30,
+                features: &["topology"],
+            },
             Tier::Mid => Entitlements {
                 environments: 3,
                 agent_limit: 25,
@@ -56,7 +61,15 @@ impl Tier {
                 environments: 50,
                 agent_limit: 1000,
                 retention_days: 365,
-                features: &["topology", "lineage", "correlation", "debugger", "replay", "sso", "custom_roles"],
+                features: &[
+                    "topology",
+                    "lineage",
+                    "correlation",
+                    "debugger",
+                    "replay",
+                    "sso",
+                    "custom_roles",
+                ],
             },
         }
     }

@@ -20,7 +20,10 @@ impl fmt::Display for Invalid {
 pub type Check = Result<(), Invalid>;
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> Invalid {
-    Invalid { field, reason: reason.into() }
+    Invalid {
+        field,
+        reason: reason.into(),
+    }
 }
 
 pub fn name(field: &'static str, value: &str) -> Check {
@@ -42,8 +45,17 @@ pub fn slug(field: &'static str, value: &str) -> Check {
     let ok = (3..=40).contains(&value.len())
         && value.starts_with(|c: char| c.is_ascii_lowercase())
         && !value.ends_with('-')
-        && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok { Ok(()) } else { Err(invalid(field, "must be 3-40 of [a-z0-9-], start with a letter and not end with '-'")) }
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            "must be 3-40 of [a-z0-9-], start with a letter and not end with '-'",
+        ))
+    }
 }
 
 /// A pragmatic e-mail check (RFC 5321 lengths, one '@', a dotted domain). Returns the
@@ -58,19 +70,35 @@ pub fn email(field: &'static str, value: &str) -> Result<String, Invalid> {
     let local_ok = !local.is_empty()
         && local.len() <= 64
         && !local.contains('@')
-        && local.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
+        && local
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
     let domain_ok = domain.contains('.')
         && domain.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-')
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
                 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
-    if local_ok && domain_ok { Ok(format!("{local}@{}", domain.to_ascii_lowercase())) } else { Err(bad()) }
+    if local_ok && domain_ok {
+        Ok(format!("{local}@{}", domain.to_ascii_lowercase()))
+    } else {
+        Err(bad())
+    }
 }
 
 /// Idempotency keys and other client ids: 1-128 of [A-Za-z0-9_-].
 pub fn token(field: &'static str, value: &str) -> Check {
-    let ok = (1..=128).contains(&value.len()) && value.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    if ok { Ok(()) } else { Err(invalid(field, "must be 1-128 of [A-Za-z0-9_-]")) }
+    let ok = (1..=128).contains(&value.len())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(field, "must be 1-128 of [A-Za-z0-9_-]"))
+    }
 }
 
 pub fn reason(field: &'static str, value: &str) -> Check {
@@ -93,15 +121,25 @@ pub fn page_size(field: &'static str, value: u32, default: u32, max: u32) -> Res
 }
 
 pub fn account_name(field: &'static str, value: &str) -> Check {
-    let ok = (1..=64).contains(&value.len()) && value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok { Ok(()) } else { Err(invalid(field, "must be 1-64 of [a-z0-9-]")) }
+    let ok = (1..=64).contains(&value.len())
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(field, "must be 1-64 of [a-z0-9-]"))
+    }
 }
 
 pub fn scopes(field: &'static str, values: &[String]) -> Check {
     if values.len() > 32 {
         return Err(invalid(field, "at most 32 scopes"));
     }
-    match values.iter().find(|s| !keel_auth::scopes::ALL.contains(&s.as_str())) {
+    match values
+        .iter()
+        .find(|s| !keel_auth::scopes::ALL.contains(&s.as_str()))
+    {
         Some(s) => Err(invalid(field, format!("unknown scope {s:?}"))),
         None => Ok(()),
     }
@@ -129,9 +167,25 @@ mod tests {
 
     #[test]
     fn emails() {
-        assert_eq!(email("owner_email", " Alice@Example.COM ").unwrap(), "Alice@example.com");
-        for bad in ["", "alice", "alice@", "@example.com", "a@b", "a b@example.com", "a@@example.com", "a@-x.com"] {
-            assert_eq!(email("owner_email", bad).unwrap_err().field, "owner_email", "{bad}");
+        assert_eq!(
+            email("owner_email", " Alice@Example.COM ").unwrap(),
+            "Alice@example.com"
+        );
+        for bad in [
+            "",
+            "alice",
+            "alice@",
+            "@example.com",
+            "a@b",
+            "a b@example.com",
+            "a@@example.com",
+            "a@-x.com",
+        ] {
+            assert_eq!(
+                email("owner_email", bad).unwrap_err().field,
+                "owner_email",
+                "{bad}"
+            );
         }
     }
 

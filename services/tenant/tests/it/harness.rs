@@ -1,0 +1,221 @@
+//! One tenant service per test, with its own schema and bus namespace.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use keel_bus::{Bus, StreamKind};
+use keel_e2e::{Bearer, ServiceProc};
+use keel_proto::v1 as pb;
+use keel_proto::v1::license_service_client::LicenseServiceClient;
+use keel_proto::v1::tenant_service_client::TenantServiceClient;
+use keel_proto::v1::token_service_client::TokenServiceClient;
+use serde_json::Value;
+use sqlx::PgPool;
+use tonic::codegen::InterceptedService;
+use tonic::transport::Channel;
+
+pub type Tenants = TenantServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Tokens = TokenServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Licenses = LicenseServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// base64 of 32 bytes of 42: tests know the master key, so they can forge tokens with the
+/// service's real signing key (expired, missing scope …).
+pub const MASTER_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+
+pub struct World {
+    pub proc: ServiceProc,
+    pub pool: PgPool,
+    pub bus: Bus,
+    pub bootstrap: String,
+    pub operator: String,
+    channel: Channel,
+}
+
+impl World {
+    pub async fn start() -> World {
+        Self::start_with(HashMap::new()).await
+    }
+
+    pub async fn start_with(mut env: HashMap<String, String>) -> World {
+        let token = keel_store::testing::unique_token();
+        let schema = format!("test_{token}");
+        let bootstrap = format!("boot-{}", uuid::Uuid::new_v4());
+        env.insert("KEEL_BOOTSTRAP_TOKEN".into(), bootstrap.clone());
+        env.insert("KEEL_TENANT_MASTER_KEY".into(), MASTER_KEY.into());
+        let proc = ServiceProc::start(
+            Path::new(env!("CARGO_BIN_EXE_keel-tenant")),
+            "tenant",
+            &schema,
+            &token,
+            &env,
+        )
+        .await
+        .unwrap();
+        let options: sqlx::postgres::PgConnectOptions = keel_store::testing::database_url().parse().unwrap();
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.options([("search_path", schema.as_str())]))
+            .await
+            .unwrap();
+        let bus = Bus::connect(&keel_store::testing::nats_url(), &token)
+            .await
+            .unwrap();
+        let channel = proc.channel().await.unwrap();
+        let mut w = World {
+            proc,
+            pool,
+            bus,
+            bootstrap: bootstrap.clone(),
+            operator: String::new(),
+            channel,
+        };
+        w.operator = w.exchange(&bootstrap).await.unwrap().token;
+        w
+    }
+
+    pub fn tenants(&self, token: &str) -> Tenants {
+        TenantServiceClient::with_interceptor(self.channel.clone(), Bearer(Some(token.to_owned())))
+    }
+
+    pub fn tenants_anonymous(&self) -> Tenants {
+        TenantServiceClient::with_interceptor(self.channel.clone(), Bearer(None))
+    }
+
+    pub fn tokens(&self, token: &str) -> Tokens {
+        TokenServiceClient::with_interceptor(self.channel.clone(), Bearer(Some(token.to_owned())))
+    }
+
+    pub fn licenses(&self, token: &str) -> Licenses {
+        LicenseServiceClient::with_interceptor(self.channel.clone(), Bearer(Some(token.to_owned())))
+    }
+
+    pub async fn exchange(&self, api_key: &str) -> Result<pb::AccessToken, tonic::Status> {
+        TokenServiceClient::with_interceptor(self.channel.clone(), Bearer(None))
+            .exchange_api_key(pb::ExchangeApiKeyRequest {
+                api_key: api_key.into(),
+                scopes: vec![],
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Creates a tenant as the operator.
+    pub async fn create(&self, slug: &str, email: &str) -> pb::Tenant {
+        self.tenants(&self.operator)
+            .create_tenant(pb::CreateTenantRequest {
+                name: format!("Tenant {slug}"),
+                slug: slug.into(),
+                tier: pb::Tier::Low as i32,
+                owner_email: email.into(),
+                request_id: format!("req-{slug}"),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// A tenant-scoped token (through a service account and its API key, as a tenant's CI would).
+    pub async fn tenant_token(&self, tenant_id: &str, scopes: &[&str]) -> String {
+        let created = self
+            .tokens(&self.operator)
+            .create_service_account(pb::CreateServiceAccountRequest {
+                tenant: Some(by_id(tenant_id)),
+                name: format!("ci-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        self.exchange(&created.api_key).await.unwrap().token
+    }
+
+    /// The service's active signing key, unwrapped with the test master key.
+    pub async fn signing_key(&self) -> keel_auth::SigningKey {
+        let (kid, wrapped): (String, Vec<u8>) =
+            sqlx::query_as("SELECT kid, wrapped_seed FROM signing_keys WHERE retired_at IS NULL")
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+        let master = keel_tenant::crypto::MasterKey::from_setting(Some(MASTER_KEY)).unwrap();
+        let seed: [u8; 32] = master.unwrap(&wrapped).unwrap().try_into().unwrap();
+        keel_auth::SigningKey::from_seed(&kid, seed)
+    }
+
+    /// GET on the service's HTTP port: (status, body).
+    pub async fn http_get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.proc.http).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.unwrap();
+        let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
+        (
+            head.split_whitespace().nth(1).unwrap().parse().unwrap(),
+            body.to_owned(),
+        )
+    }
+
+    pub async fn event_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Every message on one of the namespace's streams: (subject, JSON body).
+    pub async fn stream(&self, kind: StreamKind) -> Vec<(String, Value)> {
+        let mut s = self
+            .bus
+            .jetstream()
+            .get_stream(self.bus.stream_name(kind))
+            .await
+            .unwrap();
+        let info = s.info().await.unwrap().state.clone();
+        let mut out = Vec::new();
+        for seq in info.first_sequence..=info.last_sequence {
+            if let Ok(m) = s.get_raw_message(seq).await {
+                out.push((
+                    m.subject.to_string(),
+                    serde_json::from_slice(&m.payload).unwrap_or(Value::Null),
+                ));
+            }
+        }
+        out
+    }
+
+    pub async fn audit_of(&self, tenant: &str) -> Vec<Value> {
+        let prefix = format!("{}keel.audit.{tenant}.", self.bus.subject_prefix());
+        self.stream(StreamKind::Audit)
+            .await
+            .into_iter()
+            .filter(|(s, _)| s.starts_with(&prefix))
+            .map(|(_, v)| v)
+            .collect()
+    }
+
+    pub async fn cleanup(mut self) {
+        let _ = self.proc.terminate().await;
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.proc.schema))
+            .execute(&self.pool)
+            .await;
+        let _ = self.bus.delete_streams().await;
+    }
+}
+
+pub fn by_id(id: &str) -> pb::TenantRef {
+    pb::TenantRef {
+        r#ref: Some(pb::tenant_ref::Ref::Id(id.into())),
+    }
+}
+
+pub fn by_slug(slug: &str) -> pb::TenantRef {
+    pb::TenantRef {
+        r#ref: Some(pb::tenant_ref::Ref::Slug(slug.into())),
+    }
+}
+
+pub fn slug() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests of the `keel-tenant` binary: real process, real PostgreSQL, NATS, Redis,
+//! spoken to over gRPC and NATS the way a user would.
+
+mod auth;
+mod harness;
+mod input;
+mod lifecycle;
+mod logs;
+mod shred;
