@@ -4,10 +4,20 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 
 target := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target")
 
+# Without KEEL_BOOTSTRAP_TOKEN, an operator key is generated once into .keel/bootstrap-token
+# (keelctl picks it up from there).
 # Starts PostgreSQL, NATS and Redis if needed, builds, and runs the whole mesh (Ctrl-C stops it).
 up: services
+    #!/usr/bin/env bash
+    set -euo pipefail
     cargo build --bins
-    {{target}}/debug/keelctl dev up --bin-dir {{target}}/debug
+    if [ -z "${KEEL_BOOTSTRAP_TOKEN:-}" ]; then
+        mkdir -p .keel
+        [ -s .keel/bootstrap-token ] || head -c 32 /dev/urandom | base64 | tr -d '/+=\n' > .keel/bootstrap-token
+        export KEEL_BOOTSTRAP_TOKEN="$(cat .keel/bootstrap-token)"
+        echo "bootstrap operator key in .keel/bootstrap-token (keelctl reads it; or export KEEL_API_KEY=$KEEL_BOOTSTRAP_TOKEN)"
+    fi
+    exec {{target}}/debug/keelctl dev up --bin-dir {{target}}/debug
 
 # Every test: unit, integration (real PostgreSQL, NATS, Redis) and end-to-end.
 test: services

@@ -138,3 +138,31 @@ impl tonic::service::Interceptor for Bearer {
         Ok(req)
     }
 }
+
+/// The path of a workspace binary (`keel-tenant` …) built in the same profile as the running
+/// test, building it first when it is missing or when `KEEL_E2E_REBUILD` is set. Integration
+/// tests of one package cannot name another package's binaries through `CARGO_BIN_EXE_*`.
+pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    static BUILD: Mutex<()> = Mutex::new(());
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no target dir")?;
+    let path = dir.join(name);
+    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    if !path.exists() || std::env::var_os("KEEL_E2E_REBUILD").is_some() {
+        let release = dir.file_name().is_some_and(|d| d == "release");
+        let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--bin", name]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().with_context(|| format!("building {name}"))?;
+        if !status.success() {
+            bail!("cargo build --bin {name} failed");
+        }
+    }
+    Ok(path)
+}

@@ -100,6 +100,20 @@ fn seconds() -> Duration {
     )
 }
 
+/// Repetitions of each figure (KEEL_BENCH_REPETITIONS, default 3); the median is printed.
+fn repetitions() -> usize {
+    std::env::var("KEEL_BENCH_REPETITIONS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3usize)
+        .max(1)
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
 /// Runs `op` from `concurrency` tasks for the bench duration; returns operations per second.
 async fn rate<F, Fut>(concurrency: usize, op: F) -> f64
 where
@@ -187,7 +201,7 @@ async fn main() -> Result<()> {
         let size = concurrency as u32;
         let raw_pool = pool(env.store.schema(), size).await?;
         let payload = raw_payload.clone();
-        let raw = rate(concurrency, move || {
+        let raw_op = move || {
             let (p, v) = (raw_pool.clone(), payload.clone());
             async move {
                 let _ = sqlx::query("INSERT INTO raw_insert (payload) VALUES ($1)")
@@ -195,13 +209,11 @@ async fn main() -> Result<()> {
                     .execute(&p)
                     .await;
             }
-        })
-        .await;
-
+        };
         let keel_store =
             keel_store::Store::connect_with(&database_url(), env.store.schema(), "bench", size).await?;
         let keel_cqrs = Arc::new(keel_store.framework::<BenchTenant>(()));
-        let keel = rate(concurrency, move || {
+        let keel_op = move || {
             let c = keel_cqrs.clone();
             async move {
                 let id = Uuid::now_v7().to_string();
@@ -209,15 +221,13 @@ async fn main() -> Result<()> {
                     eprintln!("keel-store command failed: {e}");
                 }
             }
-        })
-        .await;
-
+        };
         let pges_cqrs = Arc::new(postgres_es::postgres_cqrs::<BenchTenant>(
             pool(&pges_schema, size).await?,
             vec![],
             (),
         ));
-        let pges = rate(concurrency, move || {
+        let pges_op = move || {
             let c = pges_cqrs.clone();
             async move {
                 let id = Uuid::now_v7().to_string();
@@ -225,8 +235,35 @@ async fn main() -> Result<()> {
                     eprintln!("postgres-es command failed: {e}");
                 }
             }
-        })
-        .await;
+        };
+        if let Ok(sweep) = std::env::var("KEEL_TUNE_SWEEP") {
+            let ks: Vec<(usize, usize)> = sweep.split(',').map(|p| { let mut it = p.split('/'); (it.next().unwrap().parse().unwrap(), it.next().unwrap().parse().unwrap()) }).collect();
+            let mut res: Vec<Vec<f64>> = vec![Vec::new(); ks.len() + 1];
+            for _ in 0..repetitions() {
+                res[0].push(rate(concurrency, raw_op.clone()).await);
+                for (i, &(a, l)) in ks.iter().enumerate() {
+                    let repo = keel_store::EventRepository::with_group_commit(keel_store.pool().clone(), keel_store::GroupCommit { appends_in_flight: a, loads_in_flight: l, ..Default::default() });
+                    let c = Arc::new(cqrs_es::CqrsFramework::<BenchTenant, _>::new(cqrs_es::persist::PersistedEventStore::new_event_store(repo), vec![], ()));
+                    res[i + 1].push(rate(concurrency, move || { let c = c.clone(); async move { let id = Uuid::now_v7().to_string(); c.execute_with_metadata(&id, id.clone(), metadata()).await.unwrap(); } }).await);
+                }
+            }
+            let raw = median(res[0].clone());
+            let mut line = format!("c={concurrency} raw={raw:.0}");
+            for (i, k) in ks.iter().enumerate() { let m = median(res[i + 1].clone()); line += &format!(" {}/{}={:.0}({:.2})", k.0, k.1, m, m / raw); }
+            println!("{line}");
+            continue;
+        }
+        // Interleaved repetitions, so that a burst of load elsewhere on the machine hits all
+        // three alike; each figure is the median of its repetitions.
+        let (mut raw, mut keel, mut pges) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..repetitions() {
+            raw.push(rate(concurrency, raw_op.clone()).await);
+            keel_store::batch::debug_take();
+            keel.push(rate(concurrency, keel_op.clone()).await);
+            if std::env::var("KEEL_TUNE_DEBUG").is_ok() { eprintln!("c={concurrency} keel={:.0} {}", keel.last().unwrap(), keel_store::batch::debug_take()); }
+            pges.push(rate(concurrency, pges_op.clone()).await);
+        }
+        let (raw, keel, pges) = (median(raw), median(keel), median(pges));
         println!(
             "| {concurrency} | {raw:.0} | {keel:.0} | {pges:.0} | {:.2} | {:.2} |",
             keel / raw,

@@ -12,6 +12,7 @@
 pub(crate) mod append;
 pub(crate) mod load;
 
+
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
@@ -20,6 +21,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// How a kind of request is grouped and run.
 pub(crate) trait Grouped: Send + 'static {
+    const KIND: usize;
     type Output: Send + 'static;
     /// The size of a request toward [`Limits::max_weight`] (events for appends, keys for loads).
     fn weight(&self) -> usize;
@@ -128,11 +130,31 @@ async fn dispatch<R: Grouped>(
             group.push(next);
         }
         let pool = pool.clone();
+        let n = group.len() as u64;
         tokio::spawn(async move {
+            let t = std::time::Instant::now();
             R::run(pool, group).await;
+            DBG[R::KIND].0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            DBG[R::KIND].1.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            DBG[R::KIND].2.fetch_add(t.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
             drop(slot);
         });
     }
+}
+
+// TEMP
+pub static DBG: [(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64); 2] = [
+    (std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)),
+    (std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)),
+];
+/// TEMP
+pub fn debug_take() -> String {
+    use std::sync::atomic::Ordering::Relaxed;
+    let f = |i: usize| {
+        let (g, n, us) = (DBG[i].0.swap(0, Relaxed), DBG[i].1.swap(0, Relaxed), DBG[i].2.swap(0, Relaxed));
+        format!("groups={g} avg_size={:.2} avg_us={:.0}", n as f64 / g.max(1) as f64, us as f64 / g.max(1) as f64)
+    };
+    format!("append[{}] load[{}]", f(0), f(1))
 }
 
 /// An error for each of several callers from one failed statement (errors are not `Clone`).

@@ -5,7 +5,8 @@
 //!
 //! Start from [`Store::connect`].
 
-mod batch;
+#[doc(hidden)]
+pub mod batch;
 pub mod envelope;
 pub mod error;
 pub mod metadata;

@@ -55,12 +55,29 @@ impl From<sqlx::Error> for ApplyError {
 /// A read model built from one stream.
 #[async_trait]
 pub trait Projection: Send + Sync + 'static {
+    /// What one message decodes to (an [`Envelope`] for domain events).
+    type Item: Send + Sync;
     /// The durable consumer name; also the DLQ kind. 1-64 of `[A-Za-z0-9_-]`.
     fn name(&self) -> &str;
-    /// Applies one event inside the batch transaction. Must be idempotent.
-    async fn apply(&self, conn: &mut PgConnection, envelope: &Envelope) -> Result<(), ApplyError>;
+    /// Decodes a message; an error dead-letters it at once with the error as reason.
+    fn decode(&self, subject: &str, payload: &[u8]) -> Result<Self::Item, String>;
+    /// Applies one item inside the batch transaction. Must be idempotent.
+    async fn apply(&self, conn: &mut PgConnection, item: &Self::Item) -> Result<(), ApplyError>;
+    /// Applies a whole batch (the fast path: override it with one multi-row statement). If it
+    /// fails, the runner falls back to [`Projection::apply`] per item to isolate the bad one.
+    async fn apply_batch(&self, conn: &mut PgConnection, items: &[&Self::Item]) -> Result<(), ApplyError> {
+        for item in items {
+            self.apply(conn, item).await?;
+        }
+        Ok(())
+    }
     /// Empties the projection's tables before a rebuild from the start of the stream.
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ApplyError>;
+}
+
+/// The usual [`Projection::decode`]: a Keel CloudEvents envelope.
+pub fn decode_envelope(payload: &[u8]) -> Result<Envelope, String> {
+    Envelope::parse(payload).map_err(|e| format!("malformed envelope: {e}"))
 }
 
 #[derive(Clone, Debug)]
@@ -256,36 +273,33 @@ impl<P: Projection> ProjectionRunner<P> {
     }
 
     async fn handle_batch(&self, batch: Vec<async_nats::jetstream::Message>) -> Result<()> {
-        let mut outcomes = Vec::with_capacity(batch.len());
+        let decoded: Vec<Result<P::Item, String>> =
+            batch.iter().map(|m| self.projection.decode(m.subject.as_str(), &m.payload)).collect();
+        let mut outcomes: Vec<Outcome> = decoded
+            .iter()
+            .map(|d| match d {
+                Ok(_) => Outcome::Ack,
+                Err(reason) => Outcome::DeadLetter(reason.clone()),
+            })
+            .collect();
+        let items: Vec<(usize, &P::Item)> =
+            decoded.iter().enumerate().filter_map(|(i, d)| d.as_ref().ok().map(|item| (i, item))).collect();
         let mut tx = self.pool.begin().await?;
-        for msg in &batch {
-            let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-            let outcome = match Envelope::parse(&msg.payload) {
-                Err(e) => Outcome::DeadLetter(format!("malformed envelope: {e}")),
-                Ok(env) => {
-                    let mut sp = tx.begin().await?;
-                    match self.projection.apply(&mut sp, &env).await {
-                        Ok(()) => {
-                            sp.commit().await?;
-                            Outcome::Ack
-                        }
-                        Err(ApplyError::Permanent(reason)) => {
-                            sp.rollback().await?;
-                            Outcome::DeadLetter(reason)
-                        }
-                        Err(ApplyError::Transient(reason)) => {
-                            sp.rollback().await?;
-                            if delivered >= self.config.max_deliver {
-                                Outcome::DeadLetter(format!("gave up after {delivered} deliveries: {reason}"))
-                            } else {
-                                tracing::warn!(projection = self.projection.name(), delivered, %reason, "apply failed; will retry");
-                                Outcome::Retry(self.backoff(delivered))
-                            }
-                        }
+        if !items.is_empty() {
+            // Fast path: the whole batch at once.
+            let mut sp = tx.begin().await?;
+            let all: Vec<&P::Item> = items.iter().map(|(_, item)| *item).collect();
+            match self.projection.apply_batch(&mut sp, &all).await {
+                Ok(()) => sp.commit().await?,
+                Err(_) => {
+                    // Slow path: one savepoint per item, so one bad message cannot undo the rest.
+                    sp.rollback().await?;
+                    for (i, item) in &items {
+                        let delivered = batch[*i].info().map(|info| info.delivered).unwrap_or(1);
+                        outcomes[*i] = self.apply_one(&mut tx, item, delivered).await?;
                     }
                 }
-            };
-            outcomes.push(outcome);
+            }
         }
         if let Err(e) = tx.commit().await {
             // Nothing of the batch is stored: let every message come back later.
@@ -315,6 +329,34 @@ impl<P: Projection> ProjectionRunner<P> {
             }
         }
         Ok(())
+    }
+
+    async fn apply_one(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        item: &P::Item,
+        delivered: i64,
+    ) -> Result<Outcome> {
+        let mut sp = tx.begin().await?;
+        Ok(match self.projection.apply(&mut sp, item).await {
+            Ok(()) => {
+                sp.commit().await?;
+                Outcome::Ack
+            }
+            Err(ApplyError::Permanent(reason)) => {
+                sp.rollback().await?;
+                Outcome::DeadLetter(reason)
+            }
+            Err(ApplyError::Transient(reason)) => {
+                sp.rollback().await?;
+                if delivered >= self.config.max_deliver {
+                    Outcome::DeadLetter(format!("gave up after {delivered} deliveries: {reason}"))
+                } else {
+                    tracing::warn!(projection = self.projection.name(), delivered, %reason, "apply failed; will retry");
+                    Outcome::Retry(self.backoff(delivered))
+                }
+            }
+        })
     }
 
     fn backoff(&self, delivered: i64) -> Duration {

@@ -1,12 +1,31 @@
-//! `keelctl`: the operator's CLI for Keel. `keelctl dev up` runs the whole mesh locally.
+//! `keelctl`: the operator's CLI for Keel. Tenants, members, tokens, licenses (verified offline)
+//! and audit tails against a running mesh; `keelctl dev up` runs the whole mesh locally.
+//!
+//! Errors print `error: <gRPC code>: <message>` on stderr and exit 1; usage errors exit 2.
 
+mod audit;
+mod client;
 mod dev;
+mod license;
+mod member;
+mod output;
+mod tenant;
+mod token;
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "keelctl", version, about = "Operate a Keel mesh")]
 struct Cli {
+    #[command(flatten)]
+    conn: client::ConnectionArgs,
+    #[command(flatten)]
+    bus: audit::BusArgs,
+    /// How to print results.
+    #[arg(long, global = true, value_enum, default_value_t = output::Format::Table)]
+    output: output::Format,
     #[command(subcommand)]
     command: Command,
 }
@@ -18,12 +37,74 @@ enum Command {
         #[command(subcommand)]
         command: dev::DevCommand,
     },
+    /// Tenants and their lifecycle.
+    Tenant {
+        #[command(subcommand)]
+        command: tenant::TenantCommand,
+    },
+    /// A tenant's members and roles.
+    Member {
+        #[command(subcommand)]
+        command: member::MemberCommand,
+    },
+    /// Access tokens and service accounts.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
+    },
+    /// Licenses: show, and verify offline.
+    License {
+        #[command(subcommand)]
+        command: license::LicenseCommand,
+    },
+    /// Audit records on NATS.
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Dev { command } => dev::run(command).await,
+    let (conn, format) = (&cli.conn, cli.output);
+    let result = match cli.command {
+        Command::Dev { command } => dev::run(command).await.map(|()| ExitCode::SUCCESS),
+        Command::Tenant { command } => tenant::run(command, conn, format)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Member { command } => member::run(command, conn, format)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Token { command } => token::run(command, conn, format)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::License { command } => license::run(command, conn, format).await,
+        Command::Audit { command } => audit::run(command, &cli.bus, format)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+    };
+    result.unwrap_or_else(|e| {
+        report(&e);
+        ExitCode::FAILURE
+    })
+}
+
+fn report(e: &anyhow::Error) {
+    match e.downcast_ref::<tonic::Status>() {
+        Some(s) if s.message().is_empty() => eprintln!("error: {}", client::code_name(s.code())),
+        Some(s) => eprintln!("error: {}: {}", client::code_name(s.code()), s.message()),
+        None => {
+            // Each cause once: lower layers often repeat their source in their own message.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let text = cause.to_string();
+                if !msg.contains(&text) {
+                    msg.push_str(": ");
+                    msg.push_str(&text);
+                }
+            }
+            eprintln!("error: {msg}");
+        }
     }
 }

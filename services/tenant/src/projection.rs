@@ -17,6 +17,12 @@ fn str_field<'a>(e: &'a Envelope, key: &str) -> Result<&'a str, ApplyError> {
 
 #[async_trait]
 impl Projection for TenantsView {
+    type Item = Envelope;
+
+    fn decode(&self, _subject: &str, payload: &[u8]) -> Result<Envelope, String> {
+        keel_store::projection::decode_envelope(payload)
+    }
+
     fn name(&self) -> &str {
         "tenant-tenants-view"
     }

@@ -142,7 +142,7 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     tracing_subscriber::fmt::layer()
-        .pretty()
+        .compact()
         // Escape codes between a key and its value would hide the pair from the scrubber.
         .with_ansi(false)
         .with_writer(writer)

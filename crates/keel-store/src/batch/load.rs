@@ -42,6 +42,7 @@ impl Load {
 }
 
 impl Grouped for Load {
+    const KIND: usize = 1;
     type Output = Vec<SerializedEvent>;
 
     fn weight(&self) -> usize {

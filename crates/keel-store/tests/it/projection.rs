@@ -16,6 +16,12 @@ struct Seen;
 
 #[async_trait]
 impl Projection for Seen {
+    type Item = Envelope;
+
+    fn decode(&self, _subject: &str, payload: &[u8]) -> Result<Envelope, String> {
+        keel_store::projection::decode_envelope(payload)
+    }
+
     fn name(&self) -> &str {
         "seen"
     }

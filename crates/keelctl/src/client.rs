@@ -1,0 +1,213 @@
+//! Connecting to the tenant service and authenticating: a bearer access token given as is, or
+//! an API key (the bootstrap operator key included) traded for one with `ExchangeApiKey`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use keel_proto::v1 as pb;
+use keel_proto::v1::license_service_client::LicenseServiceClient;
+use keel_proto::v1::tenant_service_client::TenantServiceClient;
+use keel_proto::v1::token_service_client::TokenServiceClient;
+use tonic::codegen::InterceptedService;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::{Channel, Endpoint};
+
+/// Where `just up` leaves the generated bootstrap operator key.
+const BOOTSTRAP_TOKEN_FILE: &str = ".keel/bootstrap-token";
+
+#[derive(Args, Clone, Debug)]
+pub struct ConnectionArgs {
+    /// gRPC address of the tenant service.
+    #[arg(
+        long,
+        global = true,
+        env = "KEEL_TENANT_ADDR",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub addr: String,
+    /// Bearer access token (JWT). Takes precedence over --api-key.
+    #[arg(long, global = true, env = "KEEL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// API key to exchange for an access token. Falls back to KEEL_BOOTSTRAP_TOKEN, then to the
+    /// file .keel/bootstrap-token in the current directory.
+    #[arg(long, global = true, env = "KEEL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+enum Credential {
+    Token(String),
+    ApiKey(String),
+}
+
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// The three gRPC clients of the tenant service, authenticated.
+pub struct Clients {
+    pub tenants: TenantServiceClient<Authed>,
+    pub tokens: TokenServiceClient<Authed>,
+    pub licenses: LicenseServiceClient<Authed>,
+}
+
+impl Clients {
+    pub async fn connect(args: &ConnectionArgs) -> anyhow::Result<Self> {
+        // Credentials are looked up before any connection, so their absence is reported as such.
+        let given = match non_empty(args.token.as_deref()) {
+            Some(token) => Credential::Token(token.to_owned()),
+            None => Credential::ApiKey(api_key(args.api_key.as_deref())?),
+        };
+        let channel = channel(&args.addr).await?;
+        let token = match given {
+            Credential::Token(token) => token,
+            Credential::ApiKey(key) => exchange(channel.clone(), &key).await?,
+        };
+        let header: MetadataValue<Ascii> = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("the access token contains characters not allowed in a header"))?;
+        let bearer = Bearer(Some(header));
+        Ok(Self {
+            tenants: TenantServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            tokens: TokenServiceClient::with_interceptor(channel.clone(), bearer.clone()),
+            licenses: LicenseServiceClient::with_interceptor(channel, bearer),
+        })
+    }
+}
+
+async fn channel(addr: &str) -> anyhow::Result<Channel> {
+    let endpoint = Endpoint::from_shared(addr.to_owned())
+        .map_err(|_| tonic::Status::invalid_argument(format!("--addr: not a URL: {addr}")))?
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30));
+    endpoint.connect().await.map_err(|e| {
+        let mut msg = format!("cannot reach the tenant service at {addr}: {e}");
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            // hyper and tonic repeat their inner error in their own message.
+            let text = s.to_string();
+            if !msg.contains(&text) {
+                msg.push_str(&format!(": {text}"));
+            }
+            source = s.source();
+        }
+        tonic::Status::unavailable(msg).into()
+    })
+}
+
+/// `--api-key`, else `KEEL_BOOTSTRAP_TOKEN`, else `.keel/bootstrap-token`.
+fn api_key(flag: Option<&str>) -> anyhow::Result<String> {
+    if let Some(key) = non_empty(flag) {
+        return Ok(key.to_owned());
+    }
+    if let Ok(key) = std::env::var("KEEL_BOOTSTRAP_TOKEN")
+        && let Some(key) = non_empty(Some(&key))
+    {
+        return Ok(key.to_owned());
+    }
+    let file = Path::new(BOOTSTRAP_TOKEN_FILE);
+    if file.exists() {
+        let key = std::fs::read_to_string(file).with_context(|| format!("reading {BOOTSTRAP_TOKEN_FILE}"))?;
+        if let Some(key) = non_empty(Some(&key)) {
+            return Ok(key.to_owned());
+        }
+    }
+    bail!(
+        "no credentials: pass --token (KEEL_TOKEN) or --api-key (KEEL_API_KEY), or run where {BOOTSTRAP_TOKEN_FILE} exists"
+    )
+}
+
+async fn exchange(channel: Channel, api_key: &str) -> Result<String, tonic::Status> {
+    let mut tokens = TokenServiceClient::with_interceptor(channel, Bearer(None));
+    let token = tokens
+        .exchange_api_key(pb::ExchangeApiKeyRequest {
+            api_key: api_key.to_owned(),
+            scopes: Vec::new(),
+        })
+        .await?
+        .into_inner();
+    Ok(token.token)
+}
+
+fn non_empty(s: Option<&str>) -> Option<&str> {
+    s.map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Names a tenant by slug when `s` looks like one (`^[a-z][a-z0-9-]{2,39}$` and not a UUID),
+/// else by id.
+pub fn tenant_ref(s: &str) -> pb::TenantRef {
+    let r = if is_slug(s) {
+        pb::tenant_ref::Ref::Slug(s.to_owned())
+    } else {
+        pb::tenant_ref::Ref::Id(s.to_owned())
+    };
+    pb::TenantRef { r#ref: Some(r) }
+}
+
+pub fn is_slug(s: &str) -> bool {
+    let mut chars = s.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
+    first_ok
+        && (3..=40).contains(&s.len())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && uuid::Uuid::try_parse(s).is_err()
+}
+
+/// The canonical gRPC name of a status code (`NOT_FOUND`), as in the gRPC spec.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_slug_ref(s: &str) -> bool {
+        matches!(tenant_ref(s).r#ref, Some(pb::tenant_ref::Ref::Slug(_)))
+    }
+
+    #[test]
+    fn slugs_and_ids_are_told_apart() {
+        assert!(is_slug_ref("acme"));
+        assert!(is_slug_ref("acme-corp-2"));
+        assert!(!is_slug_ref("ab"), "too short");
+        assert!(!is_slug_ref(&"a".repeat(41)), "too long");
+        assert!(!is_slug_ref("Acme"));
+        assert!(!is_slug_ref("1acme"));
+        assert!(!is_slug_ref("0192f0c0-aaaa-7bbb-8ccc-dddddddddddd"));
+        // Starts with a letter and fits the slug pattern, but is a UUID: an id.
+        assert!(!is_slug_ref("a192f0c0-aaaa-7bbb-8ccc-dddddddddddd"));
+        assert!(!is_slug_ref("acmé"));
+    }
+}

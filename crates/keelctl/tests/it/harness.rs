@@ -1,0 +1,296 @@
+//! One real tenant service per test (own schema and bus namespace), and the real `keelctl`
+//! binary run against it as a subprocess, the way an operator would.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use keel_e2e::{Bearer, ServiceProc};
+use keel_proto::v1 as pb;
+use keel_proto::v1::tenant_service_client::TenantServiceClient;
+use keel_proto::v1::token_service_client::TokenServiceClient;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+/// base64 of 32 bytes of 42.
+const MASTER_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+
+/// A keelctl run: exit code, stdout, stderr.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+pub struct World {
+    pub proc: ServiceProc,
+    pub bootstrap: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl World {
+    pub async fn start() -> World {
+        let token = keel_store::testing::unique_token();
+        let schema = format!("test_{token}");
+        let bootstrap = format!("boot-{}", uuid::Uuid::new_v4());
+        let env = HashMap::from([
+            ("KEEL_BOOTSTRAP_TOKEN".to_owned(), bootstrap.clone()),
+            ("KEEL_TENANT_MASTER_KEY".to_owned(), MASTER_KEY.to_owned()),
+        ]);
+        let proc = ServiceProc::start(&tenant_binary(), "tenant", &schema, &token, &env)
+            .await
+            .unwrap();
+        World {
+            proc,
+            bootstrap,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// `keelctl` with this world's address, bootstrap API key and bus namespace, run in a fresh
+    /// directory so no `.keel/bootstrap-token` of the developer is picked up.
+    pub fn keelctl(&self, args: &[&str]) -> Command {
+        let mut cmd = bare_keelctl(args, self.dir.path());
+        cmd.env("KEEL_TENANT_ADDR", self.proc.grpc_url())
+            .env("KEEL_API_KEY", &self.bootstrap)
+            .env("KEEL_BUS_PREFIX", &self.proc.namespace);
+        cmd
+    }
+
+    pub async fn run(&self, args: &[&str]) -> Run {
+        output(self.keelctl(args)).await
+    }
+
+    /// Runs and asserts exit 0; returns stdout.
+    pub async fn ok(&self, args: &[&str]) -> String {
+        let run = self.run(args).await;
+        assert!(run.success(), "keelctl {args:?} failed: {run:?}");
+        run.stdout
+    }
+
+    /// Runs with `--output json`, asserts exit 0, parses stdout as one JSON document.
+    pub async fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["--output", "json"]);
+        let out = self.ok(&args).await;
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("keelctl {args:?}: not JSON ({e}): {out}"))
+    }
+
+    /// Creates a tenant through the CLI; returns its id.
+    pub async fn create(&self, slug: &str) -> String {
+        let t = self
+            .json(&[
+                "tenant",
+                "create",
+                "--name",
+                &format!("Tenant {slug}"),
+                "--slug",
+                slug,
+                "--tier",
+                "low",
+                "--owner-email",
+                "owner@acme.example",
+            ])
+            .await;
+        t["id"].as_str().unwrap().to_owned()
+    }
+
+    /// PENDING → PROVISIONING → ACTIVE, as the provisioning service would (keelctl has no
+    /// command for these steps).
+    pub async fn activate(&self, tenant_id: &str) {
+        let channel = self.proc.channel().await.unwrap();
+        let operator = TokenServiceClient::with_interceptor(channel.clone(), Bearer(None))
+            .exchange_api_key(pb::ExchangeApiKeyRequest {
+                api_key: self.bootstrap.clone(),
+                scopes: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .token;
+        let mut api = TenantServiceClient::with_interceptor(channel, Bearer(Some(operator)));
+        let req = || pb::TenantLifecycleRequest {
+            tenant: Some(pb::TenantRef {
+                r#ref: Some(pb::tenant_ref::Ref::Id(tenant_id.to_owned())),
+            }),
+        };
+        api.mark_provisioning(req()).await.unwrap();
+        api.mark_provisioned(req()).await.unwrap();
+    }
+
+    /// GET /.well-known/jwks.json with a plain HTTP/1.0 request: the body.
+    pub async fn jwks(&self) -> String {
+        let mut s = tokio::net::TcpStream::connect(self.proc.http).await.unwrap();
+        s.write_all(b"GET /.well-known/jwks.json HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        let (head, body) = buf.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+            "{head}"
+        );
+        body.to_owned()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub async fn cleanup(mut self) {
+        let _ = self.proc.terminate().await;
+        drop_schema(&self.proc.schema).await;
+        if let Ok(bus) = keel_bus::Bus::connect(&keel_store::testing::nats_url(), &self.proc.namespace).await
+        {
+            let _ = bus.delete_streams().await;
+        }
+    }
+}
+
+async fn drop_schema(schema: &str) {
+    if let Ok(pool) = sqlx::PgPool::connect(&keel_store::testing::database_url()).await {
+        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&pool)
+            .await;
+        pool.close().await;
+    }
+}
+
+/// `keelctl` with no credentials or service addresses from the caller's environment.
+pub fn bare_keelctl(args: &[&str], dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_keelctl"));
+    cmd.args(args)
+        .current_dir(dir)
+        .env_remove("KEEL_TOKEN")
+        .env_remove("KEEL_API_KEY")
+        .env_remove("KEEL_BOOTSTRAP_TOKEN")
+        .env_remove("KEEL_TENANT_ADDR")
+        .env("KEEL_NATS_URL", keel_store::testing::nats_url())
+        .env_remove("KEEL_BUS_PREFIX")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs to completion (at most 60 s).
+pub async fn output(mut cmd: Command) -> Run {
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("keelctl did not finish within 60 s")
+        .unwrap();
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A long-running keelctl (audit tail) whose output is read line by line with deadlines.
+pub struct Tail {
+    pub child: Child,
+    pub stdout: Lines<BufReader<ChildStdout>>,
+    pub stderr: Lines<BufReader<ChildStderr>>,
+}
+
+impl Tail {
+    pub fn spawn(mut cmd: Command) -> Tail {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        Tail {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// The first stderr line containing `needle`, within `timeout`.
+    pub async fn stderr_line(&mut self, needle: &str, timeout: Duration) -> String {
+        next_matching(&mut self.stderr, |l| l.contains(needle), timeout).await
+    }
+
+    /// The first stdout line for which `pred` holds, within `timeout`.
+    pub async fn stdout_line(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) -> String {
+        next_matching(&mut self.stdout, pred, timeout).await
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+async fn next_matching<R: tokio::io::AsyncBufRead + Unpin>(
+    lines: &mut Lines<R>,
+    pred: impl Fn(&str) -> bool,
+    timeout: Duration,
+) -> String {
+    let mut seen = Vec::new();
+    let found = tokio::time::timeout(timeout, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if pred(&line) {
+                return Some(line);
+            }
+            seen.push(line);
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(line)) => line,
+        Ok(None) => panic!("output ended without the expected line; got {seen:#?}"),
+        Err(_) => panic!("no expected line within {timeout:?}; got {seen:#?}"),
+    }
+}
+
+pub fn slug() -> String {
+    format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
+}
+
+/// The `keel-tenant` binary beside this test's own target directory (`target/debug/deps/it-…`
+/// → `target/debug/keel-tenant`), built once if it is missing: `CARGO_BIN_EXE_*` only names the
+/// binaries of the package under test.
+fn tenant_binary() -> PathBuf {
+    static BUILD: Mutex<()> = Mutex::new(());
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary outside target/<profile>/deps")
+        .to_path_buf();
+    let binary = profile_dir.join("keel-tenant");
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !binary.exists() {
+        let target_dir = profile_dir.parent().unwrap();
+        let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args([
+            "build",
+            "-p",
+            "keel-tenant",
+            "--bin",
+            "keel-tenant",
+            "--target-dir",
+        ])
+        .arg(target_dir)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("running cargo build -p keel-tenant");
+        assert!(status.success(), "cargo build -p keel-tenant failed");
+    }
+    binary
+}

@@ -1,0 +1,364 @@
+//! TimelineService: validate, authorize (timeline:read on the tenant), read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use chrono::{DateTime, TimeZone, Utc};
+use keel_auth::scopes;
+use keel_bus::Bus;
+use keel_bus::audit::{AuditRecord, AuditResult};
+use keel_proto::v1 as pb;
+use keel_proto::v1::timeline_service_server::TimelineService;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::domain::filter::invalid;
+use crate::domain::{Filter, TimeRange, query};
+use crate::error::{Error, Result};
+use crate::indexer::Indexer;
+use crate::store::read::{StoredRow, TailCursor};
+
+pub const MAX_PAGE: u32 = 1000;
+pub const DEFAULT_PAGE: u32 = 100;
+const TAIL_BATCH: i64 = 500;
+const TAIL_IDLE: Duration = Duration::from_millis(50);
+
+pub struct TimelineApi {
+    pub indexer: Arc<Indexer>,
+    pub bus: Bus,
+    pub shutdown: CancellationToken,
+}
+
+fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn from_ts(field: &str, t: &prost_types::Timestamp) -> Result<DateTime<Utc>> {
+    u32::try_from(t.nanos)
+        .ok()
+        .and_then(|n| Utc.timestamp_opt(t.seconds, n).single())
+        .ok_or_else(|| invalid(field, "is not a valid timestamp").into())
+}
+
+pub fn to_pb(r: &StoredRow, with_stored: bool) -> pb::TimelineEvent {
+    pb::TimelineEvent {
+        event_id: r.event_id.to_string(),
+        ts: Some(ts(r.ts)),
+        tenant_id: r.tenant_id.clone(),
+        project_id: r.project_id.clone(),
+        kind: r.kind.clone(),
+        actor: r.actor.clone(),
+        resource_type: r.resource_type.clone(),
+        resource_id: r.resource_id.clone(),
+        trace_id: r.trace_id.clone(),
+        result: r.result.clone(),
+        digest: r.digest.clone(),
+        details_json: r.details.to_string(),
+        stored_json: if with_stored {
+            r.stored.to_string()
+        } else {
+            String::new()
+        },
+        source: r.source.clone(),
+    }
+}
+
+fn tenant(field: &str, id: &str) -> Result<()> {
+    if keel_events::subjects::is_valid_token(id) {
+        Ok(())
+    } else {
+        Err(invalid(field, "must be a tenant id").into())
+    }
+}
+
+/// The request filter and the query language, combined.
+pub fn filter_of(f: Option<&pb::TimelineFilter>, q: &str) -> Result<Filter> {
+    let mut filter = Filter::default();
+    if let Some(f) = f {
+        filter.add_kinds("filter.kinds", &f.kinds)?;
+        let set = |v: &str, apply: &mut dyn FnMut(&str) -> Result<(), crate::domain::filter::Invalid>| {
+            if v.is_empty() { Ok(()) } else { apply(v) }
+        };
+        set(&f.resource, &mut |v| filter.set_resource("filter.resource", v))?;
+        set(&f.project, &mut |v| filter.set_project("filter.project", v))?;
+        set(&f.actor, &mut |v| filter.set_actor("filter.actor", v))?;
+        set(&f.trace_id, &mut |v| filter.set_trace("filter.trace_id", v))?;
+        set(&f.result, &mut |v| filter.set_result("filter.result", v))?;
+        set(&f.text, &mut |v| filter.set_text("filter.text", v))?;
+    }
+    query::parse_into(q, &mut filter)?;
+    Ok(filter)
+}
+
+fn page_token(r: &StoredRow) -> String {
+    B64URL.encode(format!("{}:{}", r.ts.timestamp_micros(), r.event_id))
+}
+
+fn parse_page_token(t: &str) -> Result<Option<(DateTime<Utc>, Uuid)>> {
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Error::from(invalid("page.page_token", "is not a token this service issued"));
+    let raw = String::from_utf8(B64URL.decode(t).map_err(|_| bad())?).map_err(|_| bad())?;
+    let (micros, id) = raw.split_once(':').ok_or_else(bad)?;
+    let ts = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(|m| Utc.timestamp_micros(m).single())
+        .ok_or_else(bad)?;
+    Ok(Some((ts, id.parse().map_err(|_| bad())?)))
+}
+
+fn cursor_token(c: TailCursor) -> String {
+    B64URL.encode(format!("{}:{}:{}", c.generation, c.tx_id, c.seq))
+}
+
+fn parse_cursor(t: &str) -> Result<TailCursor> {
+    let bad = || Error::from(invalid("cursor", "is not a cursor this service issued"));
+    let raw = String::from_utf8(B64URL.decode(t).map_err(|_| bad())?).map_err(|_| bad())?;
+    let mut parts = raw.split(':');
+    let mut next = || parts.next().ok_or_else(bad);
+    Ok(TailCursor {
+        generation: next()?.parse().map_err(|_| bad())?,
+        tx_id: next()?.parse().map_err(|_| bad())?,
+        seq: next()?.parse().map_err(|_| bad())?,
+    })
+}
+
+impl TimelineApi {
+    /// `timeline:read` on `tenant_id`; a refusal is audited as denied.
+    async fn authorize<T>(&self, req: &Request<T>, tenant_id: &str, action: &str) -> Result<(), Status> {
+        let principal = keel_auth::from_request(req)?;
+        if let Err(status) = principal.require(scopes::TIMELINE_READ, tenant_id) {
+            let record = AuditRecord {
+                id: Uuid::now_v7(),
+                actor: principal.actor(),
+                tenant: tenant_id.to_owned(),
+                service: "timeline".into(),
+                action: action.to_owned(),
+                resource: format!("timeline/{tenant_id}"),
+                result: AuditResult::Denied,
+                source_ip: req
+                    .remote_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_else(|| "unknown".into()),
+                trace_id: None,
+                time: Utc::now(),
+                reason: Some(status.message().to_owned()),
+            };
+            if let Err(e) = self.bus.publish_audit(&record).await {
+                tracing::error!(error = %e, "audit record not published");
+            }
+            return Err(status);
+        }
+        Ok(())
+    }
+}
+
+type TailStream = ReceiverStream<Result<pb::TailTimelineResponse, Status>>;
+
+#[tonic::async_trait]
+impl TimelineService for TimelineApi {
+    async fn query_timeline(
+        &self,
+        req: Request<pb::QueryTimelineRequest>,
+    ) -> Result<Response<pb::QueryTimelineResponse>, Status> {
+        let r = req.get_ref();
+        tenant("tenant_id", &r.tenant_id)?;
+        let from = r.from.as_ref().map(|t| from_ts("from", t)).transpose()?;
+        let to = r.to.as_ref().map(|t| from_ts("to", t)).transpose()?;
+        let last = match &r.last {
+            Some(d) => {
+                Some(chrono::Duration::seconds(d.seconds) + chrono::Duration::nanoseconds(i64::from(d.nanos)))
+            }
+            None => None,
+        };
+        let range = TimeRange::new(from, to, last, Utc::now()).map_err(Error::from)?;
+        let filter = filter_of(r.filter.as_ref(), &r.query)?;
+        let page = r.page.clone().unwrap_or_default();
+        let size = match page.page_size {
+            0 => DEFAULT_PAGE,
+            s if s <= MAX_PAGE => s,
+            _ => {
+                return Err(
+                    Error::from(invalid("page.page_size", format!("must be at most {MAX_PAGE}"))).into(),
+                );
+            }
+        };
+        let after = parse_page_token(&page.page_token)?;
+        self.authorize(&req, &r.tenant_id, "timeline-query").await?;
+        let rows = self
+            .indexer
+            .store
+            .query(&r.tenant_id, range, &filter, after, i64::from(size) + 1)
+            .await?;
+        let more = rows.len() > size as usize;
+        let rows = &rows[..rows.len().min(size as usize)];
+        let next = if more {
+            rows.last().map(page_token).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::QueryTimelineResponse {
+            events: rows.iter().map(|r| to_pb(r, false)).collect(),
+            page: Some(pb::PageInfo {
+                next_page_token: next,
+            }),
+        }))
+    }
+
+    async fn get_event(
+        &self,
+        req: Request<pb::GetEventRequest>,
+    ) -> Result<Response<pb::TimelineEvent>, Status> {
+        let r = req.get_ref();
+        tenant("tenant_id", &r.tenant_id)?;
+        let id: Uuid = r
+            .event_id
+            .parse()
+            .map_err(|_| Error::from(invalid("event_id", "must be a UUID")))?;
+        self.authorize(&req, &r.tenant_id, "timeline-get").await?;
+        let row = self
+            .indexer
+            .store
+            .get(&r.tenant_id, id)
+            .await?
+            .ok_or(Error::NotFound("event"))?;
+        Ok(Response::new(to_pb(&row, true)))
+    }
+
+    async fn trace_events(
+        &self,
+        req: Request<pb::TraceEventsRequest>,
+    ) -> Result<Response<pb::TraceEventsResponse>, Status> {
+        let r = req.get_ref();
+        tenant("tenant_id", &r.tenant_id)?;
+        Filter::default()
+            .set_trace("trace_id", &r.trace_id)
+            .map_err(Error::from)?;
+        self.authorize(&req, &r.tenant_id, "timeline-trace").await?;
+        let rows = self
+            .indexer
+            .store
+            .trace(&r.tenant_id, &r.trace_id, i64::from(MAX_PAGE))
+            .await?;
+        Ok(Response::new(pb::TraceEventsResponse {
+            events: rows.iter().map(|r| to_pb(r, false)).collect(),
+        }))
+    }
+
+    type TailTimelineStream = TailStream;
+
+    async fn tail_timeline(
+        &self,
+        req: Request<pb::TailTimelineRequest>,
+    ) -> Result<Response<TailStream>, Status> {
+        let r = req.get_ref();
+        tenant("tenant_id", &r.tenant_id)?;
+        let filter = filter_of(r.filter.as_ref(), &r.query)?;
+        let (_, generation) = self.indexer.store.live.get();
+        let mut cursor = if r.cursor.is_empty() {
+            self.indexer.store.tail_start().await?
+        } else {
+            parse_cursor(&r.cursor)?
+        };
+        if cursor.generation != generation {
+            return Err(Error::Precondition(
+                "the cursor is from before a projection rebuild; start a new tail".into(),
+            )
+            .into());
+        }
+        self.authorize(&req, &r.tenant_id, "timeline-tail").await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(TAIL_BATCH as usize);
+        let (indexer, tenant_id, shutdown) =
+            (self.indexer.clone(), r.tenant_id.clone(), self.shutdown.clone());
+        tokio::spawn(async move {
+            loop {
+                let rows = match indexer.store.tail(&tenant_id, &filter, cursor, TAIL_BATCH).await {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                let idle = rows.is_empty();
+                for row in rows {
+                    cursor = TailCursor {
+                        generation: cursor.generation,
+                        tx_id: row.tx_id,
+                        seq: row.seq,
+                    };
+                    let msg = pb::TailTimelineResponse {
+                        event: Some(to_pb(&row, false)),
+                        cursor: cursor_token(cursor),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return; // the client went away
+                    }
+                }
+                if idle {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tx.closed() => return,
+                        () = tokio::time::sleep(TAIL_IDLE) => {}
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn rebuild_projection(
+        &self,
+        req: Request<pb::RebuildProjectionRequest>,
+    ) -> Result<Response<pb::RebuildProjectionResponse>, Status> {
+        keel_auth::from_request(&req)?.require_operator()?;
+        let (rows, identical) = self.indexer.rebuild().await?;
+        tracing::info!(rows, identical, "projection rebuilt");
+        Ok(Response::new(pb::RebuildProjectionResponse { rows, identical }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip_and_garbage_is_invalid() {
+        let c = TailCursor {
+            generation: 3,
+            tx_id: 12345,
+            seq: 99,
+        };
+        assert_eq!(parse_cursor(&cursor_token(c)).unwrap(), c);
+        assert!(parse_cursor("nope").is_err());
+        assert!(parse_page_token("!!").is_err());
+        assert_eq!(parse_page_token("").unwrap(), None);
+    }
+
+    #[test]
+    fn filters_combine_request_and_query() {
+        let f = pb::TimelineFilter {
+            actor: "user:alice".into(),
+            ..Default::default()
+        };
+        let filter = filter_of(Some(&f), "kind:tenant.* result:failure").unwrap();
+        assert_eq!(filter.actor.as_deref(), Some("user:alice"));
+        assert_eq!(filter.result.as_deref(), Some("failure"));
+        let e = filter_of(Some(&f), "actor:user:bob").unwrap_err();
+        assert!(e.to_string().starts_with("query"), "{e}");
+        assert!(
+            filter_of(None, "bogus:1")
+                .unwrap_err()
+                .to_string()
+                .contains("position 1")
+        );
+    }
+}

@@ -1,0 +1,50 @@
+//! What the timeline indexer can fail with, and its one mapping to gRPC codes.
+
+use keel_store::projection::ApplyError;
+use tonic::Status;
+
+use crate::domain::filter::Invalid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Precondition(String),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("store: {0}")]
+    Store(#[from] keel_store::Error),
+    #[error("bus: {0}")]
+    Bus(#[from] keel_bus::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn into_apply(self) -> ApplyError {
+        match self {
+            Error::Database(e) => ApplyError::from(e),
+            other => ApplyError::Permanent(other.to_string()),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Invalid(i) => Status::invalid_argument(i.to_string()),
+            Error::NotFound(what) => Status::not_found(format!("{what} not found")),
+            Error::Precondition(m) => Status::failed_precondition(m),
+            internal => {
+                let id = uuid::Uuid::now_v7();
+                tracing::error!(request_id = %id, error = %internal, "internal error");
+                Status::internal(format!("internal error (request {id})"))
+            }
+        }
+    }
+}

@@ -1,0 +1,85 @@
+//! The two projections that fill the timeline: domain events from KEEL_EVENTS and audit records
+//! from KEEL_AUDIT. A message that cannot be read becomes a DLQ entry (the runner does that
+//! with the parse error as reason) and is counted; it never stops the projection.
+
+use async_trait::async_trait;
+use keel_store::projection::{ApplyError, Projection};
+use prometheus::IntCounterVec;
+use sqlx::PgConnection;
+
+use crate::domain::TimelineRow;
+use crate::store::{Live, insert_rows};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Events,
+    Audit,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Events => "events",
+            Source::Audit => "audit",
+        }
+    }
+}
+
+pub struct TimelineProjection {
+    name: String,
+    source: Source,
+    table: Live,
+    malformed: IntCounterVec,
+}
+
+impl TimelineProjection {
+    /// `generation` names the durable consumer: a rebuild reads with a fresh one from the start.
+    pub fn new(source: Source, generation: i32, table: Live, malformed: IntCounterVec) -> Self {
+        Self {
+            name: format!("timeline-{}-g{generation}", source.as_str()),
+            source,
+            table,
+            malformed,
+        }
+    }
+}
+
+#[async_trait]
+impl Projection for TimelineProjection {
+    type Item = TimelineRow;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn decode(&self, _subject: &str, payload: &[u8]) -> Result<TimelineRow, String> {
+        let row = match self.source {
+            Source::Events => {
+                keel_store::projection::decode_envelope(payload).map(|e| TimelineRow::from_envelope(&e))
+            }
+            Source::Audit => serde_json::from_slice(payload)
+                .map_err(|e| format!("malformed audit record: {e}"))
+                .and_then(|v| TimelineRow::from_audit(&v)),
+        };
+        if row.is_err() {
+            self.malformed.with_label_values(&[self.source.as_str()]).inc();
+        }
+        row
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, item: &TimelineRow) -> Result<(), ApplyError> {
+        self.apply_batch(conn, &[item]).await
+    }
+
+    async fn apply_batch(&self, conn: &mut PgConnection, items: &[&TimelineRow]) -> Result<(), ApplyError> {
+        let (table, _) = self.table.get();
+        insert_rows(conn, &table, items).await.map_err(|e| e.into_apply())
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ApplyError> {
+        let (table, _) = self.table.get();
+        crate::store::ddl::check_name(&table).map_err(|e| e.into_apply())?;
+        sqlx::query(&format!("TRUNCATE {table}")).execute(conn).await?;
+        Ok(())
+    }
+}

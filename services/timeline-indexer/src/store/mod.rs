@@ -1,0 +1,117 @@
+//! PostgreSQL side of the timeline: writing rows (from the projection), reading them (as the
+//! RLS-bound reader role, tenant set per transaction), and the live-table pointer.
+
+pub mod ddl;
+pub mod read;
+pub mod retention;
+
+use std::sync::{Arc, RwLock};
+
+use sqlx::{PgConnection, PgPool, Postgres, QueryBuilder};
+
+use crate::domain::TimelineRow;
+use crate::error::Result;
+
+/// Which table is live and its generation. Shared by the projection, the API and the rebuild.
+#[derive(Clone, Debug)]
+pub struct Live(Arc<RwLock<(String, i32)>>);
+
+impl Live {
+    /// A pointer that never moves (a rebuild writes its new table through one).
+    pub fn fixed(table: String, generation: i32) -> Self {
+        Live(Arc::new(RwLock::new((table, generation))))
+    }
+
+    pub fn get(&self) -> (String, i32) {
+        self.0
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    pub fn set(&self, table: String, generation: i32) {
+        match self.0.write() {
+            Ok(mut g) => *g = (table, generation),
+            Err(p) => *p.into_inner() = (table, generation),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TimelineStore {
+    pub pool: PgPool,
+    pub live: Live,
+}
+
+impl TimelineStore {
+    /// Makes sure a live table exists and loads which one it is.
+    pub async fn open(pool: PgPool) -> Result<Self> {
+        let mut conn = pool.acquire().await?;
+        sqlx::query("INSERT INTO timeline_state (id, live_table, generation) VALUES (1, 'timeline_events_g1', 1) ON CONFLICT (id) DO NOTHING")
+            .execute(&mut *conn)
+            .await?;
+        let (table, generation): (String, i32) =
+            sqlx::query_as("SELECT live_table, generation FROM timeline_state WHERE id = 1")
+                .fetch_one(&mut *conn)
+                .await?;
+        ddl::create_table(&mut conn, &table).await?;
+        Ok(Self {
+            pool,
+            live: Live(Arc::new(RwLock::new((table, generation)))),
+        })
+    }
+}
+
+/// Writes rows idempotently (a redelivered event conflicts on its key and is skipped) with one
+/// statement, and records what retention needs (tier, legal hold) per tenant.
+pub async fn insert_rows(conn: &mut PgConnection, table: &str, rows: &[&TimelineRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    ddl::check_name(table)?;
+    let mut qb: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+        "INSERT INTO {table} (event_id, ts, tenant_id, project_id, kind, actor, resource_type, resource_id, \
+         trace_id, result, digest, details, stored, source) "
+    ));
+    qb.push_values(rows.iter(), |mut b, r| {
+        b.push_bind(r.event_id)
+            .push_bind(r.ts)
+            .push_bind(&r.tenant_id)
+            .push_bind(&r.project_id)
+            .push_bind(&r.kind)
+            .push_bind(&r.actor)
+            .push_bind(&r.resource_type)
+            .push_bind(&r.resource_id)
+            .push_bind(&r.trace_id)
+            .push_bind(&r.result)
+            .push_bind(&r.digest)
+            .push_bind(&r.details)
+            .push_bind(&r.stored)
+            .push_bind(r.source);
+    });
+    qb.push(" ON CONFLICT (tenant_id, ts, event_id) DO NOTHING");
+    qb.build().execute(&mut *conn).await?;
+    for r in rows {
+        if let Some(tier) = r.tier() {
+            sqlx::query(
+                "INSERT INTO tenant_policies (tenant_id, tier) VALUES ($1, $2) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET tier = EXCLUDED.tier, updated_at = now()",
+            )
+            .bind(&r.tenant_id)
+            .bind(tier)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if let Some(hold) = r.legal_hold() {
+            sqlx::query(
+                "INSERT INTO tenant_policies (tenant_id, legal_hold) VALUES ($1, $2) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET legal_hold = EXCLUDED.legal_hold, updated_at = now()",
+            )
+            .bind(&r.tenant_id)
+            .bind(hold)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}

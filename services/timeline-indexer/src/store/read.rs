@@ -1,0 +1,236 @@
+//! Reads, each in a transaction that takes the reader role and sets `keel.tenant_id`, so
+//! row-level security filters every row whatever the query says.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Postgres, QueryBuilder, Row, Transaction};
+use uuid::Uuid;
+
+use super::{TimelineStore, ddl};
+use crate::domain::{Filter, TimeRange};
+use crate::error::Result;
+
+/// A row as read back, with its tail position.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredRow {
+    pub event_id: Uuid,
+    pub ts: DateTime<Utc>,
+    pub tenant_id: String,
+    pub project_id: String,
+    pub kind: String,
+    pub actor: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    pub trace_id: String,
+    pub result: String,
+    pub digest: String,
+    pub details: Value,
+    pub stored: Value,
+    pub source: String,
+    pub tx_id: u64,
+    pub seq: i64,
+}
+
+const COLUMNS: &str = "event_id, ts, tenant_id, project_id, kind, actor, resource_type, resource_id, trace_id, \
+     result, digest, details, stored, source, tx_id::text AS tx_id, seq";
+
+fn row(r: &PgRow) -> Result<StoredRow> {
+    let tx: String = r.try_get("tx_id")?;
+    Ok(StoredRow {
+        event_id: r.try_get("event_id")?,
+        ts: r.try_get("ts")?,
+        tenant_id: r.try_get("tenant_id")?,
+        project_id: r.try_get("project_id")?,
+        kind: r.try_get("kind")?,
+        actor: r.try_get("actor")?,
+        resource_type: r.try_get("resource_type")?,
+        resource_id: r.try_get("resource_id")?,
+        trace_id: r.try_get("trace_id")?,
+        result: r.try_get("result")?,
+        digest: r.try_get("digest")?,
+        details: r.try_get("details")?,
+        stored: r.try_get("stored")?,
+        source: r.try_get("source")?,
+        tx_id: tx.parse().unwrap_or_default(),
+        seq: r.try_get("seq")?,
+    })
+}
+
+/// Where a tail stands: after (tx_id, seq) of generation `generation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TailCursor {
+    pub generation: i32,
+    pub tx_id: u64,
+    pub seq: i64,
+}
+
+/// Opens a reader transaction for `tenant`.
+pub async fn reader<'a>(store: &TimelineStore, tenant: &str) -> Result<Transaction<'a, Postgres>> {
+    let mut tx = store.pool.begin().await?;
+    sqlx::query("SET LOCAL ROLE keel_timeline_reader")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT set_config('keel.tenant_id', $1, true)")
+        .bind(tenant)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+fn push_filter(qb: &mut QueryBuilder<'_, Postgres>, f: &Filter) {
+    for group in &f.kind_groups {
+        qb.push(" AND (");
+        for (i, k) in group.iter().enumerate() {
+            if i > 0 {
+                qb.push(" OR ");
+            }
+            qb.push("kind LIKE ").push_bind(k.like());
+        }
+        qb.push(")");
+    }
+    let eq = |qb: &mut QueryBuilder<'_, Postgres>, col: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            qb.push(format!(" AND {col} = ")).push_bind(v.clone());
+        }
+    };
+    eq(qb, "resource_type", &f.resource_type);
+    eq(qb, "resource_id", &f.resource_id);
+    eq(qb, "project_id", &f.project);
+    eq(qb, "actor", &f.actor);
+    eq(qb, "trace_id", &f.trace_id);
+    eq(qb, "result", &f.result);
+    if let Some(t) = &f.text {
+        let escaped = t.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        qb.push(" AND details::text ILIKE ")
+            .push_bind(format!("%{escaped}%"));
+    }
+}
+
+impl TimelineStore {
+    /// Newest first; `after` is the (ts, event_id) of the last row of the previous page.
+    pub async fn query(
+        &self,
+        tenant: &str,
+        range: TimeRange,
+        filter: &Filter,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<StoredRow>> {
+        let (table, _) = self.live.get();
+        ddl::check_name(&table)?;
+        let mut tx = reader(self, tenant).await?;
+        let mut qb: QueryBuilder<Postgres> =
+            QueryBuilder::new(format!("SELECT {COLUMNS} FROM {table} WHERE tenant_id = "));
+        qb.push_bind(tenant.to_owned());
+        qb.push(" AND ts >= ")
+            .push_bind(range.from)
+            .push(" AND ts <= ")
+            .push_bind(range.to);
+        if let Some((ts, id)) = after {
+            qb.push(" AND (ts, event_id) < (")
+                .push_bind(ts)
+                .push(", ")
+                .push_bind(id)
+                .push(")");
+        }
+        push_filter(&mut qb, filter);
+        qb.push(" ORDER BY ts DESC, event_id DESC LIMIT ")
+            .push_bind(limit);
+        let rows = qb.build().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        rows.iter().map(row).collect()
+    }
+
+    pub async fn get(&self, tenant: &str, event_id: Uuid) -> Result<Option<StoredRow>> {
+        let (table, _) = self.live.get();
+        ddl::check_name(&table)?;
+        let mut tx = reader(self, tenant).await?;
+        let r = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM {table} WHERE tenant_id = $1 AND event_id = $2 LIMIT 1"
+        ))
+        .bind(tenant)
+        .bind(event_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        r.as_ref().map(row).transpose()
+    }
+
+    /// One trace in causal order: time, then the producer's aggregate sequence.
+    pub async fn trace(&self, tenant: &str, trace_id: &str, limit: i64) -> Result<Vec<StoredRow>> {
+        let (table, _) = self.live.get();
+        ddl::check_name(&table)?;
+        let mut tx = reader(self, tenant).await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM {table} WHERE tenant_id = $1 AND trace_id = $2 \
+             ORDER BY ts, COALESCE((stored->>'sequence')::bigint, 0), seq LIMIT $3"
+        ))
+        .bind(tenant)
+        .bind(trace_id)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(row).collect()
+    }
+
+    /// The position a tail "from now" starts after.
+    pub async fn tail_start(&self) -> Result<TailCursor> {
+        let (table, generation) = self.live.get();
+        ddl::check_name(&table)?;
+        let r: Option<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT tx_id::text, seq FROM {table} WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY tx_id DESC, seq DESC LIMIT 1"
+        ))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match r {
+            Some((tx, seq)) => TailCursor {
+                generation,
+                tx_id: tx.parse().unwrap_or_default(),
+                seq,
+            },
+            None => TailCursor {
+                generation,
+                tx_id: 0,
+                seq: 0,
+            },
+        })
+    }
+
+    /// Rows after `cursor` in commit order, only below the oldest running transaction, so a
+    /// row committed later can never appear behind a cursor already handed out.
+    pub async fn tail(
+        &self,
+        tenant: &str,
+        filter: &Filter,
+        cursor: TailCursor,
+        limit: i64,
+    ) -> Result<Vec<StoredRow>> {
+        let (table, _) = self.live.get();
+        ddl::check_name(&table)?;
+        let mut tx = reader(self, tenant).await?;
+        let mut qb: QueryBuilder<Postgres> =
+            QueryBuilder::new(format!("SELECT {COLUMNS} FROM {table} WHERE tenant_id = "));
+        qb.push_bind(tenant.to_owned());
+        qb.push(" AND (tx_id, seq) > (")
+            .push_bind(cursor.tx_id.to_string())
+            .push("::text::xid8, ")
+            .push_bind(cursor.seq)
+            .push(")");
+        qb.push(" AND tx_id < pg_snapshot_xmin(pg_current_snapshot())");
+        push_filter(&mut qb, filter);
+        qb.push(" ORDER BY tx_id, seq LIMIT ").push_bind(limit);
+        let rows = qb.build().fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        rows.iter().map(row).collect()
+    }
+}
+
+/// Counts rows visible under RLS as `tenant` (tests and the rebuild's comparison).
+pub async fn visible_count(conn: &mut PgConnection, table: &str) -> Result<i64> {
+    ddl::check_name(table)?;
+    Ok(sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(conn)
+        .await?)
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests of the `keel-timeline` binary beside a real `keel-tenant`, sharing one bus
+//! namespace, against real PostgreSQL, NATS and Redis.
+
+mod harness;
+mod ingest;
+mod isolation;
+mod query;
+mod tail;
