@@ -5,6 +5,7 @@
 //! Start from [`AuthLayer`] (with [`AuthConfig`]); handlers read the caller with
 //! [`principal::from_request`] and check it with [`Principal::require`].
 
+pub mod audit;
 pub mod claims;
 pub mod error;
 pub mod jwks;

@@ -41,11 +41,60 @@ pub struct AuditRecord {
     pub reason: Option<String>,
 }
 
+impl AuditRecord {
+    /// A record of now with a fresh id; add the trace and the reason with the builders.
+    pub fn new(
+        actor: impl Into<String>,
+        tenant: &str,
+        service: &str,
+        action: &str,
+        resource: impl Into<String>,
+        result: AuditResult,
+        source_ip: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7(),
+            actor: actor.into(),
+            tenant: if tenant == "*" {
+                PLATFORM_TENANT.to_owned()
+            } else {
+                tenant.to_owned()
+            },
+            service: service.to_owned(),
+            action: action.to_owned(),
+            resource: resource.into(),
+            result,
+            source_ip: source_ip.into(),
+            trace_id: None,
+            time: Utc::now(),
+            reason: None,
+        }
+    }
+
+    pub fn with_trace(mut self, trace_id: Option<String>) -> Self {
+        self.trace_id = trace_id;
+        self
+    }
+
+    pub fn with_reason(mut self, reason: Option<String>) -> Self {
+        self.reason = reason;
+        self
+    }
+}
+
 fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> std::result::Result<S::Ok, S::Error> {
     s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
 }
 
 impl Bus {
+    /// Publishes an audit record; a failure is logged, not returned: the call it records has
+    /// already happened.
+    pub async fn audit(&self, record: &AuditRecord) {
+        if let Err(e) = self.publish_audit(record).await {
+            tracing::error!(error = %e, action = %record.action, "audit record not published");
+        }
+    }
+
     /// Publishes an audit record and waits for JetStream's ack.
     pub async fn publish_audit(&self, record: &AuditRecord) -> Result<()> {
         let tenant = if keel_events::subjects::is_valid_token(&record.tenant) {

@@ -237,19 +237,53 @@ async fn main() -> Result<()> {
             }
         };
         if let Ok(sweep) = std::env::var("KEEL_TUNE_SWEEP") {
-            let ks: Vec<(usize, usize)> = sweep.split(',').map(|p| { let mut it = p.split('/'); (it.next().unwrap().parse().unwrap(), it.next().unwrap().parse().unwrap()) }).collect();
+            let ks: Vec<(usize, usize)> = sweep
+                .split(',')
+                .map(|p| {
+                    let mut it = p.split('/');
+                    (
+                        it.next().unwrap().parse().unwrap(),
+                        it.next().unwrap().parse().unwrap(),
+                    )
+                })
+                .collect();
             let mut res: Vec<Vec<f64>> = vec![Vec::new(); ks.len() + 1];
             for _ in 0..repetitions() {
                 res[0].push(rate(concurrency, raw_op.clone()).await);
                 for (i, &(a, l)) in ks.iter().enumerate() {
-                    let repo = keel_store::EventRepository::with_group_commit(keel_store.pool().clone(), keel_store::GroupCommit { appends_in_flight: a, loads_in_flight: l, ..Default::default() });
-                    let c = Arc::new(cqrs_es::CqrsFramework::<BenchTenant, _>::new(cqrs_es::persist::PersistedEventStore::new_event_store(repo), vec![], ()));
-                    res[i + 1].push(rate(concurrency, move || { let c = c.clone(); async move { let id = Uuid::now_v7().to_string(); c.execute_with_metadata(&id, id.clone(), metadata()).await.unwrap(); } }).await);
+                    let repo = keel_store::EventRepository::with_group_commit(
+                        keel_store.pool().clone(),
+                        keel_store::GroupCommit {
+                            appends_in_flight: a,
+                            loads_in_flight: l,
+                            ..Default::default()
+                        },
+                    );
+                    let c = Arc::new(cqrs_es::CqrsFramework::<BenchTenant, _>::new(
+                        cqrs_es::persist::PersistedEventStore::new_event_store(repo),
+                        vec![],
+                        (),
+                    ));
+                    res[i + 1].push(
+                        rate(concurrency, move || {
+                            let c = c.clone();
+                            async move {
+                                let id = Uuid::now_v7().to_string();
+                                c.execute_with_metadata(&id, id.clone(), metadata())
+                                    .await
+                                    .unwrap();
+                            }
+                        })
+                        .await,
+                    );
                 }
             }
             let raw = median(res[0].clone());
             let mut line = format!("c={concurrency} raw={raw:.0}");
-            for (i, k) in ks.iter().enumerate() { let m = median(res[i + 1].clone()); line += &format!(" {}/{}={:.0}({:.2})", k.0, k.1, m, m / raw); }
+            for (i, k) in ks.iter().enumerate() {
+                let m = median(res[i + 1].clone());
+                line += &format!(" {}/{}={:.0}({:.2})", k.0, k.1, m, m / raw);
+            }
             println!("{line}");
             continue;
         }
@@ -260,7 +294,13 @@ async fn main() -> Result<()> {
             raw.push(rate(concurrency, raw_op.clone()).await);
             keel_store::batch::debug_take();
             keel.push(rate(concurrency, keel_op.clone()).await);
-            if std::env::var("KEEL_TUNE_DEBUG").is_ok() { eprintln!("c={concurrency} keel={:.0} {}", keel.last().unwrap(), keel_store::batch::debug_take()); }
+            if std::env::var("KEEL_TUNE_DEBUG").is_ok() {
+                eprintln!(
+                    "c={concurrency} keel={:.0} {}",
+                    keel.last().unwrap(),
+                    keel_store::batch::debug_take()
+                );
+            }
             pges.push(rate(concurrency, pges_op.clone()).await);
         }
         let (raw, keel, pges) = (median(raw), median(keel), median(pges));

@@ -12,7 +12,6 @@
 pub(crate) mod append;
 pub(crate) mod load;
 
-
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
@@ -136,23 +135,46 @@ async fn dispatch<R: Grouped>(
             R::run(pool, group).await;
             DBG[R::KIND].0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             DBG[R::KIND].1.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            DBG[R::KIND].2.fetch_add(t.elapsed().as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+            DBG[R::KIND].2.fetch_add(
+                t.elapsed().as_micros() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
             drop(slot);
         });
     }
 }
 
 // TEMP
-pub static DBG: [(std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64, std::sync::atomic::AtomicU64); 2] = [
-    (std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)),
-    (std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0), std::sync::atomic::AtomicU64::new(0)),
+pub static DBG: [(
+    std::sync::atomic::AtomicU64,
+    std::sync::atomic::AtomicU64,
+    std::sync::atomic::AtomicU64,
+); 2] = [
+    (
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+    ),
+    (
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+        std::sync::atomic::AtomicU64::new(0),
+    ),
 ];
 /// TEMP
 pub fn debug_take() -> String {
     use std::sync::atomic::Ordering::Relaxed;
     let f = |i: usize| {
-        let (g, n, us) = (DBG[i].0.swap(0, Relaxed), DBG[i].1.swap(0, Relaxed), DBG[i].2.swap(0, Relaxed));
-        format!("groups={g} avg_size={:.2} avg_us={:.0}", n as f64 / g.max(1) as f64, us as f64 / g.max(1) as f64)
+        let (g, n, us) = (
+            DBG[i].0.swap(0, Relaxed),
+            DBG[i].1.swap(0, Relaxed),
+            DBG[i].2.swap(0, Relaxed),
+        );
+        format!(
+            "groups={g} avg_size={:.2} avg_us={:.0}",
+            n as f64 / g.max(1) as f64,
+            us as f64 / g.max(1) as f64
+        )
     };
     format!("append[{}] load[{}]", f(0), f(1))
 }

@@ -273,8 +273,10 @@ impl<P: Projection> ProjectionRunner<P> {
     }
 
     async fn handle_batch(&self, batch: Vec<async_nats::jetstream::Message>) -> Result<()> {
-        let decoded: Vec<Result<P::Item, String>> =
-            batch.iter().map(|m| self.projection.decode(m.subject.as_str(), &m.payload)).collect();
+        let decoded: Vec<Result<P::Item, String>> = batch
+            .iter()
+            .map(|m| self.projection.decode(m.subject.as_str(), &m.payload))
+            .collect();
         let mut outcomes: Vec<Outcome> = decoded
             .iter()
             .map(|d| match d {
@@ -282,8 +284,11 @@ impl<P: Projection> ProjectionRunner<P> {
                 Err(reason) => Outcome::DeadLetter(reason.clone()),
             })
             .collect();
-        let items: Vec<(usize, &P::Item)> =
-            decoded.iter().enumerate().filter_map(|(i, d)| d.as_ref().ok().map(|item| (i, item))).collect();
+        let items: Vec<(usize, &P::Item)> = decoded
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| d.as_ref().ok().map(|item| (i, item)))
+            .collect();
         let mut tx = self.pool.begin().await?;
         if !items.is_empty() {
             // Fast path: the whole batch at once.

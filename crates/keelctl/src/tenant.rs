@@ -248,14 +248,20 @@ async fn list(
             .list_tenants(pb::ListTenantsRequest {
                 page: Some(pb::PageRequest {
                     page_size,
-                    page_token: token,
+                    page_token: token.clone(),
                 }),
                 status,
             })
             .await?
             .into_inner();
         tenants.extend(resp.tenants.into_iter().map(TenantView::from));
-        token = resp.page.map(|p| p.next_page_token).unwrap_or_default();
+        let next = resp.page.map(|p| p.next_page_token).unwrap_or_default();
+        // A server handing back the same token would loop forever.
+        anyhow::ensure!(
+            next.is_empty() || next != token,
+            "the service repeated a page token"
+        );
+        token = next;
         if !all || token.is_empty() {
             break;
         }

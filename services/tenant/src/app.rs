@@ -137,23 +137,21 @@ async fn report_degraded(jwks: Arc<JwksCache>, bus: Bus, shutdown: tokio_util::s
         }
         let now = jwks.is_degraded();
         if now != was {
-            let record = AuditRecord {
-                id: uuid::Uuid::now_v7(),
-                actor: "service:tenant".into(),
-                tenant: PLATFORM_TENANT.into(),
-                service: "tenant".into(),
-                action: if now { "auth-degraded" } else { "auth-recovered" }.into(),
-                resource: "jwks/signing-keys".into(),
-                result: if now {
-                    AuditResult::Failed
-                } else {
-                    AuditResult::Success
-                },
-                source_ip: "127.0.0.1".into(),
-                trace_id: None,
-                time: chrono::Utc::now(),
-                reason: now.then(|| "JWKS endpoint unreachable; verifying with cached keys".into()),
+            let (action, result) = if now {
+                ("auth-degraded", AuditResult::Failed)
+            } else {
+                ("auth-recovered", AuditResult::Success)
             };
+            let record = AuditRecord::new(
+                "service:tenant",
+                PLATFORM_TENANT,
+                "tenant",
+                action,
+                "jwks/signing-keys",
+                result,
+                "127.0.0.1",
+            )
+            .with_reason(now.then(|| "JWKS endpoint unreachable; verifying with cached keys".into()));
             if now {
                 tracing::warn!("auth.degraded: JWKS unreachable, serving from cache");
             }

@@ -8,7 +8,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use chrono::{DateTime, TimeZone, Utc};
 use keel_auth::scopes;
 use keel_bus::Bus;
-use keel_bus::audit::{AuditRecord, AuditResult};
 use keel_proto::v1 as pb;
 use keel_proto::v1::timeline_service_server::TimelineService;
 use tokio_stream::wrappers::ReceiverStream;
@@ -135,30 +134,15 @@ fn parse_cursor(t: &str) -> Result<TailCursor> {
 impl TimelineApi {
     /// `timeline:read` on `tenant_id`; a refusal is audited as denied.
     async fn authorize<T>(&self, req: &Request<T>, tenant_id: &str, action: &str) -> Result<(), Status> {
-        let principal = keel_auth::from_request(req)?;
-        if let Err(status) = principal.require(scopes::TIMELINE_READ, tenant_id) {
-            let record = AuditRecord {
-                id: Uuid::now_v7(),
-                actor: principal.actor(),
-                tenant: tenant_id.to_owned(),
-                service: "timeline".into(),
-                action: action.to_owned(),
-                resource: format!("timeline/{tenant_id}"),
-                result: AuditResult::Denied,
-                source_ip: req
-                    .remote_addr()
-                    .map(|a| a.ip().to_string())
-                    .unwrap_or_else(|| "unknown".into()),
-                trace_id: None,
-                time: Utc::now(),
-                reason: Some(status.message().to_owned()),
-            };
-            if let Err(e) = self.bus.publish_audit(&record).await {
-                tracing::error!(error = %e, "audit record not published");
-            }
-            return Err(status);
-        }
-        Ok(())
+        keel_auth::audit::authorize(
+            &self.bus,
+            "timeline",
+            action,
+            req,
+            scopes::TIMELINE_READ,
+            tenant_id,
+        )
+        .await
     }
 }
 

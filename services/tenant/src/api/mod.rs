@@ -7,12 +7,11 @@ mod token;
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use cqrs_es::EventStore;
 use cqrs_es::persist::PersistedEventStore;
 use keel_auth::Principal;
 use keel_bus::Bus;
-use keel_bus::audit::{AuditRecord, AuditResult, PLATFORM_TENANT};
+use keel_bus::audit::{AuditRecord, AuditResult};
 use keel_proto::v1::{TenantRef, tenant_ref};
 use keel_store::{EventRepository, Framework, Metadata, Store};
 use tonic::{Request, Status};
@@ -98,7 +97,7 @@ impl Call {
 }
 
 impl Core {
-    /// Publishes an audit record; a failure to publish is logged, not returned to the caller.
+    /// Publishes an audit record of a call on `tenant` (`*`: the platform).
     pub async fn audit(
         &self,
         call: &Call,
@@ -108,25 +107,28 @@ impl Core {
         result: AuditResult,
         reason: Option<String>,
     ) {
-        let record = AuditRecord {
-            id: uuid::Uuid::now_v7(),
-            actor: call.actor(),
-            tenant: if tenant == "*" {
-                PLATFORM_TENANT.to_owned()
-            } else {
-                tenant.to_owned()
-            },
-            service: SERVICE.to_owned(),
-            action: action.to_owned(),
+        let record = AuditRecord::new(
+            call.actor(),
+            tenant,
+            SERVICE,
+            action,
             resource,
             result,
+            call.source_ip.clone(),
+        )
+        .with_trace(call.trace_id())
+        .with_reason(reason);
+        self.bus.audit(&record).await;
+    }
+
+    fn denial<'a>(&'a self, call: &Call, tenant_id: &str, action: &'a str) -> keel_auth::audit::Denial<'a> {
+        keel_auth::audit::Denial {
+            bus: &self.bus,
+            service: SERVICE,
+            action,
+            resource: format!("tenant/{tenant_id}"),
             source_ip: call.source_ip.clone(),
             trace_id: call.trace_id(),
-            time: Utc::now(),
-            reason,
-        };
-        if let Err(e) = self.bus.publish_audit(&record).await {
-            tracing::error!(error = %e, action, "audit record not published");
         }
     }
 
@@ -138,38 +140,16 @@ impl Core {
         tenant_id: &str,
         action: &str,
     ) -> Result<(), Status> {
-        let principal = call.principal()?;
-        if let Err(status) = principal.require(scope, tenant_id) {
-            self.audit(
-                call,
-                tenant_id,
-                action,
-                format!("tenant/{tenant_id}"),
-                AuditResult::Denied,
-                Some(status.message().to_owned()),
-            )
-            .await;
-            return Err(status);
-        }
-        Ok(())
+        self.denial(call, tenant_id, action)
+            .require(call.principal()?, scope, tenant_id)
+            .await
     }
 
     /// Operator-only calls; a refusal is audited on `tenant_id` (or the platform).
     pub async fn authorize_operator(&self, call: &Call, tenant_id: &str, action: &str) -> Result<(), Status> {
-        let principal = call.principal()?;
-        if let Err(status) = principal.require_operator() {
-            self.audit(
-                call,
-                tenant_id,
-                action,
-                format!("tenant/{tenant_id}"),
-                AuditResult::Denied,
-                Some(status.message().to_owned()),
-            )
-            .await;
-            return Err(status);
-        }
-        Ok(())
+        self.denial(call, tenant_id, action)
+            .require_operator(call.principal()?, tenant_id)
+            .await
     }
 
     /// A tenant reference as an id. Slugs are resolved; for a caller who is not an operator an

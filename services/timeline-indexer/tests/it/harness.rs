@@ -71,10 +71,18 @@ impl Mesh {
     }
 
     pub async fn start_timeline(token: &str, tenant: &ServiceProc) -> ServiceProc {
-        let env = HashMap::from([(
+        Self::start_timeline_with(token, tenant, HashMap::new()).await
+    }
+
+    pub async fn start_timeline_with(
+        token: &str,
+        tenant: &ServiceProc,
+        mut env: HashMap<String, String>,
+    ) -> ServiceProc {
+        env.insert(
             "KEEL_JWKS_URL".to_owned(),
             format!("http://{}/.well-known/jwks.json", tenant.http),
-        )]);
+        );
         ServiceProc::start(
             Path::new(env!("CARGO_BIN_EXE_keel-timeline")),
             "timeline",
@@ -88,6 +96,11 @@ impl Mesh {
 
     pub async fn restart_timeline(&mut self) {
         self.timeline = Self::start_timeline(&self.token, &self.tenant).await;
+    }
+
+    pub async fn restart_timeline_with(&mut self, env: HashMap<String, String>) {
+        let _ = self.timeline.terminate().await;
+        self.timeline = Self::start_timeline_with(&self.token, &self.tenant, env).await;
     }
 
     pub async fn timeline(&self, token: &str) -> Timeline {

@@ -5,4 +5,5 @@ mod harness;
 mod ingest;
 mod isolation;
 mod query;
+mod retention;
 mod tail;

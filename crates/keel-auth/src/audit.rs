@@ -1,0 +1,82 @@
+//! Authorization that leaves a trace: a refused call is published as a `denied` audit record on
+//! the tenant's audit subject, the same way in every service.
+
+use keel_bus::Bus;
+use keel_bus::audit::{AuditRecord, AuditResult};
+use tonic::{Request, Status};
+
+use crate::principal::{Principal, from_request};
+
+/// The caller's address as audit records carry it.
+pub fn source_ip<T>(req: &Request<T>) -> String {
+    req.remote_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// What a refusal is recorded as.
+pub struct Denial<'a> {
+    pub bus: &'a Bus,
+    pub service: &'a str,
+    pub action: &'a str,
+    pub resource: String,
+    pub source_ip: String,
+    pub trace_id: Option<String>,
+}
+
+impl Denial<'_> {
+    async fn record(&self, principal: &Principal, tenant_id: &str, status: &Status) {
+        let record = AuditRecord::new(
+            principal.actor(),
+            tenant_id,
+            self.service,
+            self.action,
+            self.resource.clone(),
+            AuditResult::Denied,
+            self.source_ip.clone(),
+        )
+        .with_trace(self.trace_id.clone())
+        .with_reason(Some(status.message().to_owned()));
+        self.bus.audit(&record).await;
+    }
+
+    /// `scope` on `tenant_id`, or PERMISSION_DENIED naming the scope, audited.
+    pub async fn require(&self, principal: &Principal, scope: &str, tenant_id: &str) -> Result<(), Status> {
+        if let Err(status) = principal.require(scope, tenant_id) {
+            self.record(principal, tenant_id, &status).await;
+            return Err(status);
+        }
+        Ok(())
+    }
+
+    /// Operators only, audited on `tenant_id` (or the platform for `*`).
+    pub async fn require_operator(&self, principal: &Principal, tenant_id: &str) -> Result<(), Status> {
+        if let Err(status) = principal.require_operator() {
+            self.record(principal, tenant_id, &status).await;
+            return Err(status);
+        }
+        Ok(())
+    }
+}
+
+/// The principal of `req` and its audited check of `scope` on `tenant_id`.
+pub async fn authorize<T>(
+    bus: &Bus,
+    service: &str,
+    action: &str,
+    req: &Request<T>,
+    scope: &str,
+    tenant_id: &str,
+) -> Result<(), Status> {
+    let principal = from_request(req)?;
+    Denial {
+        bus,
+        service,
+        action,
+        resource: format!("tenant/{tenant_id}"),
+        source_ip: source_ip(req),
+        trace_id: None,
+    }
+    .require(principal, scope, tenant_id)
+    .await
+}
