@@ -79,6 +79,15 @@ pub static CATALOG: &[EventType] = &[
     event_type!("tenant", "LicenseIssued", 1),
     event_type!("tenant", "ServiceAccountCreated", 1),
     event_type!("tenant", "ApiKeyIssued", 1),
+    // provisioning: one saga run per tenant lifecycle event
+    event_type!("provisioning", "ProvisioningStarted", 1),
+    event_type!("provisioning", "StepStarted", 1),
+    event_type!("provisioning", "StepSucceeded", 1),
+    event_type!("provisioning", "StepFailed", 1),
+    event_type!("provisioning", "CompensationStarted", 1),
+    event_type!("provisioning", "StepCompensated", 1),
+    event_type!("provisioning", "ProvisioningCompleted", 1),
+    event_type!("provisioning", "ProvisioningFailed", 1),
 ];
 
 /// The catalog entry of `service`'s event `name` version `version`.
@@ -114,7 +123,7 @@ mod tests {
         assert_eq!(lookup("tenant", "TenantCreated", 2), None);
         assert_eq!(lookup("billing", "TenantCreated", 1), None);
         assert_eq!(lookup_type("keel.tenant.TenantCreated"), None);
-        assert_eq!(of_service("tenant").count(), CATALOG.len());
+        assert_eq!(of_service("tenant").count() + of_service("provisioning").count(), CATALOG.len());
         assert_eq!(of_service("nope").count(), 0);
     }
 

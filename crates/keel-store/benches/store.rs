@@ -109,6 +109,24 @@ fn repetitions() -> usize {
         .max(1)
 }
 
+/// TEMP: (self ticks, postgres ticks) in 1/100 s.
+fn cpu_ticks() -> (f64, f64) {
+    let read = |pid: &str| -> Option<(String, f64)> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let close = stat.rfind(')')?;
+        let name = stat[stat.find('(')? + 1..close].to_owned();
+        let f: Vec<&str> = stat[close + 2..].split(' ').collect();
+        Some((name, f[11].parse::<f64>().ok()? + f[12].parse::<f64>().ok()?))
+    };
+    let me = read("self").map(|x| x.1).unwrap_or(0.0);
+    let mut pg = 0.0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let n = e.file_name().into_string().unwrap();
+        if n.bytes().all(|b| b.is_ascii_digit()) && let Some((name, t)) = read(&n) && name.starts_with("postgres") { pg += t; }
+    }
+    (me, pg)
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
@@ -248,8 +266,14 @@ async fn main() -> Result<()> {
                 })
                 .collect();
             let mut res: Vec<Vec<f64>> = vec![Vec::new(); ks.len() + 1];
+            let mut cpu: Vec<Vec<(f64, f64)>> = vec![Vec::new(); ks.len() + 1];
             for _ in 0..repetitions() {
+                let (a0, b0) = cpu_ticks();
+                let t0 = Instant::now();
                 res[0].push(rate(concurrency, raw_op.clone()).await);
+                let (a1, b1) = cpu_ticks();
+                let n = res[0].last().unwrap() * t0.elapsed().as_secs_f64();
+                cpu[0].push(((a1 - a0) * 1e4 / n, (b1 - b0) * 1e4 / n));
                 for (i, &(a, l)) in ks.iter().enumerate() {
                     let repo = keel_store::EventRepository::with_group_commit(
                         keel_store.pool().clone(),

@@ -1,5 +1,6 @@
-//! Connecting to the tenant service and authenticating: a bearer access token given as is, or
-//! an API key (the bootstrap operator key included) traded for one with `ExchangeApiKey`.
+//! Connecting to the services and authenticating: a bearer access token given as is, or an API
+//! key (the bootstrap operator key included) traded for one with the tenant service's
+//! `ExchangeApiKey`. The same token is then sent to every service (tenant, timeline).
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,6 +28,14 @@ pub struct ConnectionArgs {
         default_value = "http://127.0.0.1:50051"
     )]
     pub addr: String,
+    /// gRPC address of the timeline service (`timeline`, `obs`).
+    #[arg(
+        long,
+        global = true,
+        env = "KEEL_TIMELINE_ADDR",
+        default_value = "http://127.0.0.1:50054"
+    )]
+    pub timeline_addr: String,
     /// Bearer access token (JWT). Takes precedence over --api-key.
     #[arg(long, global = true, env = "KEEL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -65,20 +74,9 @@ pub struct Clients {
 
 impl Clients {
     pub async fn connect(args: &ConnectionArgs) -> anyhow::Result<Self> {
-        // Credentials are looked up before any connection, so their absence is reported as such.
-        let given = match non_empty(args.token.as_deref()) {
-            Some(token) => Credential::Token(token.to_owned()),
-            None => Credential::ApiKey(api_key(args.api_key.as_deref())?),
-        };
-        let channel = channel(&args.addr).await?;
-        let token = match given {
-            Credential::Token(token) => token,
-            Credential::ApiKey(key) => exchange(channel.clone(), &key).await?,
-        };
-        let header: MetadataValue<Ascii> = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| anyhow::anyhow!("the access token contains characters not allowed in a header"))?;
-        let bearer = Bearer(Some(header));
+        let mut session = Session::open(args).await?;
+        let channel = session.tenant_channel().await?;
+        let bearer = session.bearer.clone();
         Ok(Self {
             tenants: TenantServiceClient::with_interceptor(channel.clone(), bearer.clone()),
             tokens: TokenServiceClient::with_interceptor(channel.clone(), bearer.clone()),
@@ -87,13 +85,67 @@ impl Clients {
     }
 }
 
-async fn channel(addr: &str) -> anyhow::Result<Channel> {
-    let endpoint = Endpoint::from_shared(addr.to_owned())
-        .map_err(|_| tonic::Status::invalid_argument(format!("--addr: not a URL: {addr}")))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(30));
+/// An access token for every service, and the tenant service's channel once it is needed
+/// (to exchange an API key, or later to look a tenant up).
+pub struct Session {
+    pub bearer: Bearer,
+    addr: String,
+    tenant: Option<Channel>,
+}
+
+impl Session {
+    pub async fn open(args: &ConnectionArgs) -> anyhow::Result<Self> {
+        // Credentials are looked up before any connection, so their absence is reported as such.
+        let given = match non_empty(args.token.as_deref()) {
+            Some(token) => Credential::Token(token.to_owned()),
+            None => Credential::ApiKey(api_key(args.api_key.as_deref())?),
+        };
+        let mut session = Self {
+            bearer: Bearer(None),
+            addr: args.addr.clone(),
+            tenant: None,
+        };
+        let token = match given {
+            Credential::Token(token) => token,
+            Credential::ApiKey(key) => exchange(session.tenant_channel().await?, &key).await?,
+        };
+        let header: MetadataValue<Ascii> = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| anyhow::anyhow!("the access token contains characters not allowed in a header"))?;
+        session.bearer = Bearer(Some(header));
+        Ok(session)
+    }
+
+    /// The tenant service, connected on first use.
+    pub async fn tenant_channel(&mut self) -> anyhow::Result<Channel> {
+        if let Some(channel) = &self.tenant {
+            return Ok(channel.clone());
+        }
+        let endpoint = endpoint(&self.addr, "--addr")?.timeout(Duration::from_secs(30));
+        let channel = connect(endpoint, "tenant service", &self.addr).await?;
+        self.tenant = Some(channel.clone());
+        Ok(channel)
+    }
+}
+
+/// The timeline service. No per-channel request timeout (a tail streams for as long as the user
+/// wants; unary calls set their own); HTTP/2 pings notice a server that went away mid-tail.
+pub async fn timeline_channel(addr: &str) -> anyhow::Result<Channel> {
+    let endpoint = endpoint(addr, "--timeline-addr")?
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
+    connect(endpoint, "timeline service", addr).await
+}
+
+fn endpoint(addr: &str, flag: &str) -> anyhow::Result<Endpoint> {
+    Ok(Endpoint::from_shared(addr.to_owned())
+        .map_err(|_| tonic::Status::invalid_argument(format!("{flag}: not a URL: {addr}")))?
+        .connect_timeout(Duration::from_secs(5)))
+}
+
+async fn connect(endpoint: Endpoint, service: &str, addr: &str) -> anyhow::Result<Channel> {
     endpoint.connect().await.map_err(|e| {
-        let mut msg = format!("cannot reach the tenant service at {addr}: {e}");
+        let mut msg = format!("cannot reach the {service} at {addr}: {e}");
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
             // hyper and tonic repeat their inner error in their own message.

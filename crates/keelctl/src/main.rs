@@ -1,5 +1,6 @@
-//! `keelctl`: the operator's CLI for Keel. Tenants, members, tokens, licenses (verified offline)
-//! and audit tails against a running mesh; `keelctl dev up` runs the whole mesh locally.
+//! `keelctl`: the operator's CLI for Keel. Tenants, members, tokens, licenses (verified offline),
+//! audit tails, and tenants' timelines and traces against a running mesh; `keelctl dev up` runs
+//! the whole mesh locally.
 //!
 //! Errors print `error: <gRPC code>: <message>` on stderr and exit 1; usage errors exit 2.
 
@@ -8,8 +9,10 @@ mod client;
 mod dev;
 mod license;
 mod member;
+mod obs;
 mod output;
 mod tenant;
+mod timeline;
 mod token;
 
 use std::process::ExitCode;
@@ -62,6 +65,14 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// A tenant's timeline: query it (`keelctl timeline "kind:tenant.*" --tenant acme --last 1h`),
+    /// tail it, show one event, rebuild the projection.
+    Timeline(timeline::TimelineArgs),
+    /// Observability: what one trace did across the mesh.
+    Obs {
+        #[command(subcommand)]
+        command: obs::ObsCommand,
+    },
 }
 
 #[tokio::main]
@@ -81,6 +92,12 @@ async fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS),
         Command::License { command } => license::run(command, conn, format).await,
         Command::Audit { command } => audit::run(command, &cli.bus, format)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Timeline(args) => timeline::run(args, conn, format)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Obs { command } => obs::run(command, conn, format)
             .await
             .map(|()| ExitCode::SUCCESS),
     };

@@ -255,13 +255,14 @@ fn audit_record_schema_accepts_its_examples_and_rejects_bad_records() {
         assert!(!validator.is_valid(&record), "accepts {field} = {value}");
     }
     for field in [
+        "id",
         "actor",
         "tenant",
+        "service",
         "action",
         "resource",
         "result",
         "source_ip",
-        "trace_id",
         "time",
     ] {
         let mut record = good.clone();
