@@ -19,6 +19,10 @@ up: services
     fi
     exec {{target}}/debug/keelctl dev up --bin-dir {{target}}/debug
 
+# The showcase: starts the mesh if needed, creates and provisions tenants, shows timelines and a trace.
+demo: services
+    ./scripts/demo.sh
+
 # Every test: unit, integration (real PostgreSQL, NATS, Redis) and end-to-end.
 test: services
     cargo test --workspace --all-targets --no-fail-fast
