@@ -183,7 +183,7 @@ fn table_line(time: &str, result: &str, actor: &str, action: &str, resource: &st
 }
 
 /// Ctrl-C or SIGTERM.
-pub async fn interrupted() {
+async fn interrupted() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut s) => {

@@ -97,9 +97,7 @@ async fn main() -> ExitCode {
         Command::Timeline(args) => timeline::run(args, conn, format)
             .await
             .map(|()| ExitCode::SUCCESS),
-        Command::Obs { command } => obs::run(command, conn, format)
-            .await
-            .map(|()| ExitCode::SUCCESS),
+        Command::Obs { command } => obs::run(command, conn, format).await.map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
         report(&e);

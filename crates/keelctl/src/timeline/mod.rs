@@ -36,7 +36,7 @@ pub struct TimelineArgs {
 pub struct QueryArgs {
     /// What to match, e.g. `kind:provisioning.* result:failure actor:user:alice`. Fields: kind,
     /// result, actor, resource, project, trace, text; other words are free text. Empty: all.
-    #[arg(value_name = "QUERY", default_value = "")]
+    #[arg(value_name = "QUERY", default_value = "", hide_default_value = true)]
     query: String,
     /// Tenant id or slug.
     #[arg(long, required = true)]
@@ -69,7 +69,7 @@ pub enum TimelineCommand {
         #[arg(long)]
         tenant: String,
         /// Only events matching this query (see `keelctl timeline --help`).
-        #[arg(value_name = "QUERY", default_value = "")]
+        #[arg(value_name = "QUERY", default_value = "", hide_default_value = true)]
         query: String,
         /// Resume right after this cursor (printed by an earlier tail) instead of from now.
         #[arg(long)]
@@ -150,10 +150,13 @@ pub async fn run(args: TimelineArgs, conn: &ConnectionArgs, format: Format) -> a
                 .rebuild_projection(pb::RebuildProjectionRequest {})
                 .await?
                 .into_inner();
-            print_rebuild(&Rebuilt {
-                rows: done.rows,
-                identical: done.identical,
-            }, format)
+            print_rebuild(
+                &Rebuilt {
+                    rows: done.rows,
+                    identical: done.identical,
+                },
+                format,
+            )
         }
     }
 }

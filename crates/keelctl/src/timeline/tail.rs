@@ -2,8 +2,11 @@
 //! line each, until Ctrl-C. On the way out, whatever the reason, the cursor after the last
 //! printed event goes to stderr so `--cursor` resumes with no gap and no duplicate.
 
+use std::future::Future;
+
 use keel_proto::v1 as pb;
 use serde::Serialize;
+use tokio::signal::unix::{SignalKind, signal};
 use tonic::Streaming;
 
 use super::Api;
@@ -25,6 +28,7 @@ pub async fn run(
     format: Format,
 ) -> anyhow::Result<()> {
     let tenant_id = api.tenant_id(tenant).await?;
+    let stop = stop_signals()?;
     let stream = api
         .timeline
         .tail_timeline(pb::TailTimelineRequest {
@@ -41,7 +45,7 @@ pub async fn run(
         None => eprintln!("tailing the timeline of {tenant} (Ctrl-C to stop)"),
     }
     let mut last = cursor;
-    let result = follow(stream, format, &mut last).await;
+    let result = follow(stream, stop, format, &mut last).await;
     if let Some(c) = last.filter(|c| !c.is_empty()) {
         eprintln!("last cursor: {c} (resume with --cursor {c})");
     }
@@ -52,10 +56,10 @@ pub async fn run(
 /// ends (Err). `last` is the cursor of the last event written out.
 async fn follow(
     mut stream: Streaming<pb::TailTimelineResponse>,
+    stop: impl Future<Output = ()>,
     format: Format,
     last: &mut Option<String>,
 ) -> anyhow::Result<()> {
-    let stop = crate::audit::interrupted();
     tokio::pin!(stop);
     if format == Format::Table {
         let header = line(&super::view::HEADER.map(str::to_uppercase));
@@ -90,6 +94,19 @@ async fn follow(
     }
 }
 
+/// Ctrl-C or SIGTERM. The handlers are installed at once (not on first poll), so a signal that
+/// comes as soon as the tail has started stops it cleanly instead of killing the process.
+fn stop_signals() -> anyhow::Result<impl Future<Output = ()>> {
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
+}
+
 /// Writes one line; `false` when the reader went away (`| head`).
 fn write(text: &str) -> anyhow::Result<bool> {
     match output::write_stdout(&format!("{text}\n")) {
@@ -109,7 +126,10 @@ fn line<S: AsRef<str>>(cells: &[S]) -> String {
         }
         out.push_str(cell);
         let width = WIDTHS.get(i).copied().unwrap_or(0);
-        out.extend(std::iter::repeat_n(' ', width.saturating_sub(cell.chars().count())));
+        out.extend(std::iter::repeat_n(
+            ' ',
+            width.saturating_sub(cell.chars().count()),
+        ));
     }
     out.trim_end().replace(|c: char| c.is_control(), " ")
 }
@@ -120,7 +140,12 @@ mod tests {
 
     #[test]
     fn lines_have_fixed_columns_and_no_control_characters() {
-        let a = line(&["2025-03-14T09:30:00.012Z", "tenant.TenantCreated", "success", "user:a\nb"]);
+        let a = line(&[
+            "2025-03-14T09:30:00.012Z",
+            "tenant.TenantCreated",
+            "success",
+            "user:a\nb",
+        ]);
         assert_eq!(
             a,
             format!(

@@ -181,13 +181,19 @@ mod tests {
         assert_eq!(parse_last("1h").unwrap().seconds, 3600);
         assert_eq!(parse_last("7d").unwrap().seconds, 7 * 86_400);
         assert_eq!(parse_last("3660d").unwrap().seconds, 3660 * 86_400);
-        for bad in ["", "h", "1", "1x", "1.5h", "-1h", "+1h", "1h30m", " 1h", "1H", "1é", "5w"] {
+        for bad in [
+            "", "h", "1", "1x", "1.5h", "-1h", "+1h", "1h30m", " 1h", "1H", "1é", "5w",
+        ] {
             let e = parse_last(bad).unwrap_err();
             assert!(e.contains("30s, 15m, 1h, 7d"), "{bad:?}: {e}");
         }
         assert_eq!(parse_last("0s").unwrap_err(), "must be more than zero");
         assert!(parse_last("3661d").unwrap_err().contains("at most"));
-        assert!(parse_last("99999999999999999999d").unwrap_err().contains("at most"));
+        assert!(
+            parse_last("99999999999999999999d")
+                .unwrap_err()
+                .contains("at most")
+        );
     }
 
     #[test]
@@ -241,6 +247,9 @@ mod tests {
         );
         let json = serde_json::to_value(&v).unwrap();
         assert_eq!(json["ts"], "2025-03-14T09:30:00.012345678Z");
-        assert!(json.get("stored").is_none() && json.get("time").is_none(), "{json}");
+        assert!(
+            json.get("stored").is_none() && json.get("time").is_none(),
+            "{json}"
+        );
     }
 }

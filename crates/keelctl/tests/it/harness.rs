@@ -1,5 +1,6 @@
-//! One real tenant service per test (own schema and bus namespace), and the real `keelctl`
-//! binary run against it as a subprocess, the way an operator would.
+//! One real tenant service per test (own schema and bus namespace), optionally a real timeline
+//! indexer beside it, and the real `keelctl` binary run against them as a subprocess, the way an
+//! operator would.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,8 @@ impl Run {
 
 pub struct World {
     pub proc: ServiceProc,
+    /// The timeline indexer, when started with [`World::with_timeline`].
+    pub timeline: Option<ServiceProc>,
     pub bootstrap: String,
     pub dir: tempfile::TempDir,
 }
@@ -52,18 +55,39 @@ impl World {
             .unwrap();
         World {
             proc,
+            timeline: None,
             bootstrap,
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    /// `keelctl` with this world's address, bootstrap API key and bus namespace, run in a fresh
+    /// A tenant service and a timeline indexer on the same bus namespace (each with its own
+    /// schema); the indexer verifies tokens with the tenant service's JWKS.
+    pub async fn with_timeline() -> World {
+        let mut w = World::start().await;
+        let env = HashMap::from([(
+            "KEEL_JWKS_URL".to_owned(),
+            format!("http://{}/.well-known/jwks.json", w.proc.http),
+        )]);
+        let binary = keel_e2e::binary("keel-timeline").unwrap();
+        let schema = format!("{}_l", w.proc.schema);
+        let timeline = ServiceProc::start(&binary, "timeline", &schema, &w.proc.namespace, &env)
+            .await
+            .unwrap();
+        w.timeline = Some(timeline);
+        w
+    }
+
+    /// `keelctl` with this world's addresses, bootstrap API key and bus namespace, run in a fresh
     /// directory so no `.keel/bootstrap-token` of the developer is picked up.
     pub fn keelctl(&self, args: &[&str]) -> Command {
         let mut cmd = bare_keelctl(args, self.dir.path());
         cmd.env("KEEL_TENANT_ADDR", self.proc.grpc_url())
             .env("KEEL_API_KEY", &self.bootstrap)
             .env("KEEL_BUS_PREFIX", &self.proc.namespace);
+        if let Some(timeline) = &self.timeline {
+            cmd.env("KEEL_TIMELINE_ADDR", timeline.grpc_url());
+        }
         cmd
     }
 
@@ -152,6 +176,10 @@ impl World {
     }
 
     pub async fn cleanup(mut self) {
+        if let Some(mut timeline) = self.timeline.take() {
+            let _ = timeline.terminate().await;
+            drop_schema(&timeline.schema).await;
+        }
         let _ = self.proc.terminate().await;
         drop_schema(&self.proc.schema).await;
         if let Ok(bus) = keel_bus::Bus::connect(&keel_store::testing::nats_url(), &self.proc.namespace).await
@@ -179,6 +207,7 @@ pub fn bare_keelctl(args: &[&str], dir: &Path) -> Command {
         .env_remove("KEEL_API_KEY")
         .env_remove("KEEL_BOOTSTRAP_TOKEN")
         .env_remove("KEEL_TENANT_ADDR")
+        .env_remove("KEEL_TIMELINE_ADDR")
         .env("KEEL_NATS_URL", keel_store::testing::nats_url())
         .env_remove("KEEL_BUS_PREFIX")
         .stdin(Stdio::null())
@@ -230,6 +259,22 @@ impl Tail {
 
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// Ctrl-C (SIGINT); the exit code and the rest of stderr, within `timeout`.
+    pub async fn interrupt(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let pid = self.child.id().and_then(|p| i32::try_from(p).ok()).unwrap();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGINT).unwrap();
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .expect("keelctl did not exit after Ctrl-C")
+            .unwrap();
+        let mut rest = String::new();
+        while let Ok(Ok(Some(line))) = tokio::time::timeout(timeout, self.stderr.next_line()).await {
+            rest.push_str(&line);
+            rest.push('\n');
+        }
+        (status.code(), rest)
     }
 }
 
