@@ -140,10 +140,11 @@ impl tonic::service::Interceptor for Bearer {
 }
 
 /// The path of a workspace binary (`keel-tenant` …) built in the same profile as the running
-/// test, building it first when it is missing or when `KEEL_E2E_REBUILD` is set. Integration
-/// tests of one package cannot name another package's binaries through `CARGO_BIN_EXE_*`.
+/// test. Integration tests of one package cannot name another package's binaries through
+/// `CARGO_BIN_EXE_*`, and `cargo test -p <one package>` does not rebuild the others, so the
+/// first call per binary runs `cargo build --bin <name>` (quick when it is up to date).
 pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
-    static BUILD: Mutex<()> = Mutex::new(());
+    static BUILD: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe
@@ -151,8 +152,8 @@ pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
         .and_then(Path::parent)
         .context("test binary has no target dir")?;
     let path = dir.join(name);
-    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    if !path.exists() || std::env::var_os("KEEL_E2E_REBUILD").is_some() {
+    let mut built = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == name) {
         let release = dir.file_name().is_some_and(|d| d == "release");
         let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.args(["build", "--bin", name]);
@@ -163,6 +164,7 @@ pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
         if !status.success() {
             bail!("cargo build --bin {name} failed");
         }
+        built.push(name.to_owned());
     }
     Ok(path)
 }

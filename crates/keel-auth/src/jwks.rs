@@ -149,31 +149,40 @@ impl JwksCache {
             return self.usable(Instant::now()).ok_or(AuthError::JwksUnavailable);
         };
         let now = Instant::now();
-        let (seen_attempt, forced) = {
+        enum Plan {
+            Serve(Arc<JwkSet>),
+            AwaitInFlight,
+            Fetch(Option<Instant>, bool),
+        }
+        let plan = {
             let st = self.lock();
-            let fresh = st
-                .fetched_at
-                .is_some_and(|t| now.saturating_duration_since(t) < self.refresh_every);
-            let recently_tried = st
-                .last_attempt
-                .is_some_and(|t| now.saturating_duration_since(t) < self.retry_after_failure());
+            let fresh = st.fetched_at.is_some_and(|t| now.saturating_duration_since(t) < self.refresh_every);
+            let recently_tried =
+                st.last_attempt.is_some_and(|t| now.saturating_duration_since(t) < self.retry_after_failure());
             match &st.set {
-                Some(set) if fresh && set.contains(kid) => return Ok(set.clone()),
+                Some(set) if fresh && set.contains(kid) => Plan::Serve(set.clone()),
                 Some(set) if fresh => {
-                    let may_force = st
-                        .last_forced
-                        .is_none_or(|t| now.saturating_duration_since(t) >= UNKNOWN_KID_REFRESH);
-                    if !may_force {
-                        return Ok(set.clone());
-                    }
-                    (st.last_attempt, true)
+                    let may_force =
+                        st.last_forced.is_none_or(|t| now.saturating_duration_since(t) >= UNKNOWN_KID_REFRESH);
+                    if may_force { Plan::Fetch(st.last_attempt, true) } else { Plan::Serve(set.clone()) }
                 }
-                _ if recently_tried => {
-                    drop(st);
-                    return self.usable(now).ok_or(AuthError::JwksUnavailable);
-                }
-                _ => (st.last_attempt, false),
+                _ if recently_tried => match self.usable_locked(&st, now) {
+                    Some(set) => Plan::Serve(set),
+                    None => Plan::AwaitInFlight,
+                },
+                _ => Plan::Fetch(st.last_attempt, false),
             }
+        };
+        let (seen_attempt, forced) = match plan {
+            Plan::Serve(set) => return Ok(set),
+            Plan::AwaitInFlight => {
+                // Nothing usable and an attempt moments ago: if it is still under way, wait for
+                // its outcome (a cold start under load must not fail every concurrent call); if
+                // it failed, do not hammer the endpoint.
+                let _wait = self.fetching.lock().await;
+                return self.usable(Instant::now()).ok_or(AuthError::JwksUnavailable);
+            }
+            Plan::Fetch(seen, forced) => (seen, forced),
         };
 
         // Someone else is fetching: serve what we have rather than queue, unless we have nothing.
@@ -234,6 +243,10 @@ impl JwksCache {
     /// The cached set if younger than the TTL.
     fn usable(&self, now: Instant) -> Option<Arc<JwkSet>> {
         let st = self.lock();
+        self.usable_locked(&st, now)
+    }
+
+    fn usable_locked(&self, st: &State, now: Instant) -> Option<Arc<JwkSet>> {
         let fetched_at = st.fetched_at?;
         if now.saturating_duration_since(fetched_at) < self.ttl {
             st.set.clone()

@@ -288,6 +288,8 @@ async fn main() -> Result<()> {
                         vec![],
                         (),
                     ));
+                    let (a0, b0) = cpu_ticks();
+                    let t0 = Instant::now();
                     res[i + 1].push(
                         rate(concurrency, move || {
                             let c = c.clone();
@@ -300,14 +302,15 @@ async fn main() -> Result<()> {
                         })
                         .await,
                     );
+                    let (a1, b1) = cpu_ticks();
+                    let n = res[i + 1].last().unwrap() * t0.elapsed().as_secs_f64();
+                    cpu[i + 1].push(((a1 - a0) * 1e4 / n, (b1 - b0) * 1e4 / n));
                 }
             }
             let raw = median(res[0].clone());
-            let mut line = format!("c={concurrency} raw={raw:.0}");
-            for (i, k) in ks.iter().enumerate() {
-                let m = median(res[i + 1].clone());
-                line += &format!(" {}/{}={:.0}({:.2})", k.0, k.1, m, m / raw);
-            }
+            let cm = |i: usize| { let v = &cpu[i]; (median(v.iter().map(|x| x.0).collect()), median(v.iter().map(|x| x.1).collect())) };
+            let mut line = format!("c={concurrency} raw={raw:.0} cpu(us/op self,pg)={:.0},{:.0}", cm(0).0, cm(0).1);
+            for (i, k) in ks.iter().enumerate() { let m = median(res[i + 1].clone()); line += &format!(" | {}/{}={:.0}({:.2}) cpu={:.0},{:.0}", k.0, k.1, m, m / raw, cm(i+1).0, cm(i+1).1); }
             println!("{line}");
             continue;
         }

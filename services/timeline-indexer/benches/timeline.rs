@@ -11,8 +11,8 @@
 //! - [`query`]: QueryTimeline for a one-hour page of 100 on ≥ 5 million rows over 100 tenants,
 //!   beside the same SQL in-process and a bare gRPC health Check.
 //!
-//! Settings: KEEL_BENCH_EVENTS (100000) pre-filled events, KEEL_BENCH_SECONDS (20) of steady
-//! appends, KEEL_BENCH_SAMPLE_EVERY (20) appends per latency sample, KEEL_BENCH_QUERY_ROWS
+//! Settings: KEEL_BENCH_EVENTS (100000) pre-filled events, KEEL_BENCH_SECONDS (30) of steady
+//! appends, KEEL_BENCH_SAMPLE_EVERY (100) appends per latency sample, KEEL_BENCH_QUERY_ROWS
 //! (5000000) bulk-loaded rows, KEEL_BENCH_QUERIES (500) calls per query figure.
 
 #[path = "timeline/ingest.rs"]
@@ -280,8 +280,8 @@ async fn measure(world: &mut World, producer_schema: &str) -> Result<()> {
     let latency = latency::run(
         world,
         producer_schema,
-        Duration::from_secs(setting("KEEL_BENCH_SECONDS", 20)),
-        setting("KEEL_BENCH_SAMPLE_EVERY", 20).max(1),
+        Duration::from_secs(setting("KEEL_BENCH_SECONDS", 30)),
+        setting("KEEL_BENCH_SAMPLE_EVERY", 100).max(1),
     )
     .await?;
     query::load(world, setting("KEEL_BENCH_QUERY_ROWS", 5_000_000)).await?;

@@ -124,8 +124,9 @@ pub async fn run(w: &mut World, n: u64) -> Result<Ingest> {
     let first = first.unwrap_or(done);
     let table = w.live_table().await?;
     ddl::check_name(&table)?;
-    let rows: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM {table} WHERE kind = 'provisioning.StepSucceeded'"
+    // Each batch of the runner is one transaction: its rows share a tx_id.
+    let (rows, batches): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT count(*), count(DISTINCT tx_id) FROM {table} WHERE kind = 'provisioning.StepSucceeded'"
     ))
     .fetch_one(&w.db)
     .await?;
@@ -133,10 +134,12 @@ pub async fn run(w: &mut World, n: u64) -> Result<Ingest> {
     let rate = state.messages as f64 / drain;
     println!(
         "keel-timeline: up in {:.2}s; {} messages drained in {drain:.2}s from its first delivery = {rate:.0} events/s \
-         ({:.2}s from process start); rows of the pre-fill in {table}: {rows} of {n}",
+         ({:.2}s from process start); rows of the pre-fill in {table}: {rows} of {n}, \
+         written by {batches} runner transactions ({:.1} rows each)",
         listening.as_secs_f64(),
         state.messages,
-        done.duration_since(spawned).as_secs_f64()
+        done.duration_since(spawned).as_secs_f64(),
+        rows as f64 / batches.max(1) as f64
     );
 
     let (raw_insert, runner_sql) = raw_inserts(w, n, pad).await?;

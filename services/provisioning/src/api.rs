@@ -1,0 +1,196 @@
+//! ProvisioningService: status, runs, retry.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use chrono::{DateTime, Utc};
+use keel_auth::scopes;
+use keel_proto::v1 as pb;
+use keel_proto::v1::provisioning_service_server::ProvisioningService;
+use tonic::{Request, Response, Status};
+
+use crate::domain::{Run, RunStatus, StepStatus};
+use crate::saga::Executor;
+
+pub struct ProvisioningApi {
+    pub executor: Arc<Executor>,
+}
+
+fn ts(t: Option<DateTime<Utc>>) -> Option<prost_types::Timestamp> {
+    t.map(|t| prost_types::Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) })
+}
+
+fn status_name(s: RunStatus) -> &'static str {
+    match s {
+        RunStatus::Absent => "pending",
+        RunStatus::Running => "running",
+        RunStatus::Compensating => "compensating",
+        RunStatus::Completed => "completed",
+        RunStatus::Failed => "failed",
+    }
+}
+
+fn step_status(s: StepStatus) -> &'static str {
+    match s {
+        StepStatus::Pending => "pending",
+        StepStatus::Running => "running",
+        StepStatus::Succeeded => "succeeded",
+        StepStatus::Failed => "failed",
+        StepStatus::Compensated => "compensated",
+    }
+}
+
+pub fn run_to_pb(run: &Run, run_id: &str, tenant_id: &str, kind: &str) -> pb::ProvisioningRun {
+    pb::ProvisioningRun {
+        run_id: run_id.to_owned(),
+        tenant_id: tenant_id.to_owned(),
+        kind: kind.to_owned(),
+        status: status_name(run.status).to_owned(),
+        steps: run
+            .plan
+            .iter()
+            .map(|p| {
+                let s = run.step(&p.step);
+                pb::ProvisioningStep {
+                    name: p.step.clone(),
+                    op: format!("{:?}", p.op).to_lowercase(),
+                    status: step_status(s.status).to_owned(),
+                    attempts: s.attempts,
+                    last_error: s.last_error.unwrap_or_default(),
+                    started_at: ts(s.started_at),
+                    finished_at: ts(s.finished_at),
+                }
+            })
+            .collect(),
+        failure: run.failure.clone().unwrap_or_default(),
+        removed: run.removed.clone(),
+        started_at: ts(run.started_at),
+        finished_at: ts(run.finished_at),
+    }
+}
+
+fn invalid(field: &str, reason: &str) -> Status {
+    Status::invalid_argument(format!("{field}: {reason}"))
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    let id = uuid::Uuid::now_v7();
+    tracing::error!(request_id = %id, error = %e, "internal error");
+    Status::internal(format!("internal error (request {id})"))
+}
+
+impl ProvisioningApi {
+    async fn run_pb(&self, run_id: &str, tenant_id: &str, kind: &str) -> Result<pb::ProvisioningRun, Status> {
+        let run = self.executor.load(run_id).await.map_err(internal)?;
+        Ok(run_to_pb(&run, run_id, tenant_id, kind))
+    }
+}
+
+#[tonic::async_trait]
+impl ProvisioningService for ProvisioningApi {
+    async fn get_status(&self, req: Request<pb::GetProvisioningStatusRequest>) -> Result<Response<pb::ProvisioningRun>, Status> {
+        let tenant = req.get_ref().tenant_id.clone();
+        if !keel_events::subjects::is_valid_token(&tenant) {
+            return Err(invalid("tenant_id", "must be a tenant id"));
+        }
+        keel_auth::audit::authorize(&self.executor.systems.bus, "provisioning", "status", &req, scopes::TENANT_READ, &tenant).await?;
+        let row: Option<(String, String)> =
+            sqlx::query_as("SELECT run_id, kind FROM run_requests WHERE tenant_id = $1 ORDER BY requested_at DESC, run_id DESC LIMIT 1")
+                .bind(&tenant)
+                .fetch_optional(self.executor.store.pool())
+                .await
+                .map_err(internal)?;
+        let (run_id, kind) = row.ok_or_else(|| Status::not_found("no provisioning run for this tenant"))?;
+        Ok(Response::new(self.run_pb(&run_id, &tenant, &kind).await?))
+    }
+
+    async fn list_runs(&self, req: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
+        let r = req.get_ref();
+        let principal = keel_auth::from_request(&req)?;
+        let tenant = if r.tenant_id.is_empty() {
+            principal.require_operator()?;
+            None
+        } else {
+            if !keel_events::subjects::is_valid_token(&r.tenant_id) {
+                return Err(invalid("tenant_id", "must be a tenant id"));
+            }
+            keel_auth::audit::authorize(&self.executor.systems.bus, "provisioning", "list-runs", &req, scopes::TENANT_READ, &r.tenant_id).await?;
+            Some(r.tenant_id.clone())
+        };
+        let page = r.page.clone().unwrap_or_default();
+        let size = match page.page_size {
+            0 => 50,
+            s if s <= 500 => s,
+            _ => return Err(invalid("page.page_size", "must be at most 500")),
+        };
+        let after = if page.page_token.is_empty() {
+            None
+        } else {
+            let raw = B64URL.decode(&page.page_token).ok().and_then(|b| String::from_utf8(b).ok());
+            Some(raw.ok_or_else(|| invalid("page.page_token", "is not a token this service issued"))?)
+        };
+        let rows: Vec<(String, String, String)> = sqlx::query_as(
+            "SELECT run_id, tenant_id, kind FROM run_requests WHERE ($1::text IS NULL OR tenant_id = $1) \
+             AND ($2::text IS NULL OR run_id < $2) ORDER BY run_id DESC LIMIT $3",
+        )
+        .bind(tenant)
+        .bind(after)
+        .bind(i64::from(size) + 1)
+        .fetch_all(self.executor.store.pool())
+        .await
+        .map_err(internal)?;
+        let more = rows.len() > size as usize;
+        let mut runs = Vec::new();
+        for (run_id, tenant_id, kind) in rows.iter().take(size as usize) {
+            runs.push(self.run_pb(run_id, tenant_id, kind).await?);
+        }
+        let next = if more { runs.last().map(|r| B64URL.encode(&r.run_id)).unwrap_or_default() } else { String::new() };
+        Ok(Response::new(pb::ListRunsResponse { runs, page: Some(pb::PageInfo { next_page_token: next }) }))
+    }
+
+    async fn retry(&self, req: Request<pb::RetryRunRequest>) -> Result<Response<pb::ProvisioningRun>, Status> {
+        let principal = keel_auth::from_request(&req)?;
+        principal.require_operator()?;
+        let run_id = req.get_ref().run_id.clone();
+        if run_id.is_empty() || run_id.len() > 128 {
+            return Err(invalid("run_id", "must be a run id"));
+        }
+        let row: Option<(String, String, String, String, bool, Option<String>)> =
+            sqlx::query_as("SELECT tenant_id, kind, slug, tier, suspended, traceparent FROM run_requests WHERE run_id = $1")
+                .bind(&run_id)
+                .fetch_optional(self.executor.store.pool())
+                .await
+                .map_err(internal)?;
+        let (tenant_id, kind, slug, tier, suspended, traceparent) = row.ok_or_else(|| Status::not_found("run not found"))?;
+        let run = self.executor.load(&run_id).await.map_err(internal)?;
+        if run.status != RunStatus::Failed {
+            return Err(Status::failed_precondition(format!("only a failed run can be retried; this one is {}", status_name(run.status))));
+        }
+        let new_id = format!("retry-{}", uuid::Uuid::now_v7());
+        sqlx::query(
+            "INSERT INTO run_requests (run_id, tenant_id, kind, slug, tier, suspended, traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&new_id)
+        .bind(&tenant_id)
+        .bind(&kind)
+        .bind(slug)
+        .bind(tier)
+        .bind(suspended)
+        .bind(traceparent)
+        .execute(self.executor.store.pool())
+        .await
+        .map_err(internal)?;
+        let record = keel_bus::audit::AuditRecord::new(
+            principal.actor(),
+            &tenant_id,
+            "provisioning",
+            "retry",
+            format!("run/{run_id}"),
+            keel_bus::audit::AuditResult::Success,
+            keel_auth::audit::source_ip(&req),
+        );
+        self.executor.systems.bus.audit(&record).await;
+        Ok(Response::new(pb::ProvisioningRun { run_id: new_id, tenant_id, kind, status: "pending".into(), ..Default::default() }))
+    }
+}

@@ -1,0 +1,357 @@
+//! A provisioning run: the plan, what happened to each step, and what to do next.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+
+/// Attempts of one step before a transient failure counts as permanent.
+pub const MAX_ATTEMPTS: u32 = 6;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunKind {
+    Provision,
+    TierChange,
+    Suspend,
+    Reactivate,
+    Delete,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Provision => "provision",
+            RunKind::TierChange => "tier_change",
+            RunKind::Suspend => "suspend",
+            RunKind::Reactivate => "reactivate",
+            RunKind::Delete => "delete",
+        }
+    }
+
+    /// The steps of each kind of run, in order.
+    pub fn plan(self) -> Vec<PlannedStep> {
+        let apply = |names: &[&str]| names.iter().map(|n| PlannedStep { step: (*n).to_owned(), op: Op::Apply }).collect::<Vec<_>>();
+        match self {
+            RunKind::Provision => apply(&["begin", "database", "messaging", "quotas", "manifests", "license", "activate"]),
+            RunKind::TierChange => apply(&["quotas", "manifests", "license"]),
+            RunKind::Suspend | RunKind::Reactivate => apply(&["database", "quotas", "manifests"]),
+            RunKind::Delete => {
+                let mut plan: Vec<PlannedStep> = ["manifests", "quotas", "messaging", "database"]
+                    .iter()
+                    .map(|n| PlannedStep { step: (*n).to_owned(), op: Op::Remove })
+                    .collect();
+                plan.push(PlannedStep { step: "finalize".into(), op: Op::Apply });
+                plan
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Op {
+    Apply,
+    Remove,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedStep {
+    pub step: String,
+    pub op: Op,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Compensated,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub permanent: bool,
+    pub retry_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    #[default]
+    Absent,
+    Running,
+    Compensating,
+    Completed,
+    Failed,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Run {
+    pub run_id: String,
+    pub tenant_id: String,
+    pub slug: String,
+    pub tier: String,
+    pub suspended: bool,
+    pub kind: Option<RunKind>,
+    pub plan: Vec<PlannedStep>,
+    pub steps: BTreeMap<String, StepState>,
+    pub status: RunStatus,
+    pub failure: Option<String>,
+    pub removed: Vec<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug)]
+pub enum RunCommand {
+    Start { run_id: String, tenant_id: String, slug: String, tier: String, suspended: bool, kind: RunKind, at: DateTime<Utc> },
+    StepStarted { step: String, attempt: u32, at: DateTime<Utc> },
+    StepSucceeded { step: String, attempt: u32, detail: serde_json::Value, removed: Vec<String>, at: DateTime<Utc> },
+    StepFailed { step: String, attempt: u32, error: String, permanent: bool, at: DateTime<Utc> },
+    StartCompensation { reason: String },
+    StepCompensated { step: String, removed: Vec<String> },
+    Complete { at: DateTime<Utc> },
+    Fail { reason: String, at: DateTime<Utc> },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum RunEvent {
+    ProvisioningStarted { run_id: String, tenant_id: String, slug: String, tier: String, suspended: bool, kind: RunKind, plan: Vec<PlannedStep>, at: DateTime<Utc> },
+    StepStarted { step: String, attempt: u32, at: DateTime<Utc> },
+    StepSucceeded { step: String, attempt: u32, detail: serde_json::Value, removed: Vec<String>, at: DateTime<Utc> },
+    StepFailed { step: String, attempt: u32, error: String, permanent: bool, retry_at: Option<DateTime<Utc>>, at: DateTime<Utc> },
+    CompensationStarted { reason: String },
+    StepCompensated { step: String, removed: Vec<String> },
+    ProvisioningCompleted { removed: Vec<String>, at: DateTime<Utc> },
+    ProvisioningFailed { reason: String, at: DateTime<Utc> },
+}
+
+impl DomainEvent for RunEvent {
+    fn event_type(&self) -> String {
+        match self {
+            RunEvent::ProvisioningStarted { .. } => "ProvisioningStarted",
+            RunEvent::StepStarted { .. } => "StepStarted",
+            RunEvent::StepSucceeded { .. } => "StepSucceeded",
+            RunEvent::StepFailed { .. } => "StepFailed",
+            RunEvent::CompensationStarted { .. } => "CompensationStarted",
+            RunEvent::StepCompensated { .. } => "StepCompensated",
+            RunEvent::ProvisioningCompleted { .. } => "ProvisioningCompleted",
+            RunEvent::ProvisioningFailed { .. } => "ProvisioningFailed",
+        }
+        .to_owned()
+    }
+
+    fn event_version(&self) -> String {
+        "1".to_owned()
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    #[error("run does not exist")]
+    NotFound,
+    #[error("run is {0:?}: nothing more can happen to it")]
+    Finished(RunStatus),
+    #[error("step {0} is not in the plan")]
+    UnknownStep(String),
+}
+
+/// What the executor should do next.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Next {
+    Perform { step: String, op: Op, attempt: u32 },
+    Wait(DateTime<Utc>),
+    GiveUp { reason: String },
+    Compensate { step: String },
+    Complete,
+    Fail { reason: String },
+    Done,
+}
+
+/// Exponential backoff with ±20% jitter, from 200 ms up to 30 s. `jitter` in [0, 1).
+pub fn backoff(attempt: u32, jitter: f64) -> Duration {
+    let base = 200f64 * 2f64.powi(attempt.saturating_sub(1).min(10) as i32);
+    let ms = base.min(30_000.0) * (0.8 + 0.4 * jitter.clamp(0.0, 1.0));
+    Duration::milliseconds(ms as i64)
+}
+
+impl Run {
+    pub fn step(&self, name: &str) -> StepState {
+        self.steps.get(name).cloned().unwrap_or_default()
+    }
+
+    pub fn next(&self, now: DateTime<Utc>) -> Next {
+        match self.status {
+            RunStatus::Absent | RunStatus::Completed | RunStatus::Failed => Next::Done,
+            RunStatus::Running => {
+                let Some(planned) = self.plan.iter().find(|p| self.step(&p.step).status != StepStatus::Succeeded) else {
+                    return Next::Complete;
+                };
+                let s = self.step(&planned.step);
+                match s.status {
+                    StepStatus::Failed if s.permanent || s.attempts >= MAX_ATTEMPTS => Next::GiveUp {
+                        reason: format!("{}: {}", planned.step, s.last_error.unwrap_or_default()),
+                    },
+                    StepStatus::Failed => match s.retry_at {
+                        Some(at) if at > now => Next::Wait(at),
+                        _ => Next::Perform { step: planned.step.clone(), op: planned.op, attempt: s.attempts + 1 },
+                    },
+                    // Pending, or Running when the process died mid-step: (re)run it, idempotently.
+                    _ => Next::Perform { step: planned.step.clone(), op: planned.op, attempt: s.attempts + 1 },
+                }
+            }
+            RunStatus::Compensating => {
+                let undo = self.plan.iter().rev().find(|p| {
+                    p.op == Op::Apply && compensable(&p.step) && matches!(self.step(&p.step).status, StepStatus::Succeeded | StepStatus::Running | StepStatus::Failed) && self.step(&p.step).attempts > 0
+                });
+                match undo {
+                    Some(p) => Next::Compensate { step: p.step.clone() },
+                    None => Next::Fail { reason: self.failure.clone().unwrap_or_default() },
+                }
+            }
+        }
+    }
+
+    fn live(&self) -> Result<(), RunError> {
+        match self.status {
+            RunStatus::Absent => Err(RunError::NotFound),
+            RunStatus::Completed | RunStatus::Failed => Err(RunError::Finished(self.status)),
+            _ => Ok(()),
+        }
+    }
+
+    fn known(&self, step: &str) -> Result<(), RunError> {
+        if self.plan.iter().any(|p| p.step == step) { Ok(()) } else { Err(RunError::UnknownStep(step.to_owned())) }
+    }
+
+    pub fn decide(&self, command: RunCommand) -> Result<Vec<RunEvent>, RunError> {
+        use RunCommand as C;
+        use RunEvent as E;
+        Ok(match command {
+            C::Start { run_id, tenant_id, slug, tier, suspended, kind, at } => {
+                if self.status != RunStatus::Absent {
+                    return Ok(vec![]); // a redelivered trigger: the run exists, nothing new
+                }
+                vec![E::ProvisioningStarted { run_id, tenant_id, slug, tier, suspended, kind, plan: kind.plan(), at }]
+            }
+            C::StepStarted { step, attempt, at } => {
+                self.live()?;
+                self.known(&step)?;
+                vec![E::StepStarted { step, attempt, at }]
+            }
+            C::StepSucceeded { step, attempt, detail, removed, at } => {
+                self.live()?;
+                self.known(&step)?;
+                vec![E::StepSucceeded { step, attempt, detail, removed, at }]
+            }
+            C::StepFailed { step, attempt, error, permanent, at } => {
+                self.live()?;
+                self.known(&step)?;
+                let retry_at = (!permanent && attempt < MAX_ATTEMPTS).then(|| at + backoff(attempt, rand::random::<f64>()));
+                vec![E::StepFailed { step, attempt, error, permanent, retry_at, at }]
+            }
+            C::StartCompensation { reason } => {
+                self.live()?;
+                if self.status == RunStatus::Compensating {
+                    return Ok(vec![]);
+                }
+                vec![E::CompensationStarted { reason }]
+            }
+            C::StepCompensated { step, removed } => {
+                self.live()?;
+                self.known(&step)?;
+                vec![E::StepCompensated { step, removed }]
+            }
+            C::Complete { at } => {
+                self.live()?;
+                vec![E::ProvisioningCompleted { removed: self.removed.clone(), at }]
+            }
+            C::Fail { reason, at } => {
+                self.live()?;
+                vec![E::ProvisioningFailed { reason, at }]
+            }
+        })
+    }
+}
+
+/// Steps that leave something behind to undo (the gRPC ones do not).
+pub fn compensable(step: &str) -> bool {
+    matches!(step, "database" | "messaging" | "quotas" | "manifests")
+}
+
+impl Aggregate for Run {
+    const TYPE: &'static str = "provisioning_run";
+    type Command = RunCommand;
+    type Event = RunEvent;
+    type Error = RunError;
+    type Services = ();
+
+    async fn handle(&mut self, command: RunCommand, _: &(), sink: &EventSink<Self>) -> Result<(), RunError> {
+        for e in self.decide(command)? {
+            sink.write(e, self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: RunEvent) {
+        match event {
+            RunEvent::ProvisioningStarted { run_id, tenant_id, slug, tier, suspended, kind, plan, at } => {
+                *self = Run { run_id, tenant_id, slug, tier, suspended, kind: Some(kind), plan, status: RunStatus::Running, started_at: Some(at), ..Run::default() };
+            }
+            RunEvent::StepStarted { step, attempt, at } => {
+                let s = self.steps.entry(step).or_default();
+                s.status = StepStatus::Running;
+                s.attempts = attempt;
+                s.started_at.get_or_insert(at);
+            }
+            RunEvent::StepSucceeded { step, attempt, removed, at, .. } => {
+                let s = self.steps.entry(step).or_default();
+                s.status = StepStatus::Succeeded;
+                s.attempts = attempt;
+                s.finished_at = Some(at);
+                self.removed.extend(removed);
+            }
+            RunEvent::StepFailed { step, attempt, error, permanent, retry_at, at } => {
+                let s = self.steps.entry(step).or_default();
+                s.status = StepStatus::Failed;
+                s.attempts = attempt;
+                s.last_error = Some(error);
+                s.permanent = permanent;
+                s.retry_at = retry_at;
+                s.finished_at = Some(at);
+            }
+            RunEvent::CompensationStarted { reason } => {
+                self.status = RunStatus::Compensating;
+                self.failure = Some(reason);
+            }
+            RunEvent::StepCompensated { step, removed } => {
+                self.steps.entry(step).or_default().status = StepStatus::Compensated;
+                self.removed.extend(removed);
+            }
+            RunEvent::ProvisioningCompleted { at, .. } => {
+                self.status = RunStatus::Completed;
+                self.finished_at = Some(at);
+            }
+            RunEvent::ProvisioningFailed { reason, at } => {
+                self.status = RunStatus::Failed;
+                self.failure = Some(reason);
+                self.finished_at = Some(at);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "run_tests.rs"]
+mod tests;

@@ -1,0 +1,227 @@
+//! The executor: picks up run requests (one run at a time per tenant, many tenants at once),
+//! and drives each run by asking it what to do next, doing it, and recording the outcome.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use cqrs_es::EventStore;
+use cqrs_es::persist::PersistedEventStore;
+use keel_store::{EventRepository, Framework, Metadata, Store};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::faults::Faults;
+use crate::domain::{Next, Op, Run, RunCommand, RunKind};
+use crate::remote::TenantClient;
+use crate::steps::{self, ResourceNames, Step, StepContext, StepError, Systems};
+
+/// A run to execute, as the trigger projection recorded it.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct Request {
+    pub run_id: String,
+    pub tenant_id: String,
+    pub kind: String,
+    pub slug: String,
+    pub tier: String,
+    pub suspended: bool,
+    pub traceparent: Option<String>,
+}
+
+pub struct Executor {
+    pub store: Store,
+    pub cqrs: Framework<Run>,
+    pub loader: PersistedEventStore<EventRepository, Run>,
+    pub systems: Systems,
+    pub tenant: Arc<TenantClient>,
+    pub faults: Faults,
+    pub prefix: String,
+    pub steps: HashMap<&'static str, Box<dyn Step>>,
+    pub concurrency: usize,
+}
+
+fn kind_of(s: &str) -> Option<RunKind> {
+    [RunKind::Provision, RunKind::TierChange, RunKind::Suspend, RunKind::Reactivate, RunKind::Delete]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+}
+
+impl Executor {
+    pub fn local_steps() -> HashMap<&'static str, Box<dyn Step>> {
+        steps::all().into_iter().map(|s| (s.name(), s)).collect()
+    }
+
+    pub async fn load(&self, run_id: &str) -> anyhow::Result<Run> {
+        Ok(self.loader.load_aggregate(run_id).await.map_err(|e| anyhow::anyhow!("loading run {run_id}: {e}"))?.aggregate)
+    }
+
+    async fn record(&self, req: &Request, command: RunCommand) -> anyhow::Result<()> {
+        let meta = Metadata::new(&req.tenant_id, "service:provisioning")
+            .with_traceparent(req.traceparent.clone())
+            .with_request_id(Some(req.run_id.clone()));
+        self.cqrs
+            .execute_with_metadata(&req.run_id, command, meta.into_map())
+            .await
+            .map_err(|e| anyhow::anyhow!("run {}: {e}", req.run_id))
+    }
+
+    /// Polls for open requests until `shutdown`, driving up to `concurrency` tenants at once.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
+        let permits = Arc::new(Semaphore::new(self.concurrency.max(1)));
+        while !shutdown.is_cancelled() {
+            let open: Result<Vec<Request>, sqlx::Error> = sqlx::query_as(
+                "SELECT DISTINCT ON (tenant_id) run_id, tenant_id, kind, slug, tier, suspended, traceparent \
+                 FROM run_requests WHERE finished_at IS NULL ORDER BY tenant_id, requested_at, run_id",
+            )
+            .fetch_all(self.store.pool())
+            .await;
+            let open = open.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read run requests");
+                Vec::new()
+            });
+            for req in open {
+                let claimed = busy.lock().map(|mut b| b.insert(req.tenant_id.clone())).unwrap_or(false);
+                if !claimed {
+                    continue;
+                }
+                let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                let (me, busy, stop) = (self.clone(), busy.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = me.drive(&req, &stop).await {
+                        tracing::warn!(run = %req.run_id, error = %e, "run interrupted; will resume");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    if let Ok(mut b) = busy.lock() {
+                        b.remove(&req.tenant_id);
+                    }
+                    drop(permit);
+                });
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(25)) => {}
+            }
+        }
+    }
+
+    fn context(&self, req: &Request) -> StepContext {
+        StepContext {
+            tenant_id: req.tenant_id.clone(),
+            slug: req.slug.clone(),
+            tier: req.tier.clone(),
+            suspended: req.suspended,
+            names: ResourceNames::new(&self.prefix, &req.tenant_id, &req.slug, &self.systems.gitops_dir),
+        }
+    }
+
+    /// Drives one run from wherever its events say it is to its end.
+    pub async fn drive(&self, req: &Request, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let kind = kind_of(&req.kind).ok_or_else(|| anyhow::anyhow!("unknown run kind {}", req.kind))?;
+        let ctx = self.context(req);
+        self.record(req, RunCommand::Start {
+            run_id: req.run_id.clone(),
+            tenant_id: req.tenant_id.clone(),
+            slug: req.slug.clone(),
+            tier: req.tier.clone(),
+            suspended: req.suspended,
+            kind,
+            at: Utc::now(),
+        })
+        .await?;
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let run = self.load(&req.run_id).await?;
+            match run.next(Utc::now()) {
+                Next::Perform { step, op, attempt } => {
+                    self.record(req, RunCommand::StepStarted { step: step.clone(), attempt, at: Utc::now() }).await?;
+                    let outcome = self.perform(req, &ctx, &step, op, attempt).await;
+                    let command = match outcome {
+                        Ok((detail, removed)) => RunCommand::StepSucceeded { step, attempt, detail, removed, at: Utc::now() },
+                        Err(e) => {
+                            tracing::warn!(run = %req.run_id, %step, attempt, error = %e, "step failed");
+                            RunCommand::StepFailed { step, attempt, permanent: e.is_permanent(), error: e.to_string(), at: Utc::now() }
+                        }
+                    };
+                    self.record(req, command).await?;
+                }
+                Next::Wait(until) => {
+                    let pause = (until - Utc::now()).to_std().unwrap_or_default().min(Duration::from_secs(30));
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                }
+                Next::GiveUp { reason } => {
+                    // Only a provision run undoes its work; a failed change keeps the tenant as it is.
+                    let command = if kind == RunKind::Provision {
+                        RunCommand::StartCompensation { reason }
+                    } else {
+                        RunCommand::Fail { reason, at: Utc::now() }
+                    };
+                    self.record(req, command).await?;
+                }
+                Next::Compensate { step } => match self.steps.get(step.as_str()) {
+                    Some(s) => match s.compensate(&self.systems, &ctx).await {
+                        Ok(removed) => self.record(req, RunCommand::StepCompensated { step, removed }).await?,
+                        Err(e) => {
+                            tracing::warn!(run = %req.run_id, %step, error = %e, "compensation failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    },
+                    None => self.record(req, RunCommand::StepCompensated { step, removed: vec![] }).await?,
+                },
+                Next::Fail { reason } => {
+                    if kind == RunKind::Provision {
+                        self.tenant.fail(&req.tenant_id, &reason, req.traceparent.as_deref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                    }
+                    self.record(req, RunCommand::Fail { reason, at: Utc::now() }).await?;
+                }
+                Next::Complete => self.record(req, RunCommand::Complete { at: Utc::now() }).await?,
+                Next::Done => {
+                    let status = if run.status == crate::domain::RunStatus::Completed { "completed" } else { "failed" };
+                    sqlx::query("UPDATE run_requests SET finished_at = now(), status = $2 WHERE run_id = $1")
+                        .bind(&req.run_id)
+                        .bind(status)
+                        .execute(self.store.pool())
+                        .await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// One step's side effect. Returns (detail, removed).
+    async fn perform(&self, req: &Request, ctx: &StepContext, step: &str, op: Op, attempt: u32) -> Result<(serde_json::Value, Vec<String>), StepError> {
+        if let Some((message, permanent)) = self.faults.check(step, attempt) {
+            return Err(if permanent { StepError::Permanent(message) } else { StepError::Transient(message) });
+        }
+        let tp = req.traceparent.as_deref();
+        match (step, op) {
+            ("begin", Op::Apply) => self.tenant.begin(&ctx.tenant_id, tp).await.map(|()| (serde_json::json!({}), vec![])),
+            ("license", Op::Apply) => {
+                let id = self.tenant.license(&ctx.tenant_id, &ctx.tier, tp).await?;
+                Ok((serde_json::json!({ "license_id": id }), vec![]))
+            }
+            ("activate", Op::Apply) => {
+                for (name, s) in &self.steps {
+                    if !s.check(&self.systems, ctx).await? {
+                        return Err(StepError::Transient(format!("{name} is not ready")));
+                    }
+                }
+                self.tenant.activate(&ctx.tenant_id, tp).await.map(|()| (serde_json::json!({}), vec![]))
+            }
+            ("finalize", Op::Apply) => self.tenant.finalize_deletion(&ctx.tenant_id, tp).await.map(|()| (serde_json::json!({}), vec![])),
+            (name, op) => {
+                let s = self.steps.get(name).ok_or_else(|| StepError::Permanent(format!("no step {name}")))?;
+                match op {
+                    Op::Apply => s.apply(&self.systems, ctx).await.map(|d| (d, vec![])),
+                    Op::Remove => s.compensate(&self.systems, ctx).await.map(|removed| (serde_json::json!({}), removed)),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Tenant lifecycle events from KEEL_EVENTS become run requests, exactly once each.
+
+use async_trait::async_trait;
+use keel_events::Envelope;
+use keel_store::projection::{ApplyError, Projection};
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use crate::domain::RunKind;
+
+pub struct Triggers;
+
+fn field<'a>(e: &'a Envelope, key: &str) -> Result<&'a str, ApplyError> {
+    e.data.get(key).and_then(Value::as_str).ok_or_else(|| ApplyError::Permanent(format!("{} lacks data.{key}", e.event_type)))
+}
+
+/// Which run a tenant event asks for, if any.
+pub fn kind_of(event: &str) -> Option<RunKind> {
+    match event {
+        "TenantCreated" => Some(RunKind::Provision),
+        "TenantTierChanged" => Some(RunKind::TierChange),
+        "TenantSuspended" => Some(RunKind::Suspend),
+        "TenantReactivated" => Some(RunKind::Reactivate),
+        "TenantDeletionRequested" => Some(RunKind::Delete),
+        _ => None,
+    }
+}
+
+#[async_trait]
+impl Projection for Triggers {
+    type Item = Envelope;
+
+    fn name(&self) -> &str {
+        "provisioning-triggers"
+    }
+
+    fn decode(&self, _subject: &str, payload: &[u8]) -> Result<Envelope, String> {
+        keel_store::projection::decode_envelope(payload)
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, e: &Envelope) -> Result<(), ApplyError> {
+        if e.service() != "tenant" || e.aggregatetype != "tenant" {
+            return Ok(());
+        }
+        let tenant = &e.aggregateid;
+        match e.event_name() {
+            "TenantCreated" => {
+                sqlx::query("INSERT INTO tenant_info (tenant_id, slug, tier) VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO NOTHING")
+                    .bind(tenant)
+                    .bind(field(e, "slug")?)
+                    .bind(field(e, "tier")?)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            "TenantTierChanged" => {
+                sqlx::query("UPDATE tenant_info SET tier = $2, updated_at = now() WHERE tenant_id = $1")
+                    .bind(tenant)
+                    .bind(field(e, "to")?)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            "TenantSuspended" | "TenantReactivated" => {
+                sqlx::query("UPDATE tenant_info SET suspended = $2, updated_at = now() WHERE tenant_id = $1")
+                    .bind(tenant)
+                    .bind(e.event_name() == "TenantSuspended")
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            _ => {}
+        }
+        let Some(kind) = kind_of(e.event_name()) else { return Ok(()) };
+        // The desired state at this point of the tenant's history.
+        let info: Option<(String, String, bool)> = sqlx::query_as("SELECT slug, tier, suspended FROM tenant_info WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_optional(&mut *conn)
+            .await?;
+        let Some((slug, tier, suspended)) = info else {
+            // A lifecycle event for a tenant whose creation we never saw: nothing to act on.
+            return Err(ApplyError::Permanent(format!("{} for unknown tenant", e.event_type)));
+        };
+        sqlx::query(
+            "INSERT INTO run_requests (run_id, tenant_id, kind, slug, tier, suspended, traceparent) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (run_id) DO NOTHING",
+        )
+        .bind(e.id.to_string())
+        .bind(tenant)
+        .bind(kind.as_str())
+        .bind(slug)
+        .bind(tier)
+        .bind(suspended)
+        .bind(&e.traceparent)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ApplyError> {
+        sqlx::query("TRUNCATE tenant_info, run_requests").execute(conn).await?;
+        Ok(())
+    }
+}
