@@ -156,15 +156,23 @@ impl JwksCache {
         }
         let plan = {
             let st = self.lock();
-            let fresh = st.fetched_at.is_some_and(|t| now.saturating_duration_since(t) < self.refresh_every);
-            let recently_tried =
-                st.last_attempt.is_some_and(|t| now.saturating_duration_since(t) < self.retry_after_failure());
+            let fresh = st
+                .fetched_at
+                .is_some_and(|t| now.saturating_duration_since(t) < self.refresh_every);
+            let recently_tried = st
+                .last_attempt
+                .is_some_and(|t| now.saturating_duration_since(t) < self.retry_after_failure());
             match &st.set {
                 Some(set) if fresh && set.contains(kid) => Plan::Serve(set.clone()),
                 Some(set) if fresh => {
-                    let may_force =
-                        st.last_forced.is_none_or(|t| now.saturating_duration_since(t) >= UNKNOWN_KID_REFRESH);
-                    if may_force { Plan::Fetch(st.last_attempt, true) } else { Plan::Serve(set.clone()) }
+                    let may_force = st
+                        .last_forced
+                        .is_none_or(|t| now.saturating_duration_since(t) >= UNKNOWN_KID_REFRESH);
+                    if may_force {
+                        Plan::Fetch(st.last_attempt, true)
+                    } else {
+                        Plan::Serve(set.clone())
+                    }
                 }
                 _ if recently_tried => match self.usable_locked(&st, now) {
                     Some(set) => Plan::Serve(set),

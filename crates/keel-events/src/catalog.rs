@@ -123,7 +123,10 @@ mod tests {
         assert_eq!(lookup("tenant", "TenantCreated", 2), None);
         assert_eq!(lookup("billing", "TenantCreated", 1), None);
         assert_eq!(lookup_type("keel.tenant.TenantCreated"), None);
-        assert_eq!(of_service("tenant").count() + of_service("provisioning").count(), CATALOG.len());
+        assert_eq!(
+            of_service("tenant").count() + of_service("provisioning").count(),
+            CATALOG.len()
+        );
         assert_eq!(of_service("nope").count(), 0);
     }
 

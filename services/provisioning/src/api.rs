@@ -18,7 +18,10 @@ pub struct ProvisioningApi {
 }
 
 fn ts(t: Option<DateTime<Utc>>) -> Option<prost_types::Timestamp> {
-    t.map(|t| prost_types::Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) })
+    t.map(|t| prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    })
 }
 
 fn status_name(s: RunStatus) -> &'static str {
@@ -89,12 +92,23 @@ impl ProvisioningApi {
 
 #[tonic::async_trait]
 impl ProvisioningService for ProvisioningApi {
-    async fn get_status(&self, req: Request<pb::GetProvisioningStatusRequest>) -> Result<Response<pb::ProvisioningRun>, Status> {
+    async fn get_status(
+        &self,
+        req: Request<pb::GetProvisioningStatusRequest>,
+    ) -> Result<Response<pb::ProvisioningRun>, Status> {
         let tenant = req.get_ref().tenant_id.clone();
         if !keel_events::subjects::is_valid_token(&tenant) {
             return Err(invalid("tenant_id", "must be a tenant id"));
         }
-        keel_auth::audit::authorize(&self.executor.systems.bus, "provisioning", "status", &req, scopes::TENANT_READ, &tenant).await?;
+        keel_auth::audit::authorize(
+            &self.executor.systems.bus,
+            "provisioning",
+            "status",
+            &req,
+            scopes::TENANT_READ,
+            &tenant,
+        )
+        .await?;
         let row: Option<(String, String)> =
             sqlx::query_as("SELECT run_id, kind FROM run_requests WHERE tenant_id = $1 ORDER BY requested_at DESC, run_id DESC LIMIT 1")
                 .bind(&tenant)
@@ -105,7 +119,10 @@ impl ProvisioningService for ProvisioningApi {
         Ok(Response::new(self.run_pb(&run_id, &tenant, &kind).await?))
     }
 
-    async fn list_runs(&self, req: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
+    async fn list_runs(
+        &self,
+        req: Request<pb::ListRunsRequest>,
+    ) -> Result<Response<pb::ListRunsResponse>, Status> {
         let r = req.get_ref();
         let principal = keel_auth::from_request(&req)?;
         let tenant = if r.tenant_id.is_empty() {
@@ -115,7 +132,15 @@ impl ProvisioningService for ProvisioningApi {
             if !keel_events::subjects::is_valid_token(&r.tenant_id) {
                 return Err(invalid("tenant_id", "must be a tenant id"));
             }
-            keel_auth::audit::authorize(&self.executor.systems.bus, "provisioning", "list-runs", &req, scopes::TENANT_READ, &r.tenant_id).await?;
+            keel_auth::audit::authorize(
+                &self.executor.systems.bus,
+                "provisioning",
+                "list-runs",
+                &req,
+                scopes::TENANT_READ,
+                &r.tenant_id,
+            )
+            .await?;
             Some(r.tenant_id.clone())
         };
         let page = r.page.clone().unwrap_or_default();
@@ -127,7 +152,10 @@ impl ProvisioningService for ProvisioningApi {
         let after = if page.page_token.is_empty() {
             None
         } else {
-            let raw = B64URL.decode(&page.page_token).ok().and_then(|b| String::from_utf8(b).ok());
+            let raw = B64URL
+                .decode(&page.page_token)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok());
             Some(raw.ok_or_else(|| invalid("page.page_token", "is not a token this service issued"))?)
         };
         let rows: Vec<(String, String, String)> = sqlx::query_as(
@@ -145,27 +173,44 @@ impl ProvisioningService for ProvisioningApi {
         for (run_id, tenant_id, kind) in rows.iter().take(size as usize) {
             runs.push(self.run_pb(run_id, tenant_id, kind).await?);
         }
-        let next = if more { runs.last().map(|r| B64URL.encode(&r.run_id)).unwrap_or_default() } else { String::new() };
-        Ok(Response::new(pb::ListRunsResponse { runs, page: Some(pb::PageInfo { next_page_token: next }) }))
+        let next = if more {
+            runs.last().map(|r| B64URL.encode(&r.run_id)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListRunsResponse {
+            runs,
+            page: Some(pb::PageInfo {
+                next_page_token: next,
+            }),
+        }))
     }
 
-    async fn retry(&self, req: Request<pb::RetryRunRequest>) -> Result<Response<pb::ProvisioningRun>, Status> {
+    async fn retry(
+        &self,
+        req: Request<pb::RetryRunRequest>,
+    ) -> Result<Response<pb::ProvisioningRun>, Status> {
         let principal = keel_auth::from_request(&req)?;
         principal.require_operator()?;
         let run_id = req.get_ref().run_id.clone();
         if run_id.is_empty() || run_id.len() > 128 {
             return Err(invalid("run_id", "must be a run id"));
         }
-        let row: Option<(String, String, String, String, bool, Option<String>)> =
-            sqlx::query_as("SELECT tenant_id, kind, slug, tier, suspended, traceparent FROM run_requests WHERE run_id = $1")
-                .bind(&run_id)
-                .fetch_optional(self.executor.store.pool())
-                .await
-                .map_err(internal)?;
-        let (tenant_id, kind, slug, tier, suspended, traceparent) = row.ok_or_else(|| Status::not_found("run not found"))?;
+        let row: Option<(String, String, String, String, bool, Option<String>)> = sqlx::query_as(
+            "SELECT tenant_id, kind, slug, tier, suspended, traceparent FROM run_requests WHERE run_id = $1",
+        )
+        .bind(&run_id)
+        .fetch_optional(self.executor.store.pool())
+        .await
+        .map_err(internal)?;
+        let (tenant_id, kind, slug, tier, suspended, traceparent) =
+            row.ok_or_else(|| Status::not_found("run not found"))?;
         let run = self.executor.load(&run_id).await.map_err(internal)?;
         if run.status != RunStatus::Failed {
-            return Err(Status::failed_precondition(format!("only a failed run can be retried; this one is {}", status_name(run.status))));
+            return Err(Status::failed_precondition(format!(
+                "only a failed run can be retried; this one is {}",
+                status_name(run.status)
+            )));
         }
         let new_id = format!("retry-{}", uuid::Uuid::now_v7());
         sqlx::query(
@@ -191,6 +236,12 @@ impl ProvisioningService for ProvisioningApi {
             keel_auth::audit::source_ip(&req),
         );
         self.executor.systems.bus.audit(&record).await;
-        Ok(Response::new(pb::ProvisioningRun { run_id: new_id, tenant_id, kind, status: "pending".into(), ..Default::default() }))
+        Ok(Response::new(pb::ProvisioningRun {
+            run_id: new_id,
+            tenant_id,
+            kind,
+            status: "pending".into(),
+            ..Default::default()
+        }))
     }
 }

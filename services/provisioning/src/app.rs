@@ -30,15 +30,21 @@ fn env(name: &str) -> Option<String> {
 pub async fn run(rt: Service) -> anyhow::Result<()> {
     let config = rt.config.clone();
     let schema = config.setting("schema").unwrap_or("provisioning").to_owned();
-    let store = Store::connect(&config.database_url, &schema, "provisioning").await.context("event store")?;
-    keel_store::migrate(store.pool(), sqlx::migrate!("./migrations")).await.context("provisioning migrations")?;
+    let store = Store::connect(&config.database_url, &schema, "provisioning")
+        .await
+        .context("event store")?;
+    keel_store::migrate(store.pool(), sqlx::migrate!("./migrations"))
+        .await
+        .context("provisioning migrations")?;
     let nats = rt.connect_nats().await?;
     let bus = Bus::new(nats.clone(), &config.bus_prefix)?;
     bus.ensure_streams().await.context("JetStream streams")?;
 
     let api_key = env("KEEL_PROVISIONING_API_KEY")
         .or_else(|| env("KEEL_BOOTSTRAP_TOKEN"))
-        .context("KEEL_PROVISIONING_API_KEY (or KEEL_BOOTSTRAP_TOKEN) must hold a key for the tenant service")?;
+        .context(
+            "KEEL_PROVISIONING_API_KEY (or KEEL_BOOTSTRAP_TOKEN) must hold a key for the tenant service",
+        )?;
     let tenant_url = env("KEEL_TENANT_ADDR").unwrap_or_else(|| "http://127.0.0.1:50051".into());
     let faults = Faults::parse(config.setting("faults").unwrap_or_default()).map_err(anyhow::Error::msg)?;
     if faults != Faults::default() {
@@ -68,28 +74,37 @@ pub async fn run(rt: Service) -> anyhow::Result<()> {
     let relay = Relay::spawn(&store, bus.clone(), shutdown.token());
     let mut triggers = ProjectionConfig::new(StreamKind::Events);
     triggers.filter_subject = "keel.evt.*.tenant.>".into();
-    let triggers = ProjectionRunner::new(store.pool().clone(), bus.clone(), Triggers, triggers).spawn(shutdown.token());
+    let triggers =
+        ProjectionRunner::new(store.pool().clone(), bus.clone(), Triggers, triggers).spawn(shutdown.token());
     let saga = tokio::spawn(executor.clone().run(shutdown.token()));
 
-    let jwks_url = env("KEEL_JWKS_URL").unwrap_or_else(|| "http://127.0.0.1:8081/.well-known/jwks.json".into());
-    let jwks_ttl = env("KEEL_JWKS_TTL_SECS").and_then(|s| s.parse().ok()).unwrap_or(300u64);
+    let jwks_url =
+        env("KEEL_JWKS_URL").unwrap_or_else(|| "http://127.0.0.1:8081/.well-known/jwks.json".into());
+    let jwks_ttl = env("KEEL_JWKS_TTL_SECS")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300u64);
     let auth = AuthConfig::new(Arc::new(JwksCache::new(jwks_url, Duration::from_secs(jwks_ttl))))
         .with_limiter(Arc::new(RateLimiter::connect(&config.redis_url).await))
         .with_metrics(rt.metrics());
-    let (health_svc, reflection) = rt.grpc_health_and_reflection(keel_proto::FILE_DESCRIPTOR_SET, GRPC_SERVICES).await?;
+    let (health_svc, reflection) = rt
+        .grpc_health_and_reflection(keel_proto::FILE_DESCRIPTOR_SET, GRPC_SERVICES)
+        .await?;
     let router = keel_runtime::grpc::grpc_server_builder()
         .layer(keel_runtime::RequestLogLayer::new("provisioning", rt.metrics()))
         .layer(AuthLayer::new(auth))
         .add_service(health_svc)
         .add_service(reflection)
-        .add_service(ProvisioningServiceServer::new(ProvisioningApi { executor: executor.clone() }));
+        .add_service(ProvisioningServiceServer::new(ProvisioningApi {
+            executor: executor.clone(),
+        }));
     let health = Health::new()
         .with_postgres(store.pool().clone())
         .with_nats(nats)
         .with_redis(keel_runtime::health::redis_lazy(&config.redis_url)?);
     let (grpc_listener, _) = keel_runtime::grpc::bind(config.grpc_addr).await?;
     let (http_listener, _) = keel_runtime::grpc::bind(config.http_addr).await?;
-    rt.serve_on(grpc_listener, http_listener, router, health, axum::Router::new()).await?;
+    rt.serve_on(grpc_listener, http_listener, router, health, axum::Router::new())
+        .await?;
     relay.join().await?;
     triggers.await??;
     saga.await?;

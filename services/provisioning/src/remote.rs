@@ -24,23 +24,35 @@ pub struct TenantClient {
 
 fn step_error(s: Status) -> StepError {
     match s.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Internal | Code::Aborted | Code::ResourceExhausted | Code::Unknown => {
-            StepError::Transient(format!("tenant service: {}: {}", s.code(), s.message()))
-        }
+        Code::Unavailable
+        | Code::DeadlineExceeded
+        | Code::Internal
+        | Code::Aborted
+        | Code::ResourceExhausted
+        | Code::Unknown => StepError::Transient(format!("tenant service: {}: {}", s.code(), s.message())),
         _ => StepError::Permanent(format!("tenant service: {}: {}", s.code(), s.message())),
     }
 }
 
 fn tenant_ref(id: &str) -> Option<pb::TenantRef> {
-    Some(pb::TenantRef { r#ref: Some(pb::tenant_ref::Ref::Id(id.to_owned())) })
+    Some(pb::TenantRef {
+        r#ref: Some(pb::tenant_ref::Ref::Id(id.to_owned())),
+    })
 }
 
 impl TenantClient {
     /// A lazily connecting client of the tenant service at `url` using `api_key` (an operator or
     /// service key exchanged for short-lived tokens).
     pub fn new(url: &str, api_key: String) -> anyhow::Result<Arc<Self>> {
-        let channel = Endpoint::from_shared(url.to_owned())?.connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(15)).connect_lazy();
-        Ok(Arc::new(Self { channel, api_key, token: Mutex::new(None) }))
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(15))
+            .connect_lazy();
+        Ok(Arc::new(Self {
+            channel,
+            api_key,
+            token: Mutex::new(None),
+        }))
     }
 
     async fn token(&self) -> Result<String, StepError> {
@@ -51,7 +63,10 @@ impl TenantClient {
             return Ok(t.clone());
         }
         let resp = TokenServiceClient::new(self.channel.clone())
-            .exchange_api_key(pb::ExchangeApiKeyRequest { api_key: self.api_key.clone(), scopes: vec![] })
+            .exchange_api_key(pb::ExchangeApiKeyRequest {
+                api_key: self.api_key.clone(),
+                scopes: vec![],
+            })
             .await
             .map_err(step_error)?
             .into_inner();
@@ -63,7 +78,12 @@ impl TenantClient {
     async fn request<T>(&self, msg: T, traceparent: Option<&str>) -> Result<Request<T>, StepError> {
         let mut req = Request::new(msg);
         let bearer = format!("Bearer {}", self.token().await?);
-        req.metadata_mut().insert("authorization", bearer.parse().map_err(|_| StepError::Permanent("bad token".into()))?);
+        req.metadata_mut().insert(
+            "authorization",
+            bearer
+                .parse()
+                .map_err(|_| StepError::Permanent("bad token".into()))?,
+        );
         if let Some(tp) = traceparent.and_then(|tp| tp.parse().ok()) {
             req.metadata_mut().insert("traceparent", tp);
         }
@@ -71,8 +91,19 @@ impl TenantClient {
     }
 
     pub async fn status(&self, tenant_id: &str, tp: Option<&str>) -> Result<pb::TenantStatus, StepError> {
-        let req = self.request(pb::GetTenantRequest { tenant: tenant_ref(tenant_id) }, tp).await?;
-        let t = TenantServiceClient::new(self.channel.clone()).get_tenant(req).await.map_err(step_error)?.into_inner();
+        let req = self
+            .request(
+                pb::GetTenantRequest {
+                    tenant: tenant_ref(tenant_id),
+                },
+                tp,
+            )
+            .await?;
+        let t = TenantServiceClient::new(self.channel.clone())
+            .get_tenant(req)
+            .await
+            .map_err(step_error)?
+            .into_inner();
         Ok(pb::TenantStatus::try_from(t.status).unwrap_or(pb::TenantStatus::Unspecified))
     }
 
@@ -84,7 +115,14 @@ impl TenantClient {
     pub async fn begin(&self, tenant_id: &str, tp: Option<&str>) -> Result<(), StepError> {
         match self.status(tenant_id, tp).await? {
             pb::TenantStatus::Pending | pb::TenantStatus::Failed => {
-                let req = self.request(pb::TenantLifecycleRequest { tenant: tenant_ref(tenant_id) }, tp).await?;
+                let req = self
+                    .request(
+                        pb::TenantLifecycleRequest {
+                            tenant: tenant_ref(tenant_id),
+                        },
+                        tp,
+                    )
+                    .await?;
                 self.tenants().mark_provisioning(req).await.map_err(step_error)?;
                 Ok(())
             }
@@ -95,17 +133,40 @@ impl TenantClient {
 
     /// A license for `tier`, unless the current one already is.
     pub async fn license(&self, tenant_id: &str, tier: &str, tp: Option<&str>) -> Result<String, StepError> {
-        let req = self.request(pb::GetLicenseRequest { tenant: tenant_ref(tenant_id) }, tp).await?;
-        match LicenseServiceClient::new(self.channel.clone()).get_license(req).await {
-            Ok(l) if pb::Tier::try_from(l.get_ref().tier).is_ok_and(|t| t.as_str_name().eq_ignore_ascii_case(&format!("TIER_{tier}"))) => {
+        let req = self
+            .request(
+                pb::GetLicenseRequest {
+                    tenant: tenant_ref(tenant_id),
+                },
+                tp,
+            )
+            .await?;
+        match LicenseServiceClient::new(self.channel.clone())
+            .get_license(req)
+            .await
+        {
+            Ok(l)
+                if pb::Tier::try_from(l.get_ref().tier)
+                    .is_ok_and(|t| t.as_str_name().eq_ignore_ascii_case(&format!("TIER_{tier}"))) =>
+            {
                 return Ok(l.into_inner().license_id);
             }
             Ok(_) => {}
             Err(s) if s.code() == Code::NotFound => {}
             Err(s) => return Err(step_error(s)),
         }
-        let req = self.request(pb::IssueLicenseRequest { tenant: tenant_ref(tenant_id) }, tp).await?;
-        let l = LicenseServiceClient::new(self.channel.clone()).issue_license(req).await.map_err(step_error)?;
+        let req = self
+            .request(
+                pb::IssueLicenseRequest {
+                    tenant: tenant_ref(tenant_id),
+                },
+                tp,
+            )
+            .await?;
+        let l = LicenseServiceClient::new(self.channel.clone())
+            .issue_license(req)
+            .await
+            .map_err(step_error)?;
         Ok(l.into_inner().license_id)
     }
 
@@ -113,7 +174,14 @@ impl TenantClient {
     pub async fn activate(&self, tenant_id: &str, tp: Option<&str>) -> Result<(), StepError> {
         match self.status(tenant_id, tp).await? {
             pb::TenantStatus::Provisioning => {
-                let req = self.request(pb::TenantLifecycleRequest { tenant: tenant_ref(tenant_id) }, tp).await?;
+                let req = self
+                    .request(
+                        pb::TenantLifecycleRequest {
+                            tenant: tenant_ref(tenant_id),
+                        },
+                        tp,
+                    )
+                    .await?;
                 self.tenants().mark_provisioned(req).await.map_err(step_error)?;
                 Ok(())
             }
@@ -126,7 +194,14 @@ impl TenantClient {
     pub async fn finalize_deletion(&self, tenant_id: &str, tp: Option<&str>) -> Result<(), StepError> {
         match self.status(tenant_id, tp).await? {
             pb::TenantStatus::Deleting => {
-                let req = self.request(pb::TenantLifecycleRequest { tenant: tenant_ref(tenant_id) }, tp).await?;
+                let req = self
+                    .request(
+                        pb::TenantLifecycleRequest {
+                            tenant: tenant_ref(tenant_id),
+                        },
+                        tp,
+                    )
+                    .await?;
                 self.tenants().mark_deleted(req).await.map_err(step_error)?;
                 Ok(())
             }
@@ -139,7 +214,15 @@ impl TenantClient {
     pub async fn fail(&self, tenant_id: &str, reason: &str, tp: Option<&str>) -> Result<(), StepError> {
         if self.status(tenant_id, tp).await? == pb::TenantStatus::Provisioning {
             let reason: String = reason.chars().take(500).collect();
-            let req = self.request(pb::MarkFailedRequest { tenant: tenant_ref(tenant_id), reason }, tp).await?;
+            let req = self
+                .request(
+                    pb::MarkFailedRequest {
+                        tenant: tenant_ref(tenant_id),
+                        reason,
+                    },
+                    tp,
+                )
+                .await?;
             self.tenants().mark_failed(req).await.map_err(step_error)?;
         }
         Ok(())

@@ -42,9 +42,15 @@ pub struct Executor {
 }
 
 fn kind_of(s: &str) -> Option<RunKind> {
-    [RunKind::Provision, RunKind::TierChange, RunKind::Suspend, RunKind::Reactivate, RunKind::Delete]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+    [
+        RunKind::Provision,
+        RunKind::TierChange,
+        RunKind::Suspend,
+        RunKind::Reactivate,
+        RunKind::Delete,
+    ]
+    .into_iter()
+    .find(|k| k.as_str() == s)
 }
 
 impl Executor {
@@ -53,7 +59,12 @@ impl Executor {
     }
 
     pub async fn load(&self, run_id: &str) -> anyhow::Result<Run> {
-        Ok(self.loader.load_aggregate(run_id).await.map_err(|e| anyhow::anyhow!("loading run {run_id}: {e}"))?.aggregate)
+        Ok(self
+            .loader
+            .load_aggregate(run_id)
+            .await
+            .map_err(|e| anyhow::anyhow!("loading run {run_id}: {e}"))?
+            .aggregate)
     }
 
     async fn record(&self, req: &Request, command: RunCommand) -> anyhow::Result<()> {
@@ -82,11 +93,16 @@ impl Executor {
                 Vec::new()
             });
             for req in open {
-                let claimed = busy.lock().map(|mut b| b.insert(req.tenant_id.clone())).unwrap_or(false);
+                let claimed = busy
+                    .lock()
+                    .map(|mut b| b.insert(req.tenant_id.clone()))
+                    .unwrap_or(false);
                 if !claimed {
                     continue;
                 }
-                let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
                 let (me, busy, stop) = (self.clone(), busy.clone(), shutdown.clone());
                 tokio::spawn(async move {
                     if let Err(e) = me.drive(&req, &stop).await {
@@ -120,15 +136,18 @@ impl Executor {
     pub async fn drive(&self, req: &Request, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let kind = kind_of(&req.kind).ok_or_else(|| anyhow::anyhow!("unknown run kind {}", req.kind))?;
         let ctx = self.context(req);
-        self.record(req, RunCommand::Start {
-            run_id: req.run_id.clone(),
-            tenant_id: req.tenant_id.clone(),
-            slug: req.slug.clone(),
-            tier: req.tier.clone(),
-            suspended: req.suspended,
-            kind,
-            at: Utc::now(),
-        })
+        self.record(
+            req,
+            RunCommand::Start {
+                run_id: req.run_id.clone(),
+                tenant_id: req.tenant_id.clone(),
+                slug: req.slug.clone(),
+                tier: req.tier.clone(),
+                suspended: req.suspended,
+                kind,
+                at: Utc::now(),
+            },
+        )
         .await?;
         loop {
             if shutdown.is_cancelled() {
@@ -137,19 +156,42 @@ impl Executor {
             let run = self.load(&req.run_id).await?;
             match run.next(Utc::now()) {
                 Next::Perform { step, op, attempt } => {
-                    self.record(req, RunCommand::StepStarted { step: step.clone(), attempt, at: Utc::now() }).await?;
+                    self.record(
+                        req,
+                        RunCommand::StepStarted {
+                            step: step.clone(),
+                            attempt,
+                            at: Utc::now(),
+                        },
+                    )
+                    .await?;
                     let outcome = self.perform(req, &ctx, &step, op, attempt).await;
                     let command = match outcome {
-                        Ok((detail, removed)) => RunCommand::StepSucceeded { step, attempt, detail, removed, at: Utc::now() },
+                        Ok((detail, removed)) => RunCommand::StepSucceeded {
+                            step,
+                            attempt,
+                            detail,
+                            removed,
+                            at: Utc::now(),
+                        },
                         Err(e) => {
                             tracing::warn!(run = %req.run_id, %step, attempt, error = %e, "step failed");
-                            RunCommand::StepFailed { step, attempt, permanent: e.is_permanent(), error: e.to_string(), at: Utc::now() }
+                            RunCommand::StepFailed {
+                                step,
+                                attempt,
+                                permanent: e.is_permanent(),
+                                error: e.to_string(),
+                                at: Utc::now(),
+                            }
                         }
                     };
                     self.record(req, command).await?;
                 }
                 Next::Wait(until) => {
-                    let pause = (until - Utc::now()).to_std().unwrap_or_default().min(Duration::from_secs(30));
+                    let pause = (until - Utc::now())
+                        .to_std()
+                        .unwrap_or_default()
+                        .min(Duration::from_secs(30));
                     tokio::select! {
                         () = shutdown.cancelled() => return Ok(()),
                         () = tokio::time::sleep(pause) => {}
@@ -160,29 +202,58 @@ impl Executor {
                     let command = if kind == RunKind::Provision {
                         RunCommand::StartCompensation { reason }
                     } else {
-                        RunCommand::Fail { reason, at: Utc::now() }
+                        RunCommand::Fail {
+                            reason,
+                            at: Utc::now(),
+                        }
                     };
                     self.record(req, command).await?;
                 }
                 Next::Compensate { step } => match self.steps.get(step.as_str()) {
                     Some(s) => match s.compensate(&self.systems, &ctx).await {
-                        Ok(removed) => self.record(req, RunCommand::StepCompensated { step, removed }).await?,
+                        Ok(removed) => {
+                            self.record(req, RunCommand::StepCompensated { step, removed })
+                                .await?
+                        }
                         Err(e) => {
                             tracing::warn!(run = %req.run_id, %step, error = %e, "compensation failed; retrying");
                             tokio::time::sleep(Duration::from_millis(500)).await;
                         }
                     },
-                    None => self.record(req, RunCommand::StepCompensated { step, removed: vec![] }).await?,
+                    None => {
+                        self.record(
+                            req,
+                            RunCommand::StepCompensated {
+                                step,
+                                removed: vec![],
+                            },
+                        )
+                        .await?
+                    }
                 },
                 Next::Fail { reason } => {
                     if kind == RunKind::Provision {
-                        self.tenant.fail(&req.tenant_id, &reason, req.traceparent.as_deref()).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                        self.tenant
+                            .fail(&req.tenant_id, &reason, req.traceparent.as_deref())
+                            .await
+                            .map_err(|e| anyhow::anyhow!("{e}"))?;
                     }
-                    self.record(req, RunCommand::Fail { reason, at: Utc::now() }).await?;
+                    self.record(
+                        req,
+                        RunCommand::Fail {
+                            reason,
+                            at: Utc::now(),
+                        },
+                    )
+                    .await?;
                 }
                 Next::Complete => self.record(req, RunCommand::Complete { at: Utc::now() }).await?,
                 Next::Done => {
-                    let status = if run.status == crate::domain::RunStatus::Completed { "completed" } else { "failed" };
+                    let status = if run.status == crate::domain::RunStatus::Completed {
+                        "completed"
+                    } else {
+                        "failed"
+                    };
                     sqlx::query("UPDATE run_requests SET finished_at = now(), status = $2 WHERE run_id = $1")
                         .bind(&req.run_id)
                         .bind(status)
@@ -195,13 +266,28 @@ impl Executor {
     }
 
     /// One step's side effect. Returns (detail, removed).
-    async fn perform(&self, req: &Request, ctx: &StepContext, step: &str, op: Op, attempt: u32) -> Result<(serde_json::Value, Vec<String>), StepError> {
+    async fn perform(
+        &self,
+        req: &Request,
+        ctx: &StepContext,
+        step: &str,
+        op: Op,
+        attempt: u32,
+    ) -> Result<(serde_json::Value, Vec<String>), StepError> {
         if let Some((message, permanent)) = self.faults.check(step, attempt) {
-            return Err(if permanent { StepError::Permanent(message) } else { StepError::Transient(message) });
+            return Err(if permanent {
+                StepError::Permanent(message)
+            } else {
+                StepError::Transient(message)
+            });
         }
         let tp = req.traceparent.as_deref();
         match (step, op) {
-            ("begin", Op::Apply) => self.tenant.begin(&ctx.tenant_id, tp).await.map(|()| (serde_json::json!({}), vec![])),
+            ("begin", Op::Apply) => self
+                .tenant
+                .begin(&ctx.tenant_id, tp)
+                .await
+                .map(|()| (serde_json::json!({}), vec![])),
             ("license", Op::Apply) => {
                 let id = self.tenant.license(&ctx.tenant_id, &ctx.tier, tp).await?;
                 Ok((serde_json::json!({ "license_id": id }), vec![]))
@@ -212,14 +298,27 @@ impl Executor {
                         return Err(StepError::Transient(format!("{name} is not ready")));
                     }
                 }
-                self.tenant.activate(&ctx.tenant_id, tp).await.map(|()| (serde_json::json!({}), vec![]))
+                self.tenant
+                    .activate(&ctx.tenant_id, tp)
+                    .await
+                    .map(|()| (serde_json::json!({}), vec![]))
             }
-            ("finalize", Op::Apply) => self.tenant.finalize_deletion(&ctx.tenant_id, tp).await.map(|()| (serde_json::json!({}), vec![])),
+            ("finalize", Op::Apply) => self
+                .tenant
+                .finalize_deletion(&ctx.tenant_id, tp)
+                .await
+                .map(|()| (serde_json::json!({}), vec![])),
             (name, op) => {
-                let s = self.steps.get(name).ok_or_else(|| StepError::Permanent(format!("no step {name}")))?;
+                let s = self
+                    .steps
+                    .get(name)
+                    .ok_or_else(|| StepError::Permanent(format!("no step {name}")))?;
                 match op {
                     Op::Apply => s.apply(&self.systems, ctx).await.map(|d| (d, vec![])),
-                    Op::Remove => s.compensate(&self.systems, ctx).await.map(|removed| (serde_json::json!({}), removed)),
+                    Op::Remove => s
+                        .compensate(&self.systems, ctx)
+                        .await
+                        .map(|removed| (serde_json::json!({}), removed)),
                 }
             }
         }

@@ -11,7 +11,10 @@ use crate::domain::RunKind;
 pub struct Triggers;
 
 fn field<'a>(e: &'a Envelope, key: &str) -> Result<&'a str, ApplyError> {
-    e.data.get(key).and_then(Value::as_str).ok_or_else(|| ApplyError::Permanent(format!("{} lacks data.{key}", e.event_type)))
+    e.data
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApplyError::Permanent(format!("{} lacks data.{key}", e.event_type)))
 }
 
 /// Which run a tenant event asks for, if any.
@@ -68,15 +71,21 @@ impl Projection for Triggers {
             }
             _ => {}
         }
-        let Some(kind) = kind_of(e.event_name()) else { return Ok(()) };
+        let Some(kind) = kind_of(e.event_name()) else {
+            return Ok(());
+        };
         // The desired state at this point of the tenant's history.
-        let info: Option<(String, String, bool)> = sqlx::query_as("SELECT slug, tier, suspended FROM tenant_info WHERE tenant_id = $1")
-            .bind(tenant)
-            .fetch_optional(&mut *conn)
-            .await?;
+        let info: Option<(String, String, bool)> =
+            sqlx::query_as("SELECT slug, tier, suspended FROM tenant_info WHERE tenant_id = $1")
+                .bind(tenant)
+                .fetch_optional(&mut *conn)
+                .await?;
         let Some((slug, tier, suspended)) = info else {
             // A lifecycle event for a tenant whose creation we never saw: nothing to act on.
-            return Err(ApplyError::Permanent(format!("{} for unknown tenant", e.event_type)));
+            return Err(ApplyError::Permanent(format!(
+                "{} for unknown tenant",
+                e.event_type
+            )));
         };
         sqlx::query(
             "INSERT INTO run_requests (run_id, tenant_id, kind, slug, tier, suspended, traceparent) \
@@ -95,7 +104,9 @@ impl Projection for Triggers {
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ApplyError> {
-        sqlx::query("TRUNCATE tenant_info, run_requests").execute(conn).await?;
+        sqlx::query("TRUNCATE tenant_info, run_requests")
+            .execute(conn)
+            .await?;
         Ok(())
     }
 }

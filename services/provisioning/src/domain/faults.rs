@@ -18,10 +18,15 @@ impl Faults {
     pub fn parse(spec: &str) -> Result<Self, String> {
         let mut map = HashMap::new();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (step, how) = part.split_once(':').ok_or_else(|| format!("fault {part:?}: expected step:N or step:permanent"))?;
+            let (step, how) = part
+                .split_once(':')
+                .ok_or_else(|| format!("fault {part:?}: expected step:N or step:permanent"))?;
             let fault = match how {
                 "permanent" => Fault::Permanent,
-                n => Fault::Times(n.parse().map_err(|_| format!("fault {part:?}: {n:?} is not a count"))?),
+                n => Fault::Times(
+                    n.parse()
+                        .map_err(|_| format!("fault {part:?}: {n:?} is not a count"))?,
+                ),
             };
             map.insert(step.to_owned(), fault);
         }
@@ -32,7 +37,10 @@ impl Faults {
     pub fn check(&self, step: &str, attempt: u32) -> Option<(String, bool)> {
         match self.0.get(step)? {
             Fault::Permanent => Some((format!("injected permanent fault in {step}"), true)),
-            Fault::Times(n) if attempt <= *n => Some((format!("injected fault in {step} (attempt {attempt} of {n})"), false)),
+            Fault::Times(n) if attempt <= *n => Some((
+                format!("injected fault in {step} (attempt {attempt} of {n})"),
+                false,
+            )),
             Fault::Times(_) => None,
         }
     }

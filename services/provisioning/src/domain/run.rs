@@ -33,17 +33,39 @@ impl RunKind {
 
     /// The steps of each kind of run, in order.
     pub fn plan(self) -> Vec<PlannedStep> {
-        let apply = |names: &[&str]| names.iter().map(|n| PlannedStep { step: (*n).to_owned(), op: Op::Apply }).collect::<Vec<_>>();
+        let apply = |names: &[&str]| {
+            names
+                .iter()
+                .map(|n| PlannedStep {
+                    step: (*n).to_owned(),
+                    op: Op::Apply,
+                })
+                .collect::<Vec<_>>()
+        };
         match self {
-            RunKind::Provision => apply(&["begin", "database", "messaging", "quotas", "manifests", "license", "activate"]),
+            RunKind::Provision => apply(&[
+                "begin",
+                "database",
+                "messaging",
+                "quotas",
+                "manifests",
+                "license",
+                "activate",
+            ]),
             RunKind::TierChange => apply(&["quotas", "manifests", "license"]),
             RunKind::Suspend | RunKind::Reactivate => apply(&["database", "quotas", "manifests"]),
             RunKind::Delete => {
                 let mut plan: Vec<PlannedStep> = ["manifests", "quotas", "messaging", "database"]
                     .iter()
-                    .map(|n| PlannedStep { step: (*n).to_owned(), op: Op::Remove })
+                    .map(|n| PlannedStep {
+                        step: (*n).to_owned(),
+                        op: Op::Remove,
+                    })
                     .collect();
-                plan.push(PlannedStep { step: "finalize".into(), op: Op::Apply });
+                plan.push(PlannedStep {
+                    step: "finalize".into(),
+                    op: Op::Apply,
+                });
                 plan
             }
         }
@@ -115,26 +137,97 @@ pub struct Run {
 
 #[derive(Debug)]
 pub enum RunCommand {
-    Start { run_id: String, tenant_id: String, slug: String, tier: String, suspended: bool, kind: RunKind, at: DateTime<Utc> },
-    StepStarted { step: String, attempt: u32, at: DateTime<Utc> },
-    StepSucceeded { step: String, attempt: u32, detail: serde_json::Value, removed: Vec<String>, at: DateTime<Utc> },
-    StepFailed { step: String, attempt: u32, error: String, permanent: bool, at: DateTime<Utc> },
-    StartCompensation { reason: String },
-    StepCompensated { step: String, removed: Vec<String> },
-    Complete { at: DateTime<Utc> },
-    Fail { reason: String, at: DateTime<Utc> },
+    Start {
+        run_id: String,
+        tenant_id: String,
+        slug: String,
+        tier: String,
+        suspended: bool,
+        kind: RunKind,
+        at: DateTime<Utc>,
+    },
+    StepStarted {
+        step: String,
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
+    StepSucceeded {
+        step: String,
+        attempt: u32,
+        detail: serde_json::Value,
+        removed: Vec<String>,
+        at: DateTime<Utc>,
+    },
+    StepFailed {
+        step: String,
+        attempt: u32,
+        error: String,
+        permanent: bool,
+        at: DateTime<Utc>,
+    },
+    StartCompensation {
+        reason: String,
+    },
+    StepCompensated {
+        step: String,
+        removed: Vec<String>,
+    },
+    Complete {
+        at: DateTime<Utc>,
+    },
+    Fail {
+        reason: String,
+        at: DateTime<Utc>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum RunEvent {
-    ProvisioningStarted { run_id: String, tenant_id: String, slug: String, tier: String, suspended: bool, kind: RunKind, plan: Vec<PlannedStep>, at: DateTime<Utc> },
-    StepStarted { step: String, attempt: u32, at: DateTime<Utc> },
-    StepSucceeded { step: String, attempt: u32, detail: serde_json::Value, removed: Vec<String>, at: DateTime<Utc> },
-    StepFailed { step: String, attempt: u32, error: String, permanent: bool, retry_at: Option<DateTime<Utc>>, at: DateTime<Utc> },
-    CompensationStarted { reason: String },
-    StepCompensated { step: String, removed: Vec<String> },
-    ProvisioningCompleted { removed: Vec<String>, at: DateTime<Utc> },
-    ProvisioningFailed { reason: String, at: DateTime<Utc> },
+    ProvisioningStarted {
+        run_id: String,
+        tenant_id: String,
+        slug: String,
+        tier: String,
+        suspended: bool,
+        kind: RunKind,
+        plan: Vec<PlannedStep>,
+        at: DateTime<Utc>,
+    },
+    StepStarted {
+        step: String,
+        attempt: u32,
+        at: DateTime<Utc>,
+    },
+    StepSucceeded {
+        step: String,
+        attempt: u32,
+        detail: serde_json::Value,
+        removed: Vec<String>,
+        at: DateTime<Utc>,
+    },
+    StepFailed {
+        step: String,
+        attempt: u32,
+        error: String,
+        permanent: bool,
+        retry_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    },
+    CompensationStarted {
+        reason: String,
+    },
+    StepCompensated {
+        step: String,
+        removed: Vec<String>,
+    },
+    ProvisioningCompleted {
+        removed: Vec<String>,
+        at: DateTime<Utc>,
+    },
+    ProvisioningFailed {
+        reason: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl DomainEvent for RunEvent {
@@ -195,7 +288,11 @@ impl Run {
         match self.status {
             RunStatus::Absent | RunStatus::Completed | RunStatus::Failed => Next::Done,
             RunStatus::Running => {
-                let Some(planned) = self.plan.iter().find(|p| self.step(&p.step).status != StepStatus::Succeeded) else {
+                let Some(planned) = self
+                    .plan
+                    .iter()
+                    .find(|p| self.step(&p.step).status != StepStatus::Succeeded)
+                else {
                     return Next::Complete;
                 };
                 let s = self.step(&planned.step);
@@ -205,19 +302,35 @@ impl Run {
                     },
                     StepStatus::Failed => match s.retry_at {
                         Some(at) if at > now => Next::Wait(at),
-                        _ => Next::Perform { step: planned.step.clone(), op: planned.op, attempt: s.attempts + 1 },
+                        _ => Next::Perform {
+                            step: planned.step.clone(),
+                            op: planned.op,
+                            attempt: s.attempts + 1,
+                        },
                     },
                     // Pending, or Running when the process died mid-step: (re)run it, idempotently.
-                    _ => Next::Perform { step: planned.step.clone(), op: planned.op, attempt: s.attempts + 1 },
+                    _ => Next::Perform {
+                        step: planned.step.clone(),
+                        op: planned.op,
+                        attempt: s.attempts + 1,
+                    },
                 }
             }
             RunStatus::Compensating => {
                 let undo = self.plan.iter().rev().find(|p| {
-                    p.op == Op::Apply && compensable(&p.step) && matches!(self.step(&p.step).status, StepStatus::Succeeded | StepStatus::Running | StepStatus::Failed) && self.step(&p.step).attempts > 0
+                    p.op == Op::Apply
+                        && compensable(&p.step)
+                        && matches!(
+                            self.step(&p.step).status,
+                            StepStatus::Succeeded | StepStatus::Running | StepStatus::Failed
+                        )
+                        && self.step(&p.step).attempts > 0
                 });
                 match undo {
                     Some(p) => Next::Compensate { step: p.step.clone() },
-                    None => Next::Fail { reason: self.failure.clone().unwrap_or_default() },
+                    None => Next::Fail {
+                        reason: self.failure.clone().unwrap_or_default(),
+                    },
                 }
             }
         }
@@ -232,34 +345,81 @@ impl Run {
     }
 
     fn known(&self, step: &str) -> Result<(), RunError> {
-        if self.plan.iter().any(|p| p.step == step) { Ok(()) } else { Err(RunError::UnknownStep(step.to_owned())) }
+        if self.plan.iter().any(|p| p.step == step) {
+            Ok(())
+        } else {
+            Err(RunError::UnknownStep(step.to_owned()))
+        }
     }
 
     pub fn decide(&self, command: RunCommand) -> Result<Vec<RunEvent>, RunError> {
         use RunCommand as C;
         use RunEvent as E;
         Ok(match command {
-            C::Start { run_id, tenant_id, slug, tier, suspended, kind, at } => {
+            C::Start {
+                run_id,
+                tenant_id,
+                slug,
+                tier,
+                suspended,
+                kind,
+                at,
+            } => {
                 if self.status != RunStatus::Absent {
                     return Ok(vec![]); // a redelivered trigger: the run exists, nothing new
                 }
-                vec![E::ProvisioningStarted { run_id, tenant_id, slug, tier, suspended, kind, plan: kind.plan(), at }]
+                vec![E::ProvisioningStarted {
+                    run_id,
+                    tenant_id,
+                    slug,
+                    tier,
+                    suspended,
+                    kind,
+                    plan: kind.plan(),
+                    at,
+                }]
             }
             C::StepStarted { step, attempt, at } => {
                 self.live()?;
                 self.known(&step)?;
                 vec![E::StepStarted { step, attempt, at }]
             }
-            C::StepSucceeded { step, attempt, detail, removed, at } => {
+            C::StepSucceeded {
+                step,
+                attempt,
+                detail,
+                removed,
+                at,
+            } => {
                 self.live()?;
                 self.known(&step)?;
-                vec![E::StepSucceeded { step, attempt, detail, removed, at }]
+                vec![E::StepSucceeded {
+                    step,
+                    attempt,
+                    detail,
+                    removed,
+                    at,
+                }]
             }
-            C::StepFailed { step, attempt, error, permanent, at } => {
+            C::StepFailed {
+                step,
+                attempt,
+                error,
+                permanent,
+                at,
+            } => {
                 self.live()?;
                 self.known(&step)?;
-                let retry_at = (!permanent && attempt < MAX_ATTEMPTS).then(|| at + backoff(attempt, rand::random::<f64>()));
-                vec![E::StepFailed { step, attempt, error, permanent, retry_at, at }]
+                let retry_at = (!permanent && attempt < MAX_ATTEMPTS)
+                    .then(|| at + backoff(attempt, rand::random::<f64>()));
+                vec![E::StepFailed {
+                    step,
+                    attempt,
+                    error,
+                    permanent,
+                    retry_at,
+                    at,
+                }]
             }
             C::StartCompensation { reason } => {
                 self.live()?;
@@ -275,7 +435,10 @@ impl Run {
             }
             C::Complete { at } => {
                 self.live()?;
-                vec![E::ProvisioningCompleted { removed: self.removed.clone(), at }]
+                vec![E::ProvisioningCompleted {
+                    removed: self.removed.clone(),
+                    at,
+                }]
             }
             C::Fail { reason, at } => {
                 self.live()?;
@@ -306,8 +469,28 @@ impl Aggregate for Run {
 
     fn apply(&mut self, event: RunEvent) {
         match event {
-            RunEvent::ProvisioningStarted { run_id, tenant_id, slug, tier, suspended, kind, plan, at } => {
-                *self = Run { run_id, tenant_id, slug, tier, suspended, kind: Some(kind), plan, status: RunStatus::Running, started_at: Some(at), ..Run::default() };
+            RunEvent::ProvisioningStarted {
+                run_id,
+                tenant_id,
+                slug,
+                tier,
+                suspended,
+                kind,
+                plan,
+                at,
+            } => {
+                *self = Run {
+                    run_id,
+                    tenant_id,
+                    slug,
+                    tier,
+                    suspended,
+                    kind: Some(kind),
+                    plan,
+                    status: RunStatus::Running,
+                    started_at: Some(at),
+                    ..Run::default()
+                };
             }
             RunEvent::StepStarted { step, attempt, at } => {
                 let s = self.steps.entry(step).or_default();
@@ -315,14 +498,27 @@ impl Aggregate for Run {
                 s.attempts = attempt;
                 s.started_at.get_or_insert(at);
             }
-            RunEvent::StepSucceeded { step, attempt, removed, at, .. } => {
+            RunEvent::StepSucceeded {
+                step,
+                attempt,
+                removed,
+                at,
+                ..
+            } => {
                 let s = self.steps.entry(step).or_default();
                 s.status = StepStatus::Succeeded;
                 s.attempts = attempt;
                 s.finished_at = Some(at);
                 self.removed.extend(removed);
             }
-            RunEvent::StepFailed { step, attempt, error, permanent, retry_at, at } => {
+            RunEvent::StepFailed {
+                step,
+                attempt,
+                error,
+                permanent,
+                retry_at,
+                at,
+            } => {
                 let s = self.steps.entry(step).or_default();
                 s.status = StepStatus::Failed;
                 s.attempts = attempt;

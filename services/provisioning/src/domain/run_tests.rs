@@ -3,13 +3,23 @@
 use super::*;
 
 fn t0() -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339("2026-11-24T00:00:00Z").unwrap().with_timezone(&Utc)
+    DateTime::parse_from_rfc3339("2026-11-24T00:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
 fn started(kind: RunKind) -> Run {
     let mut r = Run::default();
     for e in r
-        .decide(RunCommand::Start { run_id: "r1".into(), tenant_id: "t1".into(), slug: "acme".into(), tier: "mid".into(), suspended: false, kind, at: t0() })
+        .decide(RunCommand::Start {
+            run_id: "r1".into(),
+            tenant_id: "t1".into(),
+            slug: "acme".into(),
+            tier: "mid".into(),
+            suspended: false,
+            kind,
+            at: t0(),
+        })
         .unwrap()
     {
         r.apply(e);
@@ -24,15 +34,46 @@ fn record(r: &mut Run, c: RunCommand) {
 }
 
 fn succeed(r: &mut Run, step: &str) {
-    record(r, RunCommand::StepStarted { step: step.into(), attempt: 1, at: t0() });
-    record(r, RunCommand::StepSucceeded { step: step.into(), attempt: 1, detail: serde_json::json!({}), removed: vec![], at: t0() });
+    record(
+        r,
+        RunCommand::StepStarted {
+            step: step.into(),
+            attempt: 1,
+            at: t0(),
+        },
+    );
+    record(
+        r,
+        RunCommand::StepSucceeded {
+            step: step.into(),
+            attempt: 1,
+            detail: serde_json::json!({}),
+            removed: vec![],
+            at: t0(),
+        },
+    );
 }
 
 #[test]
 fn a_provision_run_walks_its_plan_in_order_then_completes() {
     let mut r = started(RunKind::Provision);
-    for step in ["begin", "database", "messaging", "quotas", "manifests", "license", "activate"] {
-        assert_eq!(r.next(t0()), Next::Perform { step: step.into(), op: Op::Apply, attempt: 1 });
+    for step in [
+        "begin",
+        "database",
+        "messaging",
+        "quotas",
+        "manifests",
+        "license",
+        "activate",
+    ] {
+        assert_eq!(
+            r.next(t0()),
+            Next::Perform {
+                step: step.into(),
+                op: Op::Apply,
+                attempt: 1
+            }
+        );
         succeed(&mut r, step);
     }
     assert_eq!(r.next(t0()), Next::Complete);
@@ -44,18 +85,50 @@ fn a_provision_run_walks_its_plan_in_order_then_completes() {
 fn a_step_started_but_never_finished_is_run_again_after_a_crash() {
     let mut r = started(RunKind::Provision);
     succeed(&mut r, "begin");
-    record(&mut r, RunCommand::StepStarted { step: "database".into(), attempt: 1, at: t0() });
-    assert_eq!(r.next(t0()), Next::Perform { step: "database".into(), op: Op::Apply, attempt: 2 });
+    record(
+        &mut r,
+        RunCommand::StepStarted {
+            step: "database".into(),
+            attempt: 1,
+            at: t0(),
+        },
+    );
+    assert_eq!(
+        r.next(t0()),
+        Next::Perform {
+            step: "database".into(),
+            op: Op::Apply,
+            attempt: 2
+        }
+    );
 }
 
 #[test]
 fn transient_failures_wait_with_backoff_then_retry() {
     let mut r = started(RunKind::Provision);
     succeed(&mut r, "begin");
-    record(&mut r, RunCommand::StepFailed { step: "database".into(), attempt: 1, error: "timeout".into(), permanent: false, at: t0() });
-    let Next::Wait(at) = r.next(t0()) else { panic!("expected a wait, got {:?}", r.next(t0())) };
+    record(
+        &mut r,
+        RunCommand::StepFailed {
+            step: "database".into(),
+            attempt: 1,
+            error: "timeout".into(),
+            permanent: false,
+            at: t0(),
+        },
+    );
+    let Next::Wait(at) = r.next(t0()) else {
+        panic!("expected a wait, got {:?}", r.next(t0()))
+    };
     assert!(at > t0() && at <= t0() + Duration::milliseconds(300));
-    assert_eq!(r.next(at), Next::Perform { step: "database".into(), op: Op::Apply, attempt: 2 });
+    assert_eq!(
+        r.next(at),
+        Next::Perform {
+            step: "database".into(),
+            op: Op::Apply,
+            attempt: 2
+        }
+    );
     assert_eq!(r.step("database").last_error.as_deref(), Some("timeout"));
 }
 
@@ -65,26 +138,64 @@ fn a_permanent_failure_compensates_what_was_done_in_reverse_then_fails() {
     for step in ["begin", "database", "messaging"] {
         succeed(&mut r, step);
     }
-    record(&mut r, RunCommand::StepStarted { step: "quotas".into(), attempt: 1, at: t0() });
-    record(&mut r, RunCommand::StepFailed { step: "quotas".into(), attempt: 1, error: "bad".into(), permanent: true, at: t0() });
-    let Next::GiveUp { reason } = r.next(t0()) else { panic!() };
+    record(
+        &mut r,
+        RunCommand::StepStarted {
+            step: "quotas".into(),
+            attempt: 1,
+            at: t0(),
+        },
+    );
+    record(
+        &mut r,
+        RunCommand::StepFailed {
+            step: "quotas".into(),
+            attempt: 1,
+            error: "bad".into(),
+            permanent: true,
+            at: t0(),
+        },
+    );
+    let Next::GiveUp { reason } = r.next(t0()) else {
+        panic!()
+    };
     assert_eq!(reason, "quotas: bad");
     record(&mut r, RunCommand::StartCompensation { reason });
     let mut undone = Vec::new();
     while let Next::Compensate { step } = r.next(t0()) {
         undone.push(step.clone());
-        record(&mut r, RunCommand::StepCompensated { step, removed: vec![] });
+        record(
+            &mut r,
+            RunCommand::StepCompensated {
+                step,
+                removed: vec![],
+            },
+        );
     }
     // The failed step may have half-done its work: it is undone too, before the earlier ones.
     assert_eq!(undone, ["quotas", "messaging", "database"]);
-    assert_eq!(r.next(t0()), Next::Fail { reason: "quotas: bad".into() });
+    assert_eq!(
+        r.next(t0()),
+        Next::Fail {
+            reason: "quotas: bad".into()
+        }
+    );
 }
 
 #[test]
 fn too_many_transient_failures_count_as_permanent() {
     let mut r = started(RunKind::TierChange);
     for attempt in 1..=MAX_ATTEMPTS {
-        record(&mut r, RunCommand::StepFailed { step: "quotas".into(), attempt, error: "down".into(), permanent: false, at: t0() });
+        record(
+            &mut r,
+            RunCommand::StepFailed {
+                step: "quotas".into(),
+                attempt,
+                error: "down".into(),
+                permanent: false,
+                at: t0(),
+            },
+        );
     }
     assert!(matches!(r.next(t0() + Duration::days(1)), Next::GiveUp { .. }));
 }
@@ -92,12 +203,47 @@ fn too_many_transient_failures_count_as_permanent() {
 #[test]
 fn a_repeated_start_writes_nothing_and_finished_runs_refuse_records() {
     let mut r = started(RunKind::Delete);
-    let again = r.decide(RunCommand::Start { run_id: "r1".into(), tenant_id: "t1".into(), slug: "acme".into(), tier: "mid".into(), suspended: false, kind: RunKind::Delete, at: t0() });
+    let again = r.decide(RunCommand::Start {
+        run_id: "r1".into(),
+        tenant_id: "t1".into(),
+        slug: "acme".into(),
+        tier: "mid".into(),
+        suspended: false,
+        kind: RunKind::Delete,
+        at: t0(),
+    });
     assert_eq!(again, Ok(vec![]));
-    assert_eq!(r.next(t0()), Next::Perform { step: "manifests".into(), op: Op::Remove, attempt: 1 });
-    record(&mut r, RunCommand::Fail { reason: "x".into(), at: t0() });
-    assert_eq!(r.decide(RunCommand::StepStarted { step: "quotas".into(), attempt: 1, at: t0() }), Err(RunError::Finished(RunStatus::Failed)));
-    assert!(matches!(started(RunKind::Provision).decide(RunCommand::StepStarted { step: "nope".into(), attempt: 1, at: t0() }), Err(RunError::UnknownStep(_))));
+    assert_eq!(
+        r.next(t0()),
+        Next::Perform {
+            step: "manifests".into(),
+            op: Op::Remove,
+            attempt: 1
+        }
+    );
+    record(
+        &mut r,
+        RunCommand::Fail {
+            reason: "x".into(),
+            at: t0(),
+        },
+    );
+    assert_eq!(
+        r.decide(RunCommand::StepStarted {
+            step: "quotas".into(),
+            attempt: 1,
+            at: t0()
+        }),
+        Err(RunError::Finished(RunStatus::Failed))
+    );
+    assert!(matches!(
+        started(RunKind::Provision).decide(RunCommand::StepStarted {
+            step: "nope".into(),
+            attempt: 1,
+            at: t0()
+        }),
+        Err(RunError::UnknownStep(_))
+    ));
 }
 
 #[test]

@@ -64,7 +64,11 @@ impl ResourceNames {
         let dns = format!("{}{}", prefix.replace('_', "-"), slug);
         Self {
             role: format!("{schema}_app"),
-            kv_bucket: format!("{}TENANT_{}", prefix.to_uppercase(), slug.to_uppercase().replace('-', "_")),
+            kv_bucket: format!(
+                "{}TENANT_{}",
+                prefix.to_uppercase(),
+                slug.to_uppercase().replace('-', "_")
+            ),
             audit_consumer: format!("audit-{dns}"),
             redis_key: format!("keel:{prefix}quota:{tenant_id}"),
             manifest_dir: gitops_dir.join("tenants").join(&dns),

@@ -11,14 +11,19 @@ async fn as_tenant(mesh: &Mesh, t: &pb::Tenant) -> sqlx::PgConnection {
     use sqlx::Connection;
     let names = mesh.names(t);
     let master = keel_tenant::crypto::MasterKey::from_setting(None).unwrap();
-    let wrapped: Vec<u8> = sqlx::query_scalar(&format!("SELECT password_wrapped FROM test_{}_p.tenant_credentials WHERE tenant_id = $1", mesh.token))
-        .bind(&t.id)
-        .fetch_one(&mesh.pool)
-        .await
-        .unwrap();
+    let wrapped: Vec<u8> = sqlx::query_scalar(&format!(
+        "SELECT password_wrapped FROM test_{}_p.tenant_credentials WHERE tenant_id = $1",
+        mesh.token
+    ))
+    .bind(&t.id)
+    .fetch_one(&mesh.pool)
+    .await
+    .unwrap();
     let password = String::from_utf8(master.unwrap(&wrapped).unwrap()).unwrap();
     let url: sqlx::postgres::PgConnectOptions = keel_store::testing::database_url().parse().unwrap();
-    sqlx::PgConnection::connect_with(&url.username(&names.role).password(&password)).await.unwrap()
+    sqlx::PgConnection::connect_with(&url.username(&names.role).password(&password))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -26,27 +31,68 @@ async fn create_to_active_with_every_resource_and_the_whole_chain_under_one_trac
     let mesh = Mesh::start("", true).await;
     let a = mesh.create(&slug()).await;
     let b = mesh.create(&slug()).await;
-    mesh.wait_status(&a.id, pb::TenantStatus::Active, Duration::from_secs(60)).await;
-    mesh.wait_status(&b.id, pb::TenantStatus::Active, Duration::from_secs(60)).await;
+    mesh.wait_status(&a.id, pb::TenantStatus::Active, Duration::from_secs(60))
+        .await;
+    mesh.wait_status(&b.id, pb::TenantStatus::Active, Duration::from_secs(60))
+        .await;
     assert_eq!(mesh.resources(&a).await, [true; 6]);
 
     // The tenant's role can use its schema and cannot read another tenant's.
     let mut conn = as_tenant(&mesh, &a).await;
-    sqlx::query("CREATE TABLE notes (id int primary key, body text)").execute(&mut conn).await.unwrap();
-    sqlx::query("INSERT INTO notes VALUES (1, 'hello')").execute(&mut conn).await.unwrap();
-    let body: String = sqlx::query_scalar("SELECT body FROM notes").fetch_one(&mut conn).await.unwrap();
+    sqlx::query("CREATE TABLE notes (id int primary key, body text)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO notes VALUES (1, 'hello')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let body: String = sqlx::query_scalar("SELECT body FROM notes")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(body, "hello");
     let mut other = as_tenant(&mesh, &b).await;
-    sqlx::query("CREATE TABLE secrets (v text)").execute(&mut other).await.unwrap();
-    let err = sqlx::query(&format!("SELECT * FROM {}.secrets", mesh.names(&b).schema)).execute(&mut conn).await.unwrap_err();
+    sqlx::query("CREATE TABLE secrets (v text)")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let err = sqlx::query(&format!("SELECT * FROM {}.secrets", mesh.names(&b).schema))
+        .execute(&mut conn)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("permission denied"), "{err}");
 
     // Each step, with its attempts and timings.
-    let status = mesh.provisioning().await.get_status(pb::GetProvisioningStatusRequest { tenant_id: a.id.clone() }).await.unwrap().into_inner();
+    let status = mesh
+        .provisioning()
+        .await
+        .get_status(pb::GetProvisioningStatusRequest {
+            tenant_id: a.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(status.status, "completed");
     let names: Vec<&str> = status.steps.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(names, ["begin", "database", "messaging", "quotas", "manifests", "license", "activate"]);
-    assert!(status.steps.iter().all(|s| s.status == "succeeded" && s.attempts == 1 && s.started_at.is_some()));
+    assert_eq!(
+        names,
+        [
+            "begin",
+            "database",
+            "messaging",
+            "quotas",
+            "manifests",
+            "license",
+            "activate"
+        ]
+    );
+    assert!(
+        status
+            .steps
+            .iter()
+            .all(|s| s.status == "succeeded" && s.attempts == 1 && s.started_at.is_some())
+    );
 
     // One trace from the create call to ACTIVE, in the tenant's timeline.
     let timeline = mesh.timeline.as_ref().unwrap();
@@ -54,37 +100,81 @@ async fn create_to_active_with_every_resource_and_the_whole_chain_under_one_trac
         mesh.tenant.channel().await.unwrap(),
         keel_e2e::Bearer(Some(mesh.operator.clone())),
     )
-    .issue_token(pb::IssueTokenRequest { tenant_id: a.id.clone(), subject: "reader".into(), scopes: vec!["timeline:read".into()], ttl_seconds: 600 })
+    .issue_token(pb::IssueTokenRequest {
+        tenant_id: a.id.clone(),
+        subject: "reader".into(),
+        scopes: vec!["timeline:read".into()],
+        ttl_seconds: 600,
+    })
     .await
     .unwrap()
     .into_inner()
     .token;
-    let tl = TimelineServiceClient::with_interceptor(timeline.channel().await.unwrap(), keel_e2e::Bearer(Some(reader)));
+    let tl = TimelineServiceClient::with_interceptor(
+        timeline.channel().await.unwrap(),
+        keel_e2e::Bearer(Some(reader)),
+    );
     let created = eventually("TenantCreated in the timeline", Duration::from_secs(30), || {
         let mut tl = tl.clone();
         let id = a.id.clone();
         async move {
-            let r = tl.query_timeline(pb::QueryTimelineRequest { tenant_id: id, query: "kind:tenant.TenantCreated".into(), ..Default::default() }).await.ok()?;
+            let r = tl
+                .query_timeline(pb::QueryTimelineRequest {
+                    tenant_id: id,
+                    query: "kind:tenant.TenantCreated".into(),
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
             r.into_inner().events.into_iter().next()
         }
     })
     .await;
     assert_eq!(created.trace_id.len(), 32);
-    let kinds = eventually("the whole chain under the create trace", Duration::from_secs(30), || {
-        let mut tl = tl.clone();
-        let (id, trace) = (a.id.clone(), created.trace_id.clone());
-        async move {
-            let ev = tl.trace_events(pb::TraceEventsRequest { tenant_id: id, trace_id: trace }).await.ok()?.into_inner().events;
-            let kinds: Vec<String> = ev.into_iter().map(|e| e.kind).collect();
-            kinds.contains(&"tenant.TenantActivated".to_owned()).then_some(kinds)
-        }
-    })
+    let kinds = eventually(
+        "the whole chain under the create trace",
+        Duration::from_secs(30),
+        || {
+            let mut tl = tl.clone();
+            let (id, trace) = (a.id.clone(), created.trace_id.clone());
+            async move {
+                let ev = tl
+                    .trace_events(pb::TraceEventsRequest {
+                        tenant_id: id,
+                        trace_id: trace,
+                    })
+                    .await
+                    .ok()?
+                    .into_inner()
+                    .events;
+                let kinds: Vec<String> = ev.into_iter().map(|e| e.kind).collect();
+                kinds
+                    .contains(&"tenant.TenantActivated".to_owned())
+                    .then_some(kinds)
+            }
+        },
+    )
     .await;
     assert_eq!(kinds.first().map(String::as_str), Some("tenant.TenantCreated"));
-    for step in ["provisioning.ProvisioningStarted", "provisioning.StepSucceeded", "tenant.TenantProvisioningStarted", "tenant.LicenseIssued", "provisioning.ProvisioningCompleted"] {
-        assert!(kinds.contains(&step.to_owned()), "{step} missing from the trace: {kinds:?}");
+    for step in [
+        "provisioning.ProvisioningStarted",
+        "provisioning.StepSucceeded",
+        "tenant.TenantProvisioningStarted",
+        "tenant.LicenseIssued",
+        "provisioning.ProvisioningCompleted",
+    ] {
+        assert!(
+            kinds.contains(&step.to_owned()),
+            "{step} missing from the trace: {kinds:?}"
+        );
     }
-    assert_eq!(kinds.iter().filter(|k| *k == "provisioning.StepSucceeded").count(), 7);
+    assert_eq!(
+        kinds
+            .iter()
+            .filter(|k| *k == "provisioning.StepSucceeded")
+            .count(),
+        7
+    );
     mesh.cleanup().await;
 }
 
@@ -92,16 +182,35 @@ async fn create_to_active_with_every_resource_and_the_whole_chain_under_one_trac
 async fn deletion_removes_every_resource_and_reports_it() {
     let mesh = Mesh::start("", false).await;
     let t = mesh.create(&slug()).await;
-    mesh.wait_status(&t.id, pb::TenantStatus::Active, Duration::from_secs(60)).await;
+    mesh.wait_status(&t.id, pb::TenantStatus::Active, Duration::from_secs(60))
+        .await;
     assert_eq!(mesh.resources(&t).await, [true; 6]);
-    mesh.tenants().await.delete_tenant(pb::DeleteTenantRequest { tenant: Some(by_id(&t.id)) }).await.unwrap();
-    mesh.wait_status(&t.id, pb::TenantStatus::Deleted, Duration::from_secs(60)).await;
+    mesh.tenants()
+        .await
+        .delete_tenant(pb::DeleteTenantRequest {
+            tenant: Some(by_id(&t.id)),
+        })
+        .await
+        .unwrap();
+    mesh.wait_status(&t.id, pb::TenantStatus::Deleted, Duration::from_secs(60))
+        .await;
     assert_eq!(mesh.resources(&t).await, [false; 6]);
-    let run = mesh.provisioning().await.get_status(pb::GetProvisioningStatusRequest { tenant_id: t.id.clone() }).await.unwrap().into_inner();
+    let run = mesh
+        .provisioning()
+        .await
+        .get_status(pb::GetProvisioningStatusRequest {
+            tenant_id: t.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!((run.kind.as_str(), run.status.as_str()), ("delete", "completed"));
     let removed = run.removed.join(" ");
     for what in ["schema", "role", ".yaml"] {
-        assert!(removed.contains(what) || removed.to_lowercase().contains(what), "{what} not reported as removed: {removed}");
+        assert!(
+            removed.contains(what) || removed.to_lowercase().contains(what),
+            "{what} not reported as removed: {removed}"
+        );
     }
     mesh.cleanup().await;
 }
@@ -110,26 +219,56 @@ async fn deletion_removes_every_resource_and_reports_it() {
 async fn suspension_blocks_credentials_and_reactivation_restores_them_and_tier_change_reapplies() {
     let mesh = Mesh::start("", false).await;
     let t = mesh.create(&slug()).await;
-    mesh.wait_status(&t.id, pb::TenantStatus::Active, Duration::from_secs(60)).await;
+    mesh.wait_status(&t.id, pb::TenantStatus::Active, Duration::from_secs(60))
+        .await;
     let mut api = mesh.tenants().await;
-    api.suspend_tenant(pb::SuspendTenantRequest { tenant: Some(by_id(&t.id)), reason: "unpaid".into() }).await.unwrap();
+    api.suspend_tenant(pb::SuspendTenantRequest {
+        tenant: Some(by_id(&t.id)),
+        reason: "unpaid".into(),
+    })
+    .await
+    .unwrap();
     let role = mesh.names(&t).role;
     let can_login = |pool: sqlx::PgPool, role: String| async move {
-        sqlx::query_scalar::<_, bool>("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1").bind(role).fetch_one(&pool).await.unwrap()
+        sqlx::query_scalar::<_, bool>("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
+            .bind(role)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
     };
-    eventually("role blocked", Duration::from_secs(30), || async { (!can_login(mesh.pool.clone(), role.clone()).await).then_some(()) }).await;
+    eventually("role blocked", Duration::from_secs(30), || async {
+        (!can_login(mesh.pool.clone(), role.clone()).await).then_some(())
+    })
+    .await;
     let helm = std::fs::read_to_string(mesh.names(&t).manifest_dir.join("helmrelease.yaml")).unwrap();
     assert!(helm.contains("replicaCount: 0"), "{helm}");
-    api.reactivate_tenant(pb::ReactivateTenantRequest { tenant: Some(by_id(&t.id)) }).await.unwrap();
-    eventually("role restored", Duration::from_secs(30), || async { can_login(mesh.pool.clone(), role.clone()).await.then_some(()) }).await;
-    api.change_tier(pb::ChangeTierRequest { tenant: Some(by_id(&t.id)), tier: pb::Tier::Business as i32 }).await.unwrap();
+    api.reactivate_tenant(pb::ReactivateTenantRequest {
+        tenant: Some(by_id(&t.id)),
+    })
+    .await
+    .unwrap();
+    eventually("role restored", Duration::from_secs(30), || async {
+        can_login(mesh.pool.clone(), role.clone()).await.then_some(())
+    })
+    .await;
+    api.change_tier(pb::ChangeTierRequest {
+        tenant: Some(by_id(&t.id)),
+        tier: pb::Tier::Business as i32,
+    })
+    .await
+    .unwrap();
     let key = mesh.names(&t).redis_key;
     let mut redis = mesh.redis.clone();
     eventually("quotas re-applied for business", Duration::from_secs(30), || {
         let mut redis = redis.clone();
         let key = key.clone();
         async move {
-            let tier: Option<String> = redis::cmd("HGET").arg(&key).arg("tier").query_async(&mut redis).await.ok()?;
+            let tier: Option<String> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("tier")
+                .query_async(&mut redis)
+                .await
+                .ok()?;
             (tier.as_deref() == Some("business")).then_some(())
         }
     })
@@ -163,7 +302,8 @@ async fn fifty_tenants_created_at_once_all_become_active() {
         tenants.push(h.await.unwrap());
     }
     for t in &tenants {
-        mesh.wait_status(&t.id, pb::TenantStatus::Active, Duration::from_secs(180)).await;
+        mesh.wait_status(&t.id, pb::TenantStatus::Active, Duration::from_secs(180))
+            .await;
     }
     mesh.cleanup().await;
 }

@@ -136,13 +136,26 @@ async fn full_lifecycle_over_grpc_with_events_and_audit_records() {
     assert!(created_env["traceparent"].as_str().unwrap().starts_with("00-"));
 
     // Every envelope and its data conform to the published schemas (schemas/).
-    let envelope_schema = jsonschema::validator_for(&serde_json::from_str(keel_events::catalog::ENVELOPE_SCHEMA).unwrap()).unwrap();
+    let envelope_schema =
+        jsonschema::validator_for(&serde_json::from_str(keel_events::catalog::ENVELOPE_SCHEMA).unwrap())
+            .unwrap();
     for (subject, env) in w.stream(StreamKind::Events).await {
-        assert!(envelope_schema.is_valid(&env), "{subject}: envelope does not match schemas/envelope.json");
-        let entry = keel_events::catalog::lookup_type(env["type"].as_str().unwrap()).expect("event type in the catalog");
+        assert!(
+            envelope_schema.is_valid(&env),
+            "{subject}: envelope does not match schemas/envelope.json"
+        );
+        let entry = keel_events::catalog::lookup_type(env["type"].as_str().unwrap())
+            .expect("event type in the catalog");
         let data_schema = jsonschema::validator_for(&entry.schema_json().unwrap()).unwrap();
-        let errors: Vec<String> = data_schema.iter_errors(&env["data"]).map(|e| e.to_string()).collect();
-        assert!(errors.is_empty(), "{subject}: data does not match {}: {errors:?}", entry.schema_path());
+        let errors: Vec<String> = data_schema
+            .iter_errors(&env["data"])
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{subject}: data does not match {}: {errors:?}",
+            entry.schema_path()
+        );
     }
 
     // And an audit record per state-changing call on KEEL_AUDIT.
