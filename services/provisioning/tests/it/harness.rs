@@ -226,32 +226,9 @@ impl Mesh {
             let _ = t.terminate().await;
         }
         let _ = self.tenant.terminate().await;
-        let schemas: Vec<String> =
-            sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1")
-                .bind(format!("%{}%", self.token))
-                .fetch_all(&self.pool)
-                .await
-                .unwrap_or_default();
-        for s in schemas {
-            let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE"))
-                .execute(&self.pool)
-                .await;
+        if let Err(e) = keel_e2e::drop_everything(&self.token).await {
+            eprintln!("cleanup of {} incomplete: {e}", self.token);
         }
-        let roles: Vec<String> =
-            sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1")
-                .bind(format!("%{}%", self.token))
-                .fetch_all(&self.pool)
-                .await
-                .unwrap_or_default();
-        for r in roles {
-            let _ = sqlx::query(&format!("DROP OWNED BY \"{r}\""))
-                .execute(&self.pool)
-                .await;
-            let _ = sqlx::query(&format!("DROP ROLE IF EXISTS \"{r}\""))
-                .execute(&self.pool)
-                .await;
-        }
-        let _ = self.bus.delete_streams().await;
         let _ = std::fs::remove_dir_all(&self.gitops);
     }
 }
