@@ -156,7 +156,7 @@ pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
     if !built.iter().any(|b| b == name) {
         let release = dir.file_name().is_some_and(|d| d == "release");
         let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "--bin", name]);
+        cmd.args(["build", "-p", name, "--bin", name]);
         if release {
             cmd.arg("--release");
         }

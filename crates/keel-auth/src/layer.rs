@@ -84,7 +84,14 @@ impl AuthConfig {
 #[derive(Clone)]
 pub struct AuthLayer {
     shared: Arc<AuthConfig>,
+    /// Tokens whose signature was already checked: the same bytes verify the same way, so a
+    /// client that sends one token many times pays for Ed25519 once. Expiry and the availability
+    /// of the signing key in the JWKS are still checked on every call.
+    verified: Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], Claims>>>,
 }
+
+/// Bound on remembered tokens; the map is emptied when it is full.
+const VERIFIED_CACHE: usize = 10_000;
 
 impl std::fmt::Debug for AuthLayer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -113,6 +120,7 @@ impl AuthLayer {
         }
         AuthLayer {
             shared: Arc::new(config),
+            verified: Arc::default(),
         }
     }
 
@@ -124,19 +132,42 @@ impl AuthLayer {
             .any(|p| path.starts_with(p.as_str()))
     }
 
+    async fn verify(&self, token: &str) -> crate::Result<Claims> {
+        let cfg = &self.shared;
+        let now = unix_now();
+        let digest: [u8; 32] = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(token.as_bytes())).into();
+        let remembered = self.verified.lock().ok().and_then(|m| m.get(&digest).cloned());
+        if let Some(claims) = remembered {
+            let kid = crate::verify::decode_kid(token)?;
+            // The key must still be published and usable (JWKS outage rules apply as before).
+            let set = cfg.jwks.key_set_for(&kid).await?;
+            if !set.contains(&kid) {
+                return Err(crate::AuthError::UnknownKey { kid });
+            }
+            if claims.exp + DEFAULT_LEEWAY_SECS <= now {
+                return Err(crate::AuthError::Expired);
+            }
+            return Ok(claims);
+        }
+        let claims: Claims = cfg.jwks.verify(token, now, DEFAULT_LEEWAY_SECS).await?;
+        if let Ok(mut m) = self.verified.lock() {
+            if m.len() >= VERIFIED_CACHE {
+                m.clear();
+            }
+            m.insert(digest, claims.clone());
+        }
+        Ok(claims)
+    }
+
     /// Verifies the bearer token in `headers` and applies the rate limit; the error is the
     /// status to answer with.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Status> {
         let cfg = &self.shared;
         let token = bearer(headers).ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
-        let claims: Claims = cfg
-            .jwks
-            .verify(token, unix_now(), DEFAULT_LEEWAY_SECS)
-            .await
-            .map_err(|e| {
-                tracing::debug!(error = %e, "token rejected");
-                Status::from(e)
-            })?;
+        let claims = self.verify(token).await.map_err(|e| {
+            tracing::debug!(error = %e, "token rejected");
+            Status::from(e)
+        })?;
         let principal = Principal::new(claims);
         if let Some(limiter) = &cfg.limiter
             && principal.claims.tenant != "*"

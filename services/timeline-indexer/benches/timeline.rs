@@ -101,8 +101,8 @@ pub struct World {
     tenant_channel: Channel,
 }
 
-/// `keel_e2e::binary` builds a missing binary with `cargo build --bin`, which from this package's
-/// directory only sees this package's binaries; build another package's with `-p`.
+/// `keel_e2e::binary`, or, where that fails, `cargo build -p <package>`: a plain `cargo build
+/// --bin` run from this package's directory sees only this package's binaries.
 fn sibling_binary(package: &str) -> Result<PathBuf> {
     if let Ok(path) = keel_e2e::binary(package) {
         return Ok(path);
@@ -236,6 +236,28 @@ impl World {
                 .fetch_one(&self.db)
                 .await?,
         )
+    }
+
+    /// How the runner batched the rows matching `filter`: a batch is one transaction, so its rows
+    /// share a tx_id. Returns the row count and a description.
+    pub async fn runner_batches(&self, filter: &str) -> Result<(i64, String)> {
+        let table = self.live_table().await?;
+        keel_timeline::store::ddl::check_name(&table)?;
+        let (rows, txs, p50, p90, max): (i64, i64, i64, i64, i64) = sqlx::query_as(&format!(
+            "SELECT coalesce(sum(n), 0)::bigint, count(*), \
+                    coalesce(percentile_disc(0.5) WITHIN GROUP (ORDER BY n), 0), \
+                    coalesce(percentile_disc(0.9) WITHIN GROUP (ORDER BY n), 0), coalesce(max(n), 0) \
+             FROM (SELECT count(*) AS n FROM {table} WHERE {filter} GROUP BY tx_id) b"
+        ))
+        .fetch_one(&self.db)
+        .await?;
+        let mean = rows as f64 / txs.max(1) as f64;
+        Ok((
+            rows,
+            format!(
+                "{rows} rows in {txs} runner transactions (rows each: mean {mean:.1}, p50 {p50}, p90 {p90}, max {max})"
+            ),
+        ))
     }
 
     async fn cleanup(mut self, extra_schemas: &[String]) -> Result<()> {

@@ -158,8 +158,9 @@ impl TimelineService for TimelineApi {
         tenant("tenant_id", &r.tenant_id)?;
         let from = r.from.as_ref().map(|t| from_ts("from", t)).transpose()?;
         let to = r.to.as_ref().map(|t| from_ts("to", t)).transpose()?;
-        let last =
-            r.last.as_ref().map(|d| chrono::Duration::seconds(d.seconds) + chrono::Duration::nanoseconds(i64::from(d.nanos)));
+        let last = r.last.as_ref().map(|d| {
+            chrono::Duration::seconds(d.seconds) + chrono::Duration::nanoseconds(i64::from(d.nanos))
+        });
         let range = TimeRange::new(from, to, last, Utc::now()).map_err(Error::from)?;
         let filter = filter_of(r.filter.as_ref(), &r.query)?;
         let page = r.page.clone().unwrap_or_default();

@@ -236,17 +236,8 @@ pub async fn run(w: &World, schema: &str, run_for: Duration, every: u64) -> Resu
         visible.ms(50.0) - on_stream.ms(50.0),
         visible.ms(99.0) - on_stream.ms(99.0)
     );
-    let table = w.live_table().await?;
-    keel_timeline::store::ddl::check_name(&table)?;
-    let (rows, batches): (i64, i64) = sqlx::query_as(&format!(
-        "SELECT count(*), count(DISTINCT tx_id) FROM {table} WHERE actor = 'user:bench'"
-    ))
-    .fetch_one(&w.db)
-    .await?;
-    println!(
-        "the runner wrote these {rows} rows in {batches} transactions ({:.1} rows each)",
-        rows as f64 / batches.max(1) as f64
-    );
+    let (_, batches) = w.runner_batches("actor = 'user:bench'").await?;
+    println!("these events in the timeline: {batches}");
     Ok(Latency {
         visible_p99: visible.ms(99.0),
         stream_p99: on_stream.ms(99.0),
