@@ -260,9 +260,11 @@ impl<P: Projection> ProjectionRunner<P> {
                 return Err(self.fail("message stream ended"));
             };
             let mut batch = vec![first.map_err(|e| self.fail(e))?];
-            // Take whatever else is already here, without waiting.
+            // Take whatever else is already here, without waiting. Outside tokio's cooperative
+            // budget: inside it, a ready channel answers Pending after 128 polls and batches
+            // would be capped at 128 whatever the batch size.
             while batch.len() < batch_size {
-                match messages.next().now_or_never() {
+                match tokio::task::unconstrained(messages.next()).now_or_never() {
                     Some(Some(Ok(m))) => batch.push(m),
                     Some(Some(Err(e))) => return Err(self.fail(e)),
                     Some(None) | None => break,
