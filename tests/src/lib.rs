@@ -173,16 +173,32 @@ pub fn binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
 /// PostgreSQL schemas and roles whose names contain it, JetStream streams (including KV
 /// buckets) whose names contain it in any case, and Redis keys under `keel:<token>_`.
 pub async fn drop_everything(token: &str) -> anyhow::Result<()> {
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&keel_store::testing::database_url()).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&keel_store::testing::database_url())
+        .await?;
     let like = format!("%{token}%");
-    let schemas: Vec<String> = sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1").bind(&like).fetch_all(&pool).await?;
+    let schemas: Vec<String> =
+        sqlx::query_scalar("SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1")
+            .bind(&like)
+            .fetch_all(&pool)
+            .await?;
     for s in schemas {
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE")).execute(&pool).await?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{s}\" CASCADE"))
+            .execute(&pool)
+            .await?;
     }
-    let roles: Vec<String> = sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1").bind(&like).fetch_all(&pool).await?;
+    let roles: Vec<String> = sqlx::query_scalar("SELECT rolname::text FROM pg_roles WHERE rolname LIKE $1")
+        .bind(&like)
+        .fetch_all(&pool)
+        .await?;
     for r in roles {
-        sqlx::query(&format!("DROP OWNED BY \"{r}\"")).execute(&pool).await?;
-        sqlx::query(&format!("DROP ROLE IF EXISTS \"{r}\"")).execute(&pool).await?;
+        sqlx::query(&format!("DROP OWNED BY \"{r}\""))
+            .execute(&pool)
+            .await?;
+        sqlx::query(&format!("DROP ROLE IF EXISTS \"{r}\""))
+            .execute(&pool)
+            .await?;
     }
     pool.close().await;
     let client = async_nats::connect(keel_store::testing::nats_url()).await?;
@@ -200,7 +216,10 @@ pub async fn drop_everything(token: &str) -> anyhow::Result<()> {
     }
     let redis = redis::Client::open(keel_store::testing::redis_url())?;
     let mut conn = redis.get_multiplexed_async_connection().await?;
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("keel:{token}_*")).query_async(&mut conn).await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("keel:{token}_*"))
+        .query_async(&mut conn)
+        .await?;
     if !keys.is_empty() {
         let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await?;
     }

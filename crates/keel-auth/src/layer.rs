@@ -135,7 +135,8 @@ impl AuthLayer {
     async fn verify(&self, token: &str) -> crate::Result<Claims> {
         let cfg = &self.shared;
         let now = unix_now();
-        let digest: [u8; 32] = sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(token.as_bytes())).into();
+        let digest: [u8; 32] =
+            sha2::Digest::finalize(<sha2::Sha256 as sha2::Digest>::new_with_prefix(token.as_bytes())).into();
         let remembered = self.verified.lock().ok().and_then(|m| m.get(&digest).cloned());
         if let Some(claims) = remembered {
             let kid = crate::verify::decode_kid(token)?;

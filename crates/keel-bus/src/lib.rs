@@ -60,6 +60,8 @@ impl Bus {
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(10))
             .max_ack_inflight(20_000)
+            // Over the limit a publisher waits for a permit instead of failing.
+            .backpressure_on_inflight(true)
             .build(client.clone());
         Ok(Self {
             client,

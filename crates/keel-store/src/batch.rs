@@ -1,10 +1,11 @@
 //! Group commit for the repository (the dataloader pattern).
 //!
-//! Every `persist` without a snapshot and every event load goes through a [`Dispatcher`]: a
-//! background task that takes the requests waiting in its queue and runs them as one statement,
-//! with at most a few statements of its kind in flight. A request that arrives while a slot is
-//! free runs at once, alone; requests that arrive while every slot is busy wait for the next one
-//! and share it, so under load one round trip and one commit serve many commands instead of one.
+//! Every `persist` without a snapshot and every event load goes through a [`Dispatcher`], which
+//! keeps at most a few statements of its kind in flight. A request that finds a slot free and
+//! nobody waiting runs at once, alone, on the caller's task (no hand-off: nothing added at low
+//! concurrency). Requests that arrive while every slot is busy queue up for a background task,
+//! which takes all of them (up to a weight limit) as one group when a slot frees and runs the
+//! group as one statement, so under load one round trip and one commit serve many commands.
 //!
 //! The task is spawned on first use, on the runtime of that first caller, and stops when the
 //! last clone of its repository is dropped.
@@ -13,6 +14,7 @@ pub(crate) mod append;
 pub(crate) mod load;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use cqrs_es::persist::PersistenceError;
@@ -20,7 +22,6 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 /// How a kind of request is grouped and run.
 pub(crate) trait Grouped: Send + 'static {
-    const KIND: usize;
     type Output: Send + 'static;
     /// The size of a request toward [`Limits::max_weight`] (events for appends, keys for loads).
     fn weight(&self) -> usize;
@@ -57,6 +58,10 @@ pub(crate) struct Dispatcher<R: Grouped> {
     pool: sqlx::PgPool,
     limits: Limits,
     queue: OnceLock<mpsc::UnboundedSender<Pending<R>>>,
+    /// Statements running now, at most `limits.in_flight`.
+    slots: Arc<Semaphore>,
+    /// Requests sent to the task and not yet part of a running group.
+    queued: Arc<AtomicUsize>,
 }
 
 impl<R: Grouped> std::fmt::Debug for Dispatcher<R> {
@@ -73,19 +78,33 @@ impl<R: Grouped> Dispatcher<R> {
             pool,
             limits,
             queue: OnceLock::new(),
+            slots: Arc::new(Semaphore::new(limits.in_flight.max(1))),
+            queued: Arc::default(),
         }
     }
 
-    /// Queues `request` and waits for its outcome.
+    /// Runs `request` at once if a slot is free and nobody waits, else queues it for the next
+    /// group; waits for its outcome either way.
     pub async fn call(&self, request: R) -> Result<R::Output, PersistenceError> {
         let (reply, outcome) = oneshot::channel();
         let pending = Pending { request, reply };
+        if self.queued.load(Ordering::Acquire) == 0
+            && let Ok(slot) = self.slots.clone().try_acquire_owned()
+        {
+            // The common case when idle: no hand-off to another task, no added latency.
+            R::run(self.pool.clone(), vec![pending]).await;
+            drop(slot);
+            return outcome.await.unwrap_or_else(|_| Err(stopped()));
+        }
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(dispatch(self.pool.clone(), rx, self.limits));
+            let (pool, slots, queued) = (self.pool.clone(), self.slots.clone(), self.queued.clone());
+            tokio::spawn(dispatch(pool, rx, slots, queued, self.limits.max_weight));
             tx
         });
+        self.queued.fetch_add(1, Ordering::AcqRel);
         if let Err(mpsc::error::SendError(pending)) = queue.send(pending) {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
             // The task is gone with the runtime that spawned it: run this request here, alone.
             R::run(self.pool.clone(), vec![pending]).await;
         }
@@ -100,9 +119,10 @@ fn stopped() -> PersistenceError {
 async fn dispatch<R: Grouped>(
     pool: sqlx::PgPool,
     mut queue: mpsc::UnboundedReceiver<Pending<R>>,
-    limits: Limits,
+    slots: Arc<Semaphore>,
+    queued: Arc<AtomicUsize>,
+    max_weight: usize,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.in_flight.max(1)));
     let mut carried: Option<Pending<R>> = None;
     loop {
         let first = match carried.take() {
@@ -118,65 +138,23 @@ async fn dispatch<R: Grouped>(
         };
         let mut weight = first.request.weight();
         let mut group = vec![first];
-        while weight < limits.max_weight {
+        while weight < max_weight {
             let Ok(next) = queue.try_recv() else { break };
             let w = next.request.weight();
-            if weight + w > limits.max_weight {
+            if weight + w > max_weight {
                 carried = Some(next);
                 break;
             }
             weight += w;
             group.push(next);
         }
+        queued.fetch_sub(group.len(), Ordering::AcqRel);
         let pool = pool.clone();
-        let n = group.len() as u64;
         tokio::spawn(async move {
-            let t = std::time::Instant::now();
             R::run(pool, group).await;
-            DBG[R::KIND].0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            DBG[R::KIND].1.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            DBG[R::KIND].2.fetch_add(
-                t.elapsed().as_micros() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
             drop(slot);
         });
     }
-}
-
-// TEMP
-pub static DBG: [(
-    std::sync::atomic::AtomicU64,
-    std::sync::atomic::AtomicU64,
-    std::sync::atomic::AtomicU64,
-); 2] = [
-    (
-        std::sync::atomic::AtomicU64::new(0),
-        std::sync::atomic::AtomicU64::new(0),
-        std::sync::atomic::AtomicU64::new(0),
-    ),
-    (
-        std::sync::atomic::AtomicU64::new(0),
-        std::sync::atomic::AtomicU64::new(0),
-        std::sync::atomic::AtomicU64::new(0),
-    ),
-];
-/// TEMP
-pub fn debug_take() -> String {
-    use std::sync::atomic::Ordering::Relaxed;
-    let f = |i: usize| {
-        let (g, n, us) = (
-            DBG[i].0.swap(0, Relaxed),
-            DBG[i].1.swap(0, Relaxed),
-            DBG[i].2.swap(0, Relaxed),
-        );
-        format!(
-            "groups={g} avg_size={:.2} avg_us={:.0}",
-            n as f64 / g.max(1) as f64,
-            us as f64 / g.max(1) as f64
-        )
-    };
-    format!("append[{}] load[{}]", f(0), f(1))
 }
 
 /// An error for each of several callers from one failed statement (errors are not `Clone`).

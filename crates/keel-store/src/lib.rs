@@ -5,8 +5,7 @@
 //!
 //! Start from [`Store::connect`].
 
-#[doc(hidden)]
-pub mod batch;
+mod batch;
 pub mod envelope;
 pub mod error;
 pub mod metadata;

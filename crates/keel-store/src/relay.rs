@@ -3,26 +3,39 @@
 //! A `bigserial` position alone skips events: transaction A takes position 10, B takes 11 and
 //! commits first; a reader that has seen 11 never goes back for 10. The relay therefore reads in
 //! `(tx_id, global_position)` order and only below the oldest transaction still running
-//! (`pg_snapshot_xmin`), so nothing can later appear behind its cursor. It publishes a batch with
-//! `Nats-Msg-Id` = event id, awaits every ack, and only then stores its checkpoint: a crash in
-//! between republishes, and JetStream's dedupe window drops the copies.
+//! (`pg_snapshot_xmin`), so nothing can later appear behind its cursor. It publishes each batch
+//! with `Nats-Msg-Id` = event id and stores the checkpoint of a batch only once every ack of it
+//! and of every batch before it has arrived: a crash in between republishes, and JetStream's
+//! dedupe window drops the copies.
+//!
+//! Batches are pipelined: while JetStream stores batch N and its acks come back, the relay
+//! already polls and publishes batch N+1 (up to [`RelayConfig::pipeline_depth`] batches in
+//! flight), all on one NATS connection, so the stream receives them in commit order.
 //!
 //! One relay per service schema publishes at a time: each holds a session-level PostgreSQL
 //! advisory lock on its own connection, and runs every query on that connection, so a relay
 //! whose connection dies stops publishing at the moment it loses the lock.
 
+mod ack_log;
+mod message;
+mod outbox;
+
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use keel_bus::{Bus, Outgoing, headers};
-use keel_events::subjects;
-use sqlx::{Connection, PgConnection, Row};
+use async_nats::jetstream::context::PublishAckFuture;
+use keel_bus::Bus;
+use sqlx::{Connection, PgConnection};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-use crate::envelope::{STORED_EVENT_COLUMNS, StoredEvent};
+pub use ack_log::AckLog;
+pub use outbox::{poll, read_checkpoint, save_checkpoint};
+
+use crate::envelope::StoredEvent;
 use crate::{Result, Store};
 
 #[derive(Clone, Debug)]
@@ -31,19 +44,29 @@ pub struct RelayConfig {
     pub name: String,
     /// Events per poll (and per checkpoint), 1..=10_000.
     pub batch_size: i64,
+    /// Batches published whose acks the relay has not yet seen, 1..=4. With 2, the relay polls
+    /// and publishes a batch while the previous one is being stored and acked. Keep
+    /// `batch_size × pipeline_depth` well below the bus's `max_ack_inflight`, which every
+    /// publisher of the bus shares.
+    pub pipeline_depth: usize,
     /// Pause after an empty poll.
     pub idle_poll: Duration,
     /// Pause between attempts to take the lock while another relay holds it.
     pub standby_poll: Duration,
+    /// When set, the relay records when each event's JetStream ack reached it (diagnostics and
+    /// benchmarks: commit → ack latency).
+    pub ack_log: Option<Arc<AckLog>>,
 }
 
 impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             name: "jetstream".to_owned(),
-            batch_size: 1000,
+            batch_size: 2000,
+            pipeline_depth: 2,
             idle_poll: Duration::from_millis(5),
             standby_poll: Duration::from_millis(500),
+            ack_log: None,
         }
     }
 }
@@ -150,7 +173,7 @@ impl Relay {
         // session and PostgreSQL releases the lock (a pooled one would keep it alive).
         let mut conn = PgConnection::connect_with(self.store.connect_options()).await?;
         loop {
-            if try_lock(&mut conn, self.store.schema(), &self.config.name).await? {
+            if outbox::try_lock(&mut conn, self.store.schema(), &self.config.name).await? {
                 break;
             }
             tokio::select! {
@@ -158,40 +181,56 @@ impl Relay {
                 () = tokio::time::sleep(self.config.standby_poll) => {}
             }
         }
+        outbox::async_checkpoints(&mut conn).await?;
         self.stats.is_leader.store(true, Ordering::SeqCst);
         tracing::info!(relay = %self.config.name, schema = %self.store.schema(), "relay is leader");
         let result = self.relay_loop(&mut conn, shutdown).await;
         // Closing the connection releases the session lock even if the unlock fails.
-        let _ = unlock(&mut conn, self.store.schema(), &self.config.name).await;
+        let _ = outbox::unlock(&mut conn, self.store.schema(), &self.config.name).await;
         let _ = conn.close().await;
         result
     }
 
     async fn relay_loop(&self, conn: &mut PgConnection, shutdown: &CancellationToken) -> Result<()> {
-        let mut cursor = read_checkpoint(conn, &self.config.name).await?;
+        let name = &self.config.name;
+        let (limit, depth) = (
+            self.config.batch_size.clamp(1, 10_000),
+            self.config.pipeline_depth.clamp(1, 4),
+        );
+        let checkpoint = read_checkpoint(conn, name).await?;
         self.stats
             .checkpoint_position
-            .store(cursor.global_position, Ordering::Relaxed);
+            .store(checkpoint.global_position, Ordering::Relaxed);
+        // Where the next poll starts: past the last batch published, acked or not.
+        let mut polled = checkpoint;
+        let mut in_flight: VecDeque<(Cursor, Sent)> = VecDeque::new();
         while !shutdown.is_cancelled() {
-            let batch = poll(conn, cursor, self.config.batch_size.clamp(1, 10_000)).await?;
+            let batch = poll(conn, polled, limit).await?;
             self.stats.polls.fetch_add(1, Ordering::SeqCst);
-            let Some(last) = batch.last() else {
+            if let Some(last) = batch.last() {
+                polled = Cursor {
+                    tx_id: last.tx_id,
+                    global_position: last.global_position,
+                };
+                in_flight.push_back((polled, self.send(&batch).await?));
+                if in_flight.len() < depth {
+                    continue;
+                }
+            } else if in_flight.is_empty() {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(self.config.idle_poll) => {}
                 }
                 continue;
-            };
-            let next = Cursor {
-                tx_id: last.tx_id,
-                global_position: last.global_position,
-            };
-            self.publish(&batch).await?;
-            save_checkpoint(conn, &self.config.name, next).await?;
-            cursor = next;
-            self.stats
-                .checkpoint_position
-                .store(cursor.global_position, Ordering::Relaxed);
+            }
+            // The oldest batch: its acks, then its checkpoint, strictly in order.
+            if let Some((cursor, sent)) = in_flight.pop_front() {
+                self.settle(conn, cursor, sent).await?;
+            }
+        }
+        // Shutting down: what was published gets its checkpoint, so a successor does not resend it.
+        while let Some((cursor, sent)) = in_flight.pop_front() {
+            self.settle(conn, cursor, sent).await?;
         }
         Ok(())
     }
@@ -199,130 +238,82 @@ impl Relay {
     /// Publishes a batch and waits for every ack. Events that cannot be enveloped go to the DLQ
     /// (with the reason) instead of stalling the relay for ever.
     pub async fn publish(&self, batch: &[StoredEvent]) -> Result<()> {
+        self.send(batch).await?.acked().await
+    }
+
+    /// Publishes a batch; its acks are awaited (and counted) by a task of their own.
+    async fn send(&self, batch: &[StoredEvent]) -> Result<Sent> {
         let prefix = self.bus.subject_prefix();
+        let service = self.store.service();
         let mut acks = Vec::with_capacity(batch.len());
         for event in batch {
-            let msg = match event.to_envelope(self.store.service()) {
-                Ok(env) => Outgoing {
-                    subject: subjects::event(&prefix, &env.tenantid, self.store.service(), &event.event_type),
-                    payload: Bytes::from(env.to_json_bytes()),
-                    msg_id: event.event_id.to_string(),
-                    traceparent: env.traceparent.clone(),
-                    headers: Vec::new(),
-                },
-                Err(e) => {
-                    tracing::error!(event_id = %event.event_id, error = %e, "stored event cannot be enveloped; dead-lettering");
-                    self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                    dead_letter(&prefix, event, &e.to_string())
-                }
-            };
-            acks.push(self.bus.publish(msg).await?);
+            let msg = message::envelope_message(&prefix, service, event).unwrap_or_else(|e| {
+                tracing::error!(event_id = %event.event_id, error = %e, "stored event cannot be enveloped; dead-lettering");
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                message::dead_letter(&prefix, event, &e.to_string())
+            });
+            acks.push((event.event_id, self.bus.publish(msg).await?));
         }
-        let results =
-            futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await;
-        for r in results {
-            let ack = r.map_err(|e| keel_bus::Error::Publish {
-                subject: "relay batch".into(),
-                message: e.to_string(),
-            })?;
-            if ack.duplicate {
-                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.stats.published.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let (stats, log) = (self.stats.clone(), self.config.ack_log.clone());
+        Ok(Sent(tokio::spawn(await_acks(acks, stats, log))))
+    }
+
+    /// Waits for the acks of a batch, then stores its checkpoint.
+    async fn settle(&self, conn: &mut PgConnection, cursor: Cursor, sent: Sent) -> Result<()> {
+        sent.acked().await?;
+        save_checkpoint(conn, &self.config.name, cursor).await?;
+        self.stats
+            .checkpoint_position
+            .store(cursor.global_position, Ordering::Relaxed);
         Ok(())
     }
 }
 
-fn dead_letter(prefix: &str, event: &StoredEvent, reason: &str) -> Outgoing {
-    let tenant = if subjects::is_valid_token(&event.tenant_id) {
-        event.tenant_id.as_str()
-    } else {
-        "unknown"
-    };
-    let body = serde_json::json!({
-        "event_id": event.event_id, "tenant_id": event.tenant_id, "aggregate_type": event.aggregate_type,
-        "aggregate_id": event.aggregate_id, "sequence": event.sequence, "event_type": event.event_type,
-        "event_version": event.event_version, "payload": event.payload, "metadata": event.metadata,
-    });
-    Outgoing {
-        subject: subjects::dlq(prefix, "relay", tenant),
-        payload: Bytes::from(body.to_string()),
-        msg_id: event.event_id.to_string(),
-        traceparent: None,
-        headers: vec![(
-            headers::DLQ_REASON.to_owned(),
-            reason.chars().take(1024).collect(),
-        )],
+/// The acks of one published batch, being awaited. Dropping it (the relay stopped) stops the wait.
+struct Sent(JoinHandle<Result<()>>);
+
+impl Sent {
+    async fn acked(mut self) -> Result<()> {
+        match (&mut self.0).await {
+            Ok(r) => r,
+            Err(e) => Err(keel_bus::Error::Publish {
+                subject: "relay batch".into(),
+                message: e.to_string(),
+            }
+            .into()),
+        }
     }
 }
 
-async fn try_lock(conn: &mut PgConnection, schema: &str, name: &str) -> Result<bool> {
-    Ok(
-        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1), hashtext($2))")
-            .bind(format!("keel.relay.{schema}"))
-            .bind(name)
-            .fetch_one(&mut *conn)
-            .await?,
-    )
+impl Drop for Sent {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
-async fn unlock(conn: &mut PgConnection, schema: &str, name: &str) -> Result<bool> {
-    Ok(
-        sqlx::query_scalar("SELECT pg_advisory_unlock(hashtext($1), hashtext($2))")
-            .bind(format!("keel.relay.{schema}"))
-            .bind(name)
-            .fetch_one(&mut *conn)
-            .await?,
-    )
-}
-
-pub async fn read_checkpoint(conn: &mut PgConnection, name: &str) -> Result<Cursor> {
-    let row =
-        sqlx::query("SELECT tx_id::text AS tx_id, global_position FROM relay_checkpoints WHERE relay = $1")
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await?;
-    let Some(row) = row else {
-        return Ok(Cursor::default());
-    };
-    let tx: String = row.try_get("tx_id")?;
-    Ok(Cursor {
-        tx_id: tx
-            .parse()
-            .map_err(|_| sqlx::Error::Decode(format!("bad xid8 {tx:?}").into()))?,
-        global_position: row.try_get("global_position")?,
-    })
-}
-
-pub async fn save_checkpoint(conn: &mut PgConnection, name: &str, cursor: Cursor) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO relay_checkpoints (relay, tx_id, global_position) VALUES ($1, $2::text::xid8, $3) \
-         ON CONFLICT (relay) DO UPDATE SET tx_id = EXCLUDED.tx_id, global_position = EXCLUDED.global_position, updated_at = now()",
-    )
-    .bind(name)
-    .bind(cursor.tx_id.to_string())
-    .bind(cursor.global_position)
-    .execute(&mut *conn)
-    .await?;
+/// Awaits the acks in publish order; any failure fails the batch (it will be published again).
+async fn await_acks(
+    acks: Vec<(Uuid, PublishAckFuture)>,
+    stats: Arc<RelayStats>,
+    log: Option<Arc<AckLog>>,
+) -> Result<()> {
+    let mut times = Vec::with_capacity(if log.is_some() { acks.len() } else { 0 });
+    for (id, ack) in acks {
+        let ack = ack.await.map_err(|e| keel_bus::Error::Publish {
+            subject: "relay batch".into(),
+            message: e.to_string(),
+        })?;
+        if log.is_some() {
+            times.push((id, Instant::now()));
+        }
+        if ack.duplicate {
+            stats.duplicates.fetch_add(1, Ordering::Relaxed);
+        } else {
+            stats.published.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    if let Some(log) = log {
+        log.record(times);
+    }
     Ok(())
-}
-
-/// The next committed events after `cursor`, in commit order, none of which can still be
-/// preceded by a transaction that is running now.
-pub async fn poll(conn: &mut PgConnection, cursor: Cursor, limit: i64) -> Result<Vec<StoredEvent>> {
-    let sql = format!(
-        "SELECT {STORED_EVENT_COLUMNS} FROM events \
-         WHERE (tx_id, global_position) > ($1::text::xid8, $2) \
-           AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY tx_id, global_position LIMIT $3"
-    );
-    let rows = sqlx::query(&sql)
-        .bind(cursor.tx_id.to_string())
-        .bind(cursor.global_position)
-        .bind(limit)
-        .fetch_all(&mut *conn)
-        .await?;
-    rows.iter().map(StoredEvent::from_row).collect()
 }

@@ -60,7 +60,7 @@ pub struct EventRepository {
 
 impl EventRepository {
     pub fn new(pool: PgPool) -> Self {
-        Self::with_group_commit(pool, tuned(GroupCommit::default()))
+        Self::with_group_commit(pool, GroupCommit::default())
     }
 
     pub fn with_group_commit(pool: PgPool, config: GroupCommit) -> Self {
@@ -91,21 +91,6 @@ impl EventRepository {
                 after,
             })
             .await
-    }
-}
-
-// TEMP tuning hook
-fn tuned(d: GroupCommit) -> GroupCommit {
-    let get = |k: &str| {
-        std::env::var(format!("KEEL_TUNE_{k}"))
-            .ok()
-            .and_then(|v| v.parse().ok())
-    };
-    GroupCommit {
-        appends_in_flight: get("APPENDS").unwrap_or(d.appends_in_flight),
-        max_events: get("MAX_EVENTS").unwrap_or(d.max_events),
-        loads_in_flight: get("LOADS").unwrap_or(d.loads_in_flight),
-        max_loads: get("MAX_LOADS").unwrap_or(d.max_loads),
     }
 }
 

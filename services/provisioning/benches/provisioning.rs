@@ -20,7 +20,9 @@ type Tenants = TenantServiceClient<InterceptedService<Channel, Bearer>>;
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
-    v.get(((v.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default()
+    v.get(((v.len() as f64 - 1.0) * p).round() as usize)
+        .copied()
+        .unwrap_or_default()
 }
 
 async fn create_and_wait(api: &mut Tenants, slug: String) -> anyhow::Result<Duration> {
@@ -37,7 +39,13 @@ async fn create_and_wait(api: &mut Tenants, slug: String) -> anyhow::Result<Dura
         .into_inner();
     let deadline = start + Duration::from_secs(120);
     loop {
-        let got = api.get_tenant(pb::GetTenantRequest { tenant: Some(pb::TenantRef { r#ref: Some(pb::tenant_ref::Ref::Id(t.id.clone())) }) }).await?;
+        let got = api
+            .get_tenant(pb::GetTenantRequest {
+                tenant: Some(pb::TenantRef {
+                    r#ref: Some(pb::tenant_ref::Ref::Id(t.id.clone())),
+                }),
+            })
+            .await?;
         match pb::TenantStatus::try_from(got.get_ref().status) {
             Ok(pb::TenantStatus::Active) => return Ok(start.elapsed()),
             Ok(pb::TenantStatus::Failed) => anyhow::bail!("{slug} failed: {}", got.get_ref().status_reason),
@@ -64,21 +72,40 @@ async fn main() -> anyhow::Result<()> {
         "tenant",
         &format!("bench_{token}_t"),
         &token,
-        &HashMap::from([("KEEL_BOOTSTRAP_TOKEN".to_owned(), bootstrap.clone()), quiet.clone()]),
+        &HashMap::from([
+            ("KEEL_BOOTSTRAP_TOKEN".to_owned(), bootstrap.clone()),
+            quiet.clone(),
+        ]),
     )
     .await?;
     let env = HashMap::from([
         ("KEEL_BOOTSTRAP_TOKEN".to_owned(), bootstrap.clone()),
         ("KEEL_TENANT_ADDR".to_owned(), tenant.grpc_url()),
-        ("KEEL_JWKS_URL".to_owned(), format!("http://{}/.well-known/jwks.json", tenant.http)),
+        (
+            "KEEL_JWKS_URL".to_owned(),
+            format!("http://{}/.well-known/jwks.json", tenant.http),
+        ),
         ("KEEL_GITOPS_DIR".to_owned(), gitops.display().to_string()),
-        ("KEEL_PROVISIONING_RESOURCE_PREFIX".to_owned(), format!("{token}_")),
+        (
+            "KEEL_PROVISIONING_RESOURCE_PREFIX".to_owned(),
+            format!("{token}_"),
+        ),
         quiet,
     ]);
-    let mut prov = ServiceProc::start(Path::new(&prov_bin), "provisioning", &format!("bench_{token}_p"), &token, &env).await?;
+    let mut prov = ServiceProc::start(
+        Path::new(&prov_bin),
+        "provisioning",
+        &format!("bench_{token}_p"),
+        &token,
+        &env,
+    )
+    .await?;
     let channel = tenant.channel().await?;
     let operator = TokenServiceClient::new(channel.clone())
-        .exchange_api_key(pb::ExchangeApiKeyRequest { api_key: bootstrap, scopes: vec![] })
+        .exchange_api_key(pb::ExchangeApiKeyRequest {
+            api_key: bootstrap,
+            scopes: vec![],
+        })
         .await?
         .into_inner()
         .token;
@@ -101,7 +128,9 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for _ in 0..50 {
         let mut api = api.clone();
-        tasks.push(tokio::spawn(async move { create_and_wait(&mut api, slug()).await }));
+        tasks.push(tokio::spawn(
+            async move { create_and_wait(&mut api, slug()).await },
+        ));
     }
     let mut fifty = Vec::new();
     for t in tasks {

@@ -120,7 +120,6 @@ type Reply = oneshot::Sender<Result<(), PersistenceError>>;
 type Waiting = (Range<usize>, Reply);
 
 impl Grouped for Append {
-    const KIND: usize = 0;
     type Output = ();
 
     fn weight(&self) -> usize {

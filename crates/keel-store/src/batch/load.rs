@@ -42,7 +42,6 @@ impl Load {
 }
 
 impl Grouped for Load {
-    const KIND: usize = 1;
     type Output = Vec<SerializedEvent>;
 
     fn weight(&self) -> usize {

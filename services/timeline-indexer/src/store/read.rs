@@ -180,7 +180,8 @@ impl TimelineStore {
         let (table, generation) = self.live.get();
         ddl::check_name(&table)?;
         let r: Option<(String, i64)> = sqlx::query_as(&format!(
-            "SELECT tx_id::text, seq FROM {table} WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY tx_id DESC, seq DESC LIMIT 1"
+            "SELECT t.tx_id::text, t.seq FROM {table} t WHERE t.tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+             ORDER BY t.tx_id DESC, t.seq DESC LIMIT 1"
         ))
         .fetch_optional(&self.pool)
         .await?;
@@ -220,7 +221,9 @@ impl TimelineStore {
             .push(")");
         qb.push(" AND tx_id < pg_snapshot_xmin(pg_current_snapshot())");
         push_filter(&mut qb, filter);
-        qb.push(" ORDER BY tx_id, seq LIMIT ").push_bind(limit);
+        // Qualified: a bare `tx_id` would name the `tx_id::text` output column and sort as text.
+        qb.push(format!(" ORDER BY {table}.tx_id, {table}.seq LIMIT "))
+            .push_bind(limit);
         let rows = qb.build().fetch_all(&mut *tx).await?;
         tx.commit().await?;
         rows.iter().map(row).collect()
