@@ -24,8 +24,10 @@ demo: services
     ./scripts/demo.sh
 
 # Every test: unit, integration (real PostgreSQL, NATS, Redis) and end-to-end.
+# (Benchmarks are built by `just lint` and run by `just bench`, not here.)
 test: services
-    cargo test --workspace --all-targets --no-fail-fast
+    cargo test --workspace --lib --bins --tests --no-fail-fast
+    cargo test --workspace --doc
 
 # Formatting and clippy with warnings as errors.
 lint:
