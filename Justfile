@@ -23,8 +23,8 @@ up: services
 demo: services
     ./scripts/demo.sh
 
+# Benchmarks are built by `just lint` and run by `just bench`, not here.
 # Every test: unit, integration (real PostgreSQL, NATS, Redis) and end-to-end.
-# (Benchmarks are built by `just lint` and run by `just bench`, not here.)
 test: services
     cargo test --workspace --lib --bins --tests --no-fail-fast
     cargo test --workspace --doc
