@@ -48,6 +48,9 @@ struct State {
 }
 
 /// A cached JWK set fetched over plain HTTP (no TLS) from the tenant service.
+/// Where the tenant service publishes the JWKS with local defaults.
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8081/.well-known/jwks.json";
+
 pub struct JwksCache {
     source: Source,
     ttl: Duration,
@@ -88,6 +91,17 @@ impl JwksCache {
             ttl,
             State::default(),
         )
+    }
+
+    /// The mesh's cache: `KEEL_JWKS_URL` (else `default_url`), TTL `KEEL_JWKS_TTL_SECS` (else
+    /// 300 s). Every service builds its cache this way.
+    pub fn from_env(default_url: &str) -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let url = var("KEEL_JWKS_URL").unwrap_or_else(|| default_url.to_owned());
+        let ttl = var("KEEL_JWKS_TTL_SECS")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(300u64);
+        Self::new(url, Duration::from_secs(ttl))
     }
 
     /// A cache that always serves `set` and never fetches; for tests and offline tools.

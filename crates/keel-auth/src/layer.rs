@@ -42,6 +42,18 @@ impl AuthConfig {
         }
     }
 
+    /// What every service installs: verification against `jwks`, the tenant rate limits in the
+    /// Redis at `redis_url`, counters in `metrics`.
+    pub async fn standard(
+        jwks: Arc<JwksCache>,
+        redis_url: &str,
+        metrics: keel_runtime::metrics::Metrics,
+    ) -> Self {
+        Self::new(jwks)
+            .with_limiter(Arc::new(RateLimiter::connect(redis_url).await))
+            .with_metrics(metrics)
+    }
+
     pub fn with_limiter(mut self, limiter: Arc<RateLimiter>) -> Self {
         self.limiter = Some(limiter);
         self

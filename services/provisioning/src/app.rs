@@ -2,11 +2,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use cqrs_es::persist::PersistedEventStore;
-use keel_auth::{AuthConfig, AuthLayer, JwksCache, RateLimiter};
+use keel_auth::{AuthConfig, AuthLayer, JwksCache};
 use keel_bus::{Bus, StreamKind};
 use keel_proto::v1::provisioning_service_server::ProvisioningServiceServer;
 use keel_runtime::{Health, Service};
@@ -78,14 +77,8 @@ pub async fn run(rt: Service) -> anyhow::Result<()> {
         ProjectionRunner::new(store.pool().clone(), bus.clone(), Triggers, triggers).spawn(shutdown.token());
     let saga = tokio::spawn(executor.clone().run(shutdown.token()));
 
-    let jwks_url =
-        env("KEEL_JWKS_URL").unwrap_or_else(|| "http://127.0.0.1:8081/.well-known/jwks.json".into());
-    let jwks_ttl = env("KEEL_JWKS_TTL_SECS")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300u64);
-    let auth = AuthConfig::new(Arc::new(JwksCache::new(jwks_url, Duration::from_secs(jwks_ttl))))
-        .with_limiter(Arc::new(RateLimiter::connect(&config.redis_url).await))
-        .with_metrics(rt.metrics());
+    let jwks = Arc::new(JwksCache::from_env(keel_auth::jwks::DEFAULT_URL));
+    let auth = AuthConfig::standard(jwks, &config.redis_url, rt.metrics()).await;
     let (health_svc, reflection) = rt
         .grpc_health_and_reflection(keel_proto::FILE_DESCRIPTOR_SET, GRPC_SERVICES)
         .await?;

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use cqrs_es::persist::PersistedEventStore;
-use keel_auth::{AuthConfig, AuthLayer, JwksCache, RateLimiter};
+use keel_auth::{AuthConfig, AuthLayer, JwksCache};
 use keel_bus::audit::{AuditRecord, AuditResult, PLATFORM_TENANT};
 use keel_bus::{Bus, StreamKind};
 use keel_proto::v1::license_service_server::LicenseServiceServer;
@@ -76,19 +76,14 @@ pub async fn run(rt: Service) -> anyhow::Result<()> {
 
     let (grpc_listener, _) = keel_runtime::grpc::bind(config.grpc_addr).await?;
     let (http_listener, http_addr) = keel_runtime::grpc::bind(config.http_addr).await?;
-    let jwks_url = std::env::var("KEEL_JWKS_URL")
-        .unwrap_or_else(|_| format!("http://{http_addr}/.well-known/jwks.json"));
-    let jwks_ttl = std::env::var("KEEL_JWKS_TTL_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300u64);
-    let jwks = Arc::new(JwksCache::new(jwks_url, Duration::from_secs(jwks_ttl)));
+    // The tenant service verifies against its own JWKS endpoint unless told otherwise.
+    let jwks = Arc::new(JwksCache::from_env(&format!(
+        "http://{http_addr}/.well-known/jwks.json"
+    )));
     tokio::spawn(report_degraded(jwks.clone(), bus.clone(), shutdown.token()));
-    let limiter = Arc::new(RateLimiter::connect(&config.redis_url).await);
-    let auth = AuthConfig::new(jwks)
-        .with_limiter(limiter)
-        .with_public_path("/keel.v1.TokenService/ExchangeApiKey")
-        .with_metrics(rt.metrics());
+    let auth = AuthConfig::standard(jwks, &config.redis_url, rt.metrics())
+        .await
+        .with_public_path("/keel.v1.TokenService/ExchangeApiKey");
 
     let (health_svc, reflection) = rt
         .grpc_health_and_reflection(keel_proto::FILE_DESCRIPTOR_SET, GRPC_SERVICES)

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use keel_auth::{AuthConfig, AuthLayer, JwksCache, RateLimiter};
+use keel_auth::{AuthConfig, AuthLayer, JwksCache};
 use keel_bus::Bus;
 use keel_proto::v1::timeline_service_server::TimelineServiceServer;
 use keel_runtime::{Health, Service};
@@ -57,15 +57,8 @@ pub async fn run(rt: Service) -> anyhow::Result<()> {
 
     let (grpc_listener, _) = keel_runtime::grpc::bind(config.grpc_addr).await?;
     let (http_listener, _) = keel_runtime::grpc::bind(config.http_addr).await?;
-    let jwks_url = std::env::var("KEEL_JWKS_URL")
-        .unwrap_or_else(|_| "http://127.0.0.1:8081/.well-known/jwks.json".into());
-    let jwks_ttl = std::env::var("KEEL_JWKS_TTL_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(300u64);
-    let auth = AuthConfig::new(Arc::new(JwksCache::new(jwks_url, Duration::from_secs(jwks_ttl))))
-        .with_limiter(Arc::new(RateLimiter::connect(&config.redis_url).await))
-        .with_metrics(rt.metrics());
+    let jwks = Arc::new(JwksCache::from_env(keel_auth::jwks::DEFAULT_URL));
+    let auth = AuthConfig::standard(jwks, &config.redis_url, rt.metrics()).await;
     let (health_svc, reflection) = rt
         .grpc_health_and_reflection(keel_proto::FILE_DESCRIPTOR_SET, GRPC_SERVICES)
         .await?;
