@@ -49,7 +49,7 @@ struct State {
 
 /// A cached JWK set fetched over plain HTTP (no TLS) from the tenant service.
 /// Where the tenant service publishes the JWKS with local defaults.
-pub const DEFAULT_URL: &str = "http://127.0.0.1:8081/.well-known/jwks.json";
+pub const DEFAULT_URL: &str = keel_runtime::config::DEFAULT_JWKS_URL;
 
 pub struct JwksCache {
     source: Source,
@@ -93,15 +93,11 @@ impl JwksCache {
         )
     }
 
-    /// The mesh's cache: `KEEL_JWKS_URL` (else `default_url`), TTL `KEEL_JWKS_TTL_SECS` (else
-    /// 300 s). Every service builds its cache this way.
-    pub fn from_env(default_url: &str) -> Self {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        let url = var("KEEL_JWKS_URL").unwrap_or_else(|| default_url.to_owned());
-        let ttl = var("KEEL_JWKS_TTL_SECS")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(300u64);
-        Self::new(url, Duration::from_secs(ttl))
+    /// The mesh's cache: `config.jwks_url` (`KEEL_JWKS_URL`, else `default_url`), TTL
+    /// `config.jwks_ttl_secs`. Every service builds its cache this way (in `keel-service`).
+    pub fn from_config(config: &keel_runtime::Config, default_url: &str) -> Self {
+        let url = config.jwks_url.clone().unwrap_or_else(|| default_url.to_owned());
+        Self::new(url, Duration::from_secs(config.jwks_ttl_secs))
     }
 
     /// A cache that always serves `set` and never fetches; for tests and offline tools.

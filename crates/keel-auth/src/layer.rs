@@ -6,12 +6,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, Request, Response};
 use tonic::Status;
-use tonic::metadata::{MetadataMap, MetadataValue};
 
 use crate::claims::Claims;
 use crate::jwks::JwksCache;
 use crate::principal::Principal;
-use crate::ratelimit::{Decision, RateLimiter, tier_limits};
+use crate::ratelimit::{Decision, RateLimiter, TierLimits, TierLimitsFn};
 
 /// Path prefixes that need no token: health checks and reflection.
 pub const DEFAULT_PUBLIC_PATHS: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];
@@ -25,6 +24,8 @@ pub struct AuthConfig {
     pub jwks: Arc<JwksCache>,
     /// Per-tenant limits; `None` disables rate limiting.
     pub limiter: Option<Arc<RateLimiter>>,
+    /// The limits of each tier, applied by `limiter`.
+    pub tier_limits: TierLimitsFn,
     /// Path prefixes served without a token (and without a [`Principal`]).
     pub public_paths: Vec<String>,
     /// Where `keel_rate_limit_hits_total` is counted and the auth counters are registered.
@@ -37,25 +38,29 @@ impl AuthConfig {
         AuthConfig {
             jwks,
             limiter: None,
+            tier_limits: no_tier_limits,
             public_paths: DEFAULT_PUBLIC_PATHS.iter().map(|p| p.to_string()).collect(),
             metrics: None,
         }
     }
 
-    /// What every service installs: verification against `jwks`, the tenant rate limits in the
-    /// Redis at `redis_url`, counters in `metrics`.
+    /// What every service installs: verification against `jwks`, the tenant rate limits
+    /// `tier_limits` in the Redis at `redis_url`, counters in `metrics`.
     pub async fn standard(
         jwks: Arc<JwksCache>,
         redis_url: &str,
         metrics: keel_runtime::metrics::Metrics,
+        tier_limits: TierLimitsFn,
     ) -> Self {
         Self::new(jwks)
-            .with_limiter(Arc::new(RateLimiter::connect(redis_url).await))
+            .with_limiter(Arc::new(RateLimiter::connect(redis_url).await), tier_limits)
             .with_metrics(metrics)
     }
 
-    pub fn with_limiter(mut self, limiter: Arc<RateLimiter>) -> Self {
+    /// Rate limits per tenant, `tier_limits` of the caller's tier, counted in `limiter`.
+    pub fn with_limiter(mut self, limiter: Arc<RateLimiter>, tier_limits: TierLimitsFn) -> Self {
         self.limiter = Some(limiter);
+        self.tier_limits = tier_limits;
         self
     }
 
@@ -68,6 +73,14 @@ impl AuthConfig {
     pub fn with_metrics(mut self, metrics: keel_runtime::metrics::Metrics) -> Self {
         self.metrics = Some(metrics);
         self
+    }
+}
+
+/// Without a limiter nothing is limited; this is never called then.
+fn no_tier_limits(_: &str) -> TierLimits {
+    TierLimits {
+        per_second: u32::MAX,
+        burst: u32::MAX,
     }
 }
 
@@ -187,7 +200,7 @@ impl AuthLayer {
         {
             let tenant = principal.claims.tenant.as_str();
             let tier = principal.claims.tier.as_deref().unwrap_or(DEFAULT_TIER);
-            if let Decision::Limited { retry_after } = limiter.check(tenant, tier_limits(tier)).await {
+            if let Decision::Limited { retry_after } = limiter.check(tenant, (cfg.tier_limits)(tier)).await {
                 if let Some(metrics) = &cfg.metrics {
                     metrics.rate_limit_hit(tenant);
                 }
@@ -263,12 +276,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' ')).then_some(token)
 }
 
-/// RESOURCE_EXHAUSTED with `retry-after` in whole seconds, at least 1.
+/// RESOURCE_EXHAUSTED with a `RetryInfo` and `retry-after` in whole seconds, at least 1.
 fn rate_limited(retry_after: Duration) -> Status {
-    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    let mut metadata = MetadataMap::new();
-    metadata.insert("retry-after", MetadataValue::from(secs.max(1)));
-    Status::with_metadata(tonic::Code::ResourceExhausted, "rate limit exceeded", metadata)
+    keel_runtime::status::resource_exhausted("rate limit exceeded", retry_after)
 }
 
 fn unix_now() -> i64 {

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod layer;
 pub mod principal;
 pub mod ratelimit;
+pub mod seal;
 pub mod verify;
 
 pub use claims::{Claims, scopes};
@@ -21,5 +22,6 @@ pub use jwks::JwksCache;
 pub use keys::{Jwk, JwkSet, SigningKey};
 pub use layer::{AuthConfig, AuthLayer, AuthService};
 pub use principal::{Principal, from_request, principal};
-pub use ratelimit::{Decision, RateLimiter, TierLimits, tier_limits};
+pub use ratelimit::{Decision, RateLimiter, TierLimits, TierLimitsFn};
+pub use seal::MasterKey;
 pub use verify::{decode_kid, verify};

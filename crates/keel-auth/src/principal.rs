@@ -41,12 +41,16 @@ impl Principal {
         }
         // A wildcard tenant without the operator scope is no tenant at all.
         if self.claims.tenant == "*" || self.claims.tenant != tenant_id {
-            return Err(Status::permission_denied(format!(
-                "missing scope {scope} for this tenant"
-            )));
+            return Err(keel_runtime::status::permission_denied(
+                "MISSING_SCOPE",
+                format!("missing scope {scope} for this tenant"),
+            ));
         }
         if !has_scope {
-            return Err(Status::permission_denied(format!("missing scope {scope}")));
+            return Err(keel_runtime::status::permission_denied(
+                "MISSING_SCOPE",
+                format!("missing scope {scope}"),
+            ));
         }
         Ok(())
     }
@@ -56,10 +60,10 @@ impl Principal {
         if self.is_operator() {
             Ok(())
         } else {
-            Err(Status::permission_denied(format!(
-                "missing scope {}",
-                scopes::OPERATOR
-            )))
+            Err(keel_runtime::status::permission_denied(
+                "MISSING_SCOPE",
+                format!("missing scope {}", scopes::OPERATOR),
+            ))
         }
     }
 }

@@ -44,17 +44,9 @@ pub struct TierLimits {
     pub burst: u32,
 }
 
-/// The limits of a tenant tier: `low` 20/s burst 40, `mid` 100/200, `high` 500/1000,
-/// `business` 2000/4000; anything else gets `low`.
-pub fn tier_limits(tier: &str) -> TierLimits {
-    let (per_second, burst) = match tier {
-        "mid" => (100, 200),
-        "high" => (500, 1000),
-        "business" => (2000, 4000),
-        _ => (20, 40),
-    };
-    TierLimits { per_second, burst }
-}
+/// The limits of the tier a token names (`tier` claim, [`crate::layer::DEFAULT_TIER`] when it
+/// names none). The table is the product's, in `keel-tenancy`; this crate only applies it.
+pub type TierLimitsFn = fn(&str) -> TierLimits;
 
 /// The outcome of one rate-limit check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -178,20 +170,4 @@ fn new_counter() -> IntCounter {
         "Requests allowed because the rate limiter's Redis could not answer.",
     )
     .unwrap_or_else(|_| unreachable!("static metric name and help are valid"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tiers_map_to_limits() {
-        let l = |per_second, burst| TierLimits { per_second, burst };
-        assert_eq!(tier_limits("low"), l(20, 40));
-        assert_eq!(tier_limits("mid"), l(100, 200));
-        assert_eq!(tier_limits("high"), l(500, 1000));
-        assert_eq!(tier_limits("business"), l(2000, 4000));
-        assert_eq!(tier_limits("platinum"), l(20, 40));
-        assert_eq!(tier_limits(""), l(20, 40));
-    }
 }

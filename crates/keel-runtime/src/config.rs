@@ -14,6 +14,10 @@ const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/keel";
 const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
+const DEFAULT_JWKS_TTL_SECS: u64 = 300;
+const DEFAULT_TENANT_ADDR: &str = "http://127.0.0.1:50051";
+/// The local tenant service's JWKS endpoint, used when `KEEL_JWKS_URL` is not set.
+pub const DEFAULT_JWKS_URL: &str = "http://127.0.0.1:8081/.well-known/jwks.json";
 
 /// How log lines are rendered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -72,7 +76,20 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// `KEEL_SHUTDOWN_TIMEOUT` (seconds): how long draining may take before the process gives up.
     pub shutdown_timeout_secs: u64,
-    /// Every other `KEEL_<SERVICE>_*` variable, keyed by the lower-cased rest of its name.
+    /// `KEEL_MASTER_KEY`: base64 of 32 bytes sealing secrets at rest (see `keel_auth::seal`).
+    pub master_key: Option<String>,
+    /// `KEEL_BOOTSTRAP_TOKEN`: the operator API key the tenant service installs at start, and
+    /// the key other services fall back to for calling it.
+    pub bootstrap_token: Option<String>,
+    /// `KEEL_TENANT_ADDR`: the tenant service's gRPC URL, for services that call it.
+    pub tenant_addr: String,
+    /// `KEEL_JWKS_URL`: where token-verifying keys are fetched; `None` means the local tenant
+    /// service's (`http://127.0.0.1:8081/.well-known/jwks.json`, or the tenant service's own).
+    pub jwks_url: Option<String>,
+    /// `KEEL_JWKS_TTL_SECS`: how long fetched keys verify tokens while the endpoint is down.
+    pub jwks_ttl_secs: u64,
+    /// Every other `KEEL_<SERVICE>_*` variable, keyed by the lower-cased rest of its name; a
+    /// service reads them through its typed settings ([`crate::settings`]).
     pub extra: BTreeMap<String, String>,
 }
 
@@ -139,10 +156,28 @@ impl Config {
     /// `--help` and `--version` print and exit 0; `--print-config` prints the redacted JSON and
     /// exits 0. Other problems are returned.
     pub fn load(service: &str) -> Result<Config> {
+        Config::load_with::<crate::settings::NoSettings>(service)
+    }
+
+    /// As [`Config::load`] for a service with typed settings `S`: `--print-config` shows them
+    /// too (under `settings`), and bad settings are an error here, before anything starts.
+    pub fn load_with<S: crate::settings::Settings>(service: &str) -> Result<Config> {
         match Config::from_vars(service, std::env::args(), std::env::vars()) {
-            Ok(ConfigOrPrint::Run(config)) => Ok(config),
+            Ok(ConfigOrPrint::Run(config)) => {
+                config.settings::<S>()?;
+                Ok(config)
+            }
             Ok(ConfigOrPrint::Print(config)) => {
-                println!("{}", config.to_redacted_json());
+                let settings = config.settings::<S>()?;
+                let mut shown = serde_json::to_value(config.redacted()).unwrap_or_default();
+                if let Some(map) = shown.as_object_mut() {
+                    map.remove("extra");
+                    map.insert("settings".into(), crate::settings::redacted_json(&settings));
+                }
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&shown).unwrap_or_else(|_| config.to_redacted_json())
+                );
                 std::process::exit(0)
             }
             Err(Error::Cli(e))
@@ -202,6 +237,11 @@ impl Config {
             Some(v) => parse_named("KEEL_SHUTDOWN_TIMEOUT", v)?,
             None => DEFAULT_SHUTDOWN_TIMEOUT_SECS,
         };
+        let jwks_ttl_secs = match env("KEEL_JWKS_TTL_SECS") {
+            Some(v) => parse_named("KEEL_JWKS_TTL_SECS", v)?,
+            None => DEFAULT_JWKS_TTL_SECS,
+        };
+        let trimmed = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
 
         let config = Config {
             service: service.to_owned(),
@@ -225,6 +265,11 @@ impl Config {
             bus_prefix: env("KEEL_BUS_PREFIX").unwrap_or_default(),
             otlp_endpoint: env("OTEL_EXPORTER_OTLP_ENDPOINT"),
             shutdown_timeout_secs,
+            master_key: trimmed("KEEL_MASTER_KEY"),
+            bootstrap_token: trimmed("KEEL_BOOTSTRAP_TOKEN"),
+            tenant_addr: trimmed("KEEL_TENANT_ADDR").unwrap_or_else(|| DEFAULT_TENANT_ADDR.to_owned()),
+            jwks_url: trimmed("KEEL_JWKS_URL"),
+            jwks_ttl_secs,
             extra: BTreeMap::new(),
         };
         Ok(if flags.print_config {
@@ -277,6 +322,14 @@ impl Config {
         c.nats_url = url(&c.nats_url);
         c.redis_url = url(&c.redis_url);
         c.otlp_endpoint = c.otlp_endpoint.as_deref().map(url);
+        c.jwks_url = c.jwks_url.as_deref().map(url);
+        let hide = |v: &mut Option<String>| {
+            if v.is_some() {
+                *v = Some("[redacted]".to_owned());
+            }
+        };
+        hide(&mut c.master_key);
+        hide(&mut c.bootstrap_token);
         for (key, value) in c.extra.iter_mut() {
             *value = if crate::telemetry::is_secret_key(key) {
                 "[redacted]".to_owned()

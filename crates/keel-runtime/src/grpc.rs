@@ -12,7 +12,6 @@ use tonic::transport::server::{Router, TcpIncoming};
 use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
-use tonic_reflection::server::v1::{ServerReflection, ServerReflectionServer};
 
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
@@ -23,6 +22,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 /// Fully-qualified name of the gRPC reflection service.
 pub const REFLECTION_SERVICE: &str = "grpc.reflection.v1.ServerReflection";
+/// The older reflection service that grpcio-reflection, older grpcurl and Postman speak.
+pub const REFLECTION_SERVICE_V1ALPHA: &str = "grpc.reflection.v1alpha.ServerReflection";
 
 /// Binds `addr` (port 0 picks a free port) and returns the listener with the address it got.
 pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr)> {
@@ -56,8 +57,43 @@ pub fn grpc_server_builder() -> tonic::transport::Server {
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
 }
 
-/// grpc.health.v1 and grpc.reflection.v1 for the services named in `service_names`
-/// (fully-qualified, e.g. `keel.tenant.v1.TenantService`), described by the encoded
+/// grpc.health.v1 and both reflection services of one server.
+pub struct Introspection {
+    pub health: HealthServer<HealthService>,
+    fds: &'static [u8],
+    service_names: Vec<String>,
+}
+
+impl Introspection {
+    fn reflection(&self) -> tonic_reflection::server::Builder<'static> {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(self.fds)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        if !self.service_names.is_empty() {
+            let mut advertised: Vec<&str> = self.service_names.iter().map(String::as_str).collect();
+            advertised.extend([HEALTH_SERVICE, REFLECTION_SERVICE, REFLECTION_SERVICE_V1ALPHA]);
+            advertised.sort_unstable();
+            advertised.dedup();
+            for name in advertised {
+                builder = builder.with_service_name(name);
+            }
+        }
+        builder
+    }
+
+    /// `server` with health and reflection v1 and v1alpha (answering from the same descriptors).
+    pub fn add_to<L: Clone>(self, server: &mut tonic::transport::Server<L>) -> Result<Router<L>> {
+        let v1 = self.reflection().build_v1()?;
+        let v1alpha = self.reflection().build_v1alpha()?;
+        Ok(server
+            .add_service(self.health)
+            .add_service(v1)
+            .add_service(v1alpha))
+    }
+}
+
+/// grpc.health.v1 and grpc.reflection (v1 and v1alpha) for the services named in
+/// `service_names` (fully-qualified, e.g. `keel.v1.TenantService`), described by the encoded
 /// `FileDescriptorSet` `fds`.
 ///
 /// The named services (and the overall `""` status) start SERVING; use the reporter to change
@@ -66,42 +102,28 @@ pub fn grpc_server_builder() -> tonic::transport::Server {
 pub async fn health_and_reflection(
     fds: &'static [u8],
     service_names: &[&str],
-) -> Result<(
-    HealthReporter,
-    HealthServer<HealthService>,
-    ServerReflectionServer<impl ServerReflection + use<>>,
-)> {
+) -> Result<(HealthReporter, Introspection)> {
     let reporter = HealthReporter::new();
-    let (health, reflection) = introspection(&reporter, fds, service_names).await?;
-    Ok((reporter, health, reflection))
+    let introspection = introspection(&reporter, fds, service_names).await?;
+    Ok((reporter, introspection))
 }
 
 pub(crate) async fn introspection(
     reporter: &HealthReporter,
     fds: &'static [u8],
     service_names: &[&str],
-) -> Result<(
-    HealthServer<HealthService>,
-    ServerReflectionServer<impl ServerReflection + use<>>,
-)> {
-    let mut builder = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(fds)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-    if !service_names.is_empty() {
-        let mut advertised: Vec<&str> = service_names.to_vec();
-        advertised.extend([HEALTH_SERVICE, REFLECTION_SERVICE]);
-        advertised.sort_unstable();
-        advertised.dedup();
-        for name in advertised {
-            builder = builder.with_service_name(name);
-        }
-    }
-    let reflection = builder.build_v1()?;
+) -> Result<Introspection> {
+    let introspection = Introspection {
+        health: HealthServer::new(HealthService::from_health_reporter(reporter.clone())),
+        fds,
+        service_names: service_names.iter().map(|s| (*s).to_owned()).collect(),
+    };
+    // Bad descriptors are an error now, not when serving starts.
+    introspection.reflection().build_v1()?;
     for name in service_names {
         reporter.set_service_status(*name, ServingStatus::Serving).await;
     }
-    let health = HealthServer::new(HealthService::from_health_reporter(reporter.clone()));
-    Ok((health, reflection))
+    Ok(introspection)
 }
 
 /// Marks the overall status and each of `service_names` NOT_SERVING.
@@ -181,7 +203,7 @@ mod tests {
 
     #[tokio::test]
     async fn health_and_reflection_accept_the_health_descriptors() {
-        let (reporter, _health, _reflection) =
+        let (reporter, _introspection) =
             health_and_reflection(tonic_health::pb::FILE_DESCRIPTOR_SET, &[HEALTH_SERVICE])
                 .await
                 .unwrap();

@@ -1,6 +1,8 @@
 //! keel-runtime: what every Keel service shares — configuration (defaults → `KEEL_*` env →
 //! flags), scrubbed JSON logs and OTLP traces, Prometheus metrics, `/livez` `/readyz`
-//! `/metrics`, grpc.health.v1 + reflection, and graceful shutdown.
+//! `/metrics`, grpc.health.v1 + reflection (v1 and v1alpha), the one error-to-status mapping
+//! ([`status`]), typed settings ([`settings`]) and graceful shutdown. Services are assembled from
+//! these by `keel-service`.
 //!
 //! Start from [`Service`]:
 //!
@@ -12,12 +14,11 @@
 //!     .with_postgres(rt.connect_postgres().await?)
 //!     .with_nats(rt.connect_nats().await?)
 //!     .with_redis(rt.connect_redis().await?);
-//! let (grpc_health, reflection) = rt
-//!     .grpc_health_and_reflection(FILE_DESCRIPTOR_SET, &["keel.tenant.v1.TenantService"])
+//! let introspection = rt
+//!     .grpc_health_and_reflection(FILE_DESCRIPTOR_SET, &["keel.v1.TenantService"])
 //!     .await?;
-//! let router = keel_runtime::grpc::grpc_server_builder()
-//!     .add_service(grpc_health)
-//!     .add_service(reflection); // .add_service(TenantServiceServer::new(api))
+//! // Health and reflection v1 + v1alpha; then .add_service(TenantServiceServer::new(api))
+//! let router = introspection.add_to(&mut keel_runtime::grpc::grpc_server_builder())?;
 //! rt.serve(router, health, axum::Router::new()).await
 //! # }
 //! ```
@@ -29,7 +30,9 @@ pub mod health;
 pub mod metrics;
 pub mod request_log;
 mod service;
+pub mod settings;
 pub mod shutdown;
+pub mod status;
 pub mod telemetry;
 
 pub use config::{Config, ConfigOrPrint, LogFormat};
@@ -38,5 +41,6 @@ pub use health::{Health, Readiness};
 pub use metrics::Metrics;
 pub use request_log::{RequestLogLayer, RequestTenant};
 pub use service::Service;
+pub use settings::{NoSettings, Settings};
 pub use shutdown::Shutdown;
 pub use telemetry::TelemetryGuard;

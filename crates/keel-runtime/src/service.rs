@@ -7,9 +7,7 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::server::Router;
-use tonic_health::pb::health_server::HealthServer;
-use tonic_health::server::{HealthReporter, HealthService};
-use tonic_reflection::server::v1::{ServerReflection, ServerReflectionServer};
+use tonic_health::server::HealthReporter;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -48,13 +46,20 @@ impl Service {
     /// global logger (and OTLP export), and SIGTERM/SIGINT handlers. Call it inside the Tokio
     /// runtime.
     pub fn from_env(name: &str) -> anyhow::Result<Service> {
-        let config = Config::load(name)?;
+        Ok(Service::from_env_with::<crate::settings::NoSettings>(name)?.0)
+    }
+
+    /// As [`Service::from_env`] for a service with typed settings `S` (its `KEEL_<SERVICE>_*`
+    /// variables), which `--print-config` shows too.
+    pub fn from_env_with<S: crate::settings::Settings>(name: &str) -> anyhow::Result<(Service, S)> {
+        let config = Config::load_with::<S>(name)?;
+        let settings = config.settings::<S>()?;
         let guard = telemetry::init(&config)?;
         let mut service = Service::from_config(config)?;
         service._telemetry = guard;
         service.shutdown.install_signal_handlers();
         tracing::info!(config = ?service.config.redacted(), "starting");
-        Ok(service)
+        Ok((service, settings))
     }
 
     /// A service around an already resolved `config`, touching no process-wide state: no
@@ -119,10 +124,7 @@ impl Service {
         &self,
         fds: &'static [u8],
         service_names: &[&str],
-    ) -> Result<(
-        HealthServer<HealthService>,
-        ServerReflectionServer<impl ServerReflection + use<>>,
-    )> {
+    ) -> Result<grpc::Introspection> {
         let servers = grpc::introspection(&self.grpc_health, fds, service_names).await?;
         self.grpc_services
             .lock()

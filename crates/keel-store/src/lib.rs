@@ -3,7 +3,8 @@
 //! on it, the outbox [`relay`] that carries committed events to JetStream in commit order, and the
 //! [`projection`] runner that turns a stream back into tables.
 //!
-//! Start from [`Store::connect`].
+//! Start from [`Database::connect`] (a service's own schema and pool) and, for a service with
+//! aggregates, [`Store::open`] on it (the event store in that schema).
 
 mod batch;
 pub mod envelope;
@@ -29,7 +30,62 @@ pub use repository::{EventRepository, GroupCommit};
 /// The cqrs-es framework of an aggregate stored in Keel's event store.
 pub type Framework<A> = CqrsFramework<A, PersistedEventStore<EventRepository, A>>;
 
-/// One service's event store: a connection pool whose `search_path` is the service's schema.
+/// One service's database: a connection pool whose `search_path` is the service's own schema.
+/// A service without aggregates (the timeline) uses only this: no `events` table.
+#[derive(Clone, Debug)]
+pub struct Database {
+    pool: PgPool,
+    options: PgConnectOptions,
+    schema: String,
+}
+
+impl Database {
+    /// Connects to `database_url` with at most `max_connections`, creating `schema` if needed.
+    pub async fn connect(database_url: &str, schema: &str, max_connections: u32) -> Result<Self> {
+        validate_schema(schema)?;
+        let base = PgConnectOptions::from_str(database_url)?;
+        // Create the schema on a plain connection first: search_path may not name it yet.
+        {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_with(base.clone())
+                .await?;
+            create_schema(&pool, schema).await?;
+            pool.close().await;
+        }
+        let options = base.options([("search_path", schema)]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await?;
+        Ok(Self {
+            pool,
+            options,
+            schema: schema.to_owned(),
+        })
+    }
+
+    /// Runs the service's own `migrator` in this schema (see [`migrate`]).
+    pub async fn migrate(&self, migrator: sqlx::migrate::Migrator) -> Result<()> {
+        migrate(&self.pool, migrator).await
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn connect_options(&self) -> &PgConnectOptions {
+        &self.options
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+}
+
+/// One service's event store: the append-only `events` table (with snapshots and the relay's
+/// checkpoints) in the service's [`Database`].
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
@@ -51,28 +107,18 @@ impl Store {
         service: &str,
         max_connections: u32,
     ) -> Result<Self> {
-        validate_schema(schema)?;
-        let base = PgConnectOptions::from_str(database_url)?;
-        // Create the schema on a plain connection first: search_path may not name it yet.
-        {
-            let pool = PgPoolOptions::new()
-                .max_connections(1)
-                .connect_with(base.clone())
-                .await?;
-            create_schema(&pool, schema).await?;
-            pool.close().await;
-        }
-        let options = base.options([("search_path", schema)]);
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.clone())
-            .await?;
-        migrate(&pool, sqlx::migrate!("./migrations")).await?;
+        let db = Database::connect(database_url, schema, max_connections).await?;
+        Self::open(&db, service).await
+    }
+
+    /// The event store in `db`'s schema (its tables are created or migrated). `service` names
+    /// the producer in the CloudEvents `source` and in subjects (`keel/<service>`).
+    pub async fn open(db: &Database, service: &str) -> Result<Self> {
+        db.migrate(sqlx::migrate!("./migrations")).await?;
         Ok(Self {
-            pool,
-            options,
-            schema: schema.to_owned(),
+            pool: db.pool.clone(),
+            options: db.options.clone(),
+            schema: db.schema.clone(),
             service: service.to_owned(),
         })
     }

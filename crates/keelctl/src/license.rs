@@ -9,7 +9,7 @@ use chrono::Utc;
 use clap::Subcommand;
 use keel_auth::JwkSet;
 use keel_proto::v1 as pb;
-use keel_tenant::license::{LicenseClaims, LicenseStatus};
+use keel_tenancy::license::{LicenseClaims, LicenseStatus};
 use serde::Serialize;
 
 use crate::client::{Clients, ConnectionArgs, tenant_ref};
@@ -108,7 +108,7 @@ fn verify(file: &Path, jwks: &Path, format: Format) -> anyhow::Result<ExitCode> 
     let jwks_text = read_small(jwks, "JWKS")?;
     let keys: JwkSet = serde_json::from_str(&jwks_text)
         .with_context(|| format!("{}: not a JWKS document", jwks.display()))?;
-    let verdict = match keel_tenant::license::verify(&jwt, &keys, Utc::now()) {
+    let verdict = match keel_tenancy::license::verify(&jwt, &keys, Utc::now()) {
         Ok((claims, LicenseStatus::Valid)) => Verdict {
             status: "valid",
             read_only_until: None,
@@ -162,8 +162,8 @@ fn claims_table(c: &LicenseClaims) -> String {
         ("issued", rfc3339(c.issued_at())),
         ("expires", rfc3339(c.expires_at())),
         ("features", c.features.join(", ")),
-        ("environments", c.limits.environments.to_string()),
-        ("agent limit", c.limits.agent_limit.to_string()),
+        ("environments", limit(c.limits.environments)),
+        ("agent limit", limit(c.limits.agent_limit)),
         ("retention days", c.limits.retention_days.to_string()),
     ])
 }
@@ -178,4 +178,9 @@ fn read_small(path: &Path, what: &str) -> anyhow::Result<String> {
         path.display()
     );
     std::fs::read_to_string(path).with_context(|| format!("reading {what} file {}", path.display()))
+}
+
+/// A limit for people: the number, or `unlimited` when absent.
+pub fn limit(value: Option<u32>) -> String {
+    value.map_or_else(|| "unlimited".to_owned(), |n| n.to_string())
 }

@@ -128,10 +128,15 @@ pub struct TenantView {
 
 #[derive(Serialize)]
 pub struct EntitlementsView {
-    pub environments: u32,
-    pub agent_limit: u32,
+    /// Absent (`null` in JSON): unlimited.
+    pub environments: Option<u32>,
+    /// Absent (`null` in JSON): unlimited.
+    pub agent_limit: Option<u32>,
     pub retention_days: u32,
     pub features: Vec<String>,
+    pub infrastructure: String,
+    pub sla: String,
+    pub pricing: String,
 }
 
 impl From<pb::Tenant> for TenantView {
@@ -145,6 +150,9 @@ impl From<pb::Tenant> for TenantView {
                 agent_limit: e.agent_limit,
                 retention_days: e.retention_days,
                 features: e.features,
+                infrastructure: e.infrastructure,
+                sla: e.sla,
+                pricing: e.pricing,
             }),
             id: t.id,
             name: t.name,
@@ -303,8 +311,8 @@ pub fn print_tenant(t: TenantView, format: Format) -> anyhow::Result<()> {
     pairs.push(("created", or_dash(t.created_at.as_deref())));
     pairs.push(("version", t.version.to_string()));
     if let Some(e) = t.entitlements {
-        pairs.push(("environments", e.environments.to_string()));
-        pairs.push(("agent limit", e.agent_limit.to_string()));
+        pairs.push(("environments", crate::license::limit(e.environments)));
+        pairs.push(("agent limit", crate::license::limit(e.agent_limit)));
         pairs.push(("retention days", e.retention_days.to_string()));
         pairs.push(("features", e.features.join(", ")));
     }

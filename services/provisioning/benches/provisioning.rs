@@ -85,7 +85,10 @@ async fn main() -> anyhow::Result<()> {
             "KEEL_JWKS_URL".to_owned(),
             format!("http://{}/.well-known/jwks.json", tenant.http),
         ),
-        ("KEEL_GITOPS_DIR".to_owned(), gitops.display().to_string()),
+        (
+            "KEEL_PROVISIONING_GITOPS_DIR".to_owned(),
+            gitops.display().to_string(),
+        ),
         (
             "KEEL_PROVISIONING_RESOURCE_PREFIX".to_owned(),
             format!("{token}_"),

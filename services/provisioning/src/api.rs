@@ -11,7 +11,8 @@ use keel_proto::v1::provisioning_service_server::ProvisioningService;
 use tonic::{Request, Response, Status};
 
 use crate::domain::{Run, RunStatus, StepStatus};
-use crate::saga::Executor;
+use crate::error::Error;
+use crate::workers::saga::Executor;
 
 pub struct ProvisioningApi {
     pub executor: Arc<Executor>,
@@ -73,14 +74,12 @@ pub fn run_to_pb(run: &Run, run_id: &str, tenant_id: &str, kind: &str) -> pb::Pr
     }
 }
 
-fn invalid(field: &str, reason: &str) -> Status {
-    Status::invalid_argument(format!("{field}: {reason}"))
+fn invalid(field: &'static str, reason: &str) -> Status {
+    Error::invalid(field, reason).into()
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
-    let id = uuid::Uuid::now_v7();
-    tracing::error!(request_id = %id, error = %e, "internal error");
-    Status::internal(format!("internal error (request {id})"))
+    Error::internal(e).into()
 }
 
 impl ProvisioningApi {
@@ -115,7 +114,7 @@ impl ProvisioningService for ProvisioningApi {
                 .fetch_optional(self.executor.store.pool())
                 .await
                 .map_err(internal)?;
-        let (run_id, kind) = row.ok_or_else(|| Status::not_found("no provisioning run for this tenant"))?;
+        let (run_id, kind) = row.ok_or_else(|| Status::from(Error::NotFound("provisioning run")))?;
         Ok(Response::new(self.run_pb(&run_id, &tenant, &kind).await?))
     }
 
@@ -204,13 +203,17 @@ impl ProvisioningService for ProvisioningApi {
         .await
         .map_err(internal)?;
         let (tenant_id, kind, slug, tier, suspended, traceparent) =
-            row.ok_or_else(|| Status::not_found("run not found"))?;
+            row.ok_or_else(|| Status::from(Error::NotFound("run")))?;
         let run = self.executor.load(&run_id).await.map_err(internal)?;
         if run.status != RunStatus::Failed {
-            return Err(Status::failed_precondition(format!(
-                "only a failed run can be retried; this one is {}",
-                status_name(run.status)
-            )));
+            return Err(Error::Precondition {
+                reason: "RUN_NOT_FAILED",
+                message: format!(
+                    "only a failed run can be retried; this one is {}",
+                    status_name(run.status)
+                ),
+            }
+            .into());
         }
         let new_id = format!("retry-{}", uuid::Uuid::now_v7());
         sqlx::query(

@@ -3,12 +3,12 @@
 //! and consumer, Redis quotas, GitOps manifests — then licenses and activates it through the
 //! tenant service. Every step is idempotent; a crash anywhere resumes where the events say.
 //!
-//! Start from [`app::run`]; the saga is [`domain::Run`] driven by [`saga::Executor`].
+//! Start from [`app::run`]; the saga is [`domain::Run`] driven by [`workers::Executor`].
 
 pub mod api;
 pub mod app;
 pub mod domain;
-pub mod remote;
-pub mod saga;
+pub mod error;
+pub mod projections;
 pub mod steps;
-pub mod triggers;
+pub mod workers;

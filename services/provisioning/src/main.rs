@@ -2,6 +2,7 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let rt = keel_runtime::Service::from_env("provisioning")?;
-    keel_provisioning::app::run(rt).await
+    let (rt, settings) =
+        keel_runtime::Service::from_env_with::<keel_provisioning::app::Settings>("provisioning")?;
+    keel_provisioning::app::run(rt, settings).await
 }

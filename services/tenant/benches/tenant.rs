@@ -175,7 +175,7 @@ impl World {
         let bootstrap = format!("boot-{}", uuid::Uuid::new_v4());
         let env = HashMap::from([
             ("KEEL_BOOTSTRAP_TOKEN".to_owned(), bootstrap.clone()),
-            ("KEEL_TENANT_MASTER_KEY".to_owned(), MASTER_KEY.to_owned()),
+            ("KEEL_MASTER_KEY".to_owned(), MASTER_KEY.to_owned()),
             // ServiceProc keeps all of stderr in memory; per-request info lines would pile up.
             ("KEEL_LOG".to_owned(), "warn".to_owned()),
         ]);
@@ -352,7 +352,7 @@ async fn measure(b: &Bench, w: &World) -> Result<()> {
     let jwks_url = format!("http://{}/.well-known/jwks.json", w.proc.http);
     let jwks = Arc::new(JwksCache::new(jwks_url, Duration::from_secs(300)));
     let limiter = Arc::new(RateLimiter::connect(&redis_url()).await);
-    let layer = AuthLayer::new(AuthConfig::new(jwks).with_limiter(limiter));
+    let layer = AuthLayer::new(AuthConfig::new(jwks).with_limiter(limiter, keel_tenancy::tier::auth_limits));
     if let Some(code) = authenticate(&layer, &w.operator)().await {
         anyhow::bail!("authenticate() rejects the operator token: {code:?}");
     }

@@ -1,4 +1,4 @@
-//! Envelope encryption of personal data: a master key (from `KEEL_TENANT_MASTER_KEY`) wraps one
+//! Envelope encryption of personal data: the master key (`keel_auth::MasterKey`) wraps one
 //! data key per tenant; the data key encrypts the tenant's e-mail addresses (ChaCha20-Poly1305)
 //! and keys their digests (HMAC-SHA256). Destroying a tenant's data key crypto-shreds every such
 //! value in the append-only event store.
@@ -8,8 +8,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use sqlx::PgPool;
+
+pub use keel_auth::MasterKey;
 
 use crate::domain::Encrypted;
 use crate::error::{Error, Result};
@@ -20,50 +22,6 @@ fn random<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     rand::fill(&mut b);
     b
-}
-
-/// The key that wraps data keys and signing-key seeds.
-#[derive(Clone)]
-pub struct MasterKey(ChaCha20Poly1305);
-
-impl MasterKey {
-    /// From `value` (base64 of 32 bytes). Without one, a fixed development key is used and a
-    /// warning logged: fine on a laptop, never in production.
-    pub fn from_setting(value: Option<&str>) -> Result<Self> {
-        let bytes: [u8; 32] = match value {
-            Some(v) => B64
-                .decode(v.trim())
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| Error::Config("KEEL_TENANT_MASTER_KEY must be base64 of 32 bytes".into()))?,
-            None => {
-                tracing::warn!("KEEL_TENANT_MASTER_KEY is not set: using the development master key");
-                Sha256::digest(b"keel development master key").into()
-            }
-        };
-        Ok(Self(ChaCha20Poly1305::new(Key::from_slice(&bytes))))
-    }
-
-    pub fn wrap(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
-        let nonce = random::<NONCE_LEN>();
-        let mut out = nonce.to_vec();
-        out.extend(
-            self.0
-                .encrypt(Nonce::from_slice(&nonce), plaintext)
-                .map_err(|_| Error::Crypto)?,
-        );
-        Ok(out)
-    }
-
-    pub fn unwrap(&self, wrapped: &[u8]) -> Result<Vec<u8>> {
-        if wrapped.len() < NONCE_LEN {
-            return Err(Error::Crypto);
-        }
-        let (nonce, ct) = wrapped.split_at(NONCE_LEN);
-        self.0
-            .decrypt(Nonce::from_slice(nonce), ct)
-            .map_err(|_| Error::Crypto)
-    }
 }
 
 /// One tenant's data key.
@@ -193,12 +151,5 @@ mod tests {
         let (a, b) = (key(), key());
         assert_eq!(a.digest("Alice@Example.com"), a.digest("alice@example.com"));
         assert_ne!(a.digest("alice@example.com"), b.digest("alice@example.com"));
-    }
-
-    #[test]
-    fn master_key_wraps() {
-        let m = MasterKey::from_setting(Some(&B64.encode([7u8; 32]))).unwrap();
-        assert_eq!(m.unwrap(&m.wrap(b"seed").unwrap()).unwrap(), b"seed");
-        assert!(MasterKey::from_setting(Some("short")).is_err());
     }
 }

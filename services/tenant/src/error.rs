@@ -45,6 +45,15 @@ impl From<AggregateError<TenantError>> for Error {
     }
 }
 
+impl From<keel_auth::seal::SealError> for Error {
+    fn from(e: keel_auth::seal::SealError) -> Self {
+        match e {
+            keel_auth::seal::SealError::BadKey(m) => Error::Config(m),
+            _ => Error::Crypto,
+        }
+    }
+}
+
 impl From<keel_auth::AuthError> for Error {
     fn from(e: keel_auth::AuthError) -> Self {
         Error::Store(format!("signing: {e}"))
@@ -53,29 +62,31 @@ impl From<keel_auth::AuthError> for Error {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
+        use keel_runtime::status;
         match e {
-            Error::Invalid(i) => Status::invalid_argument(i.to_string()),
+            Error::Invalid(i) => status::invalid_argument(i.field, &i.reason),
             Error::Domain(d) => match d {
-                TenantError::NotFound => Status::not_found("tenant not found"),
-                TenantError::MemberNotFound => Status::not_found("member not found"),
-                TenantError::AccountNotFound => Status::not_found("service account not found"),
-                TenantError::AlreadyExists => Status::already_exists("tenant already exists"),
-                TenantError::AlreadyMember => Status::already_exists(d.to_string()),
-                TenantError::AccountExists => Status::already_exists(d.to_string()),
-                TenantError::InvalidTransition { .. } | TenantError::LastOwner => {
-                    Status::failed_precondition(d.to_string())
+                TenantError::NotFound => status::not_found("tenant", ""),
+                TenantError::MemberNotFound => status::not_found("member", ""),
+                TenantError::AccountNotFound => status::not_found("service account", ""),
+                TenantError::AlreadyExists => {
+                    status::already_exists("TENANT_EXISTS", "tenant already exists")
                 }
+                TenantError::AlreadyMember => status::already_exists("ALREADY_MEMBER", d.to_string()),
+                TenantError::AccountExists => status::already_exists("ACCOUNT_EXISTS", d.to_string()),
+                TenantError::InvalidTransition { .. } => {
+                    status::failed_precondition("INVALID_TRANSITION", d.to_string())
+                }
+                TenantError::LastOwner => status::failed_precondition("LAST_OWNER", d.to_string()),
             },
-            Error::NotFound(what) => Status::not_found(format!("{what} not found")),
-            Error::AlreadyExists { field } => Status::already_exists(format!("{field} is already taken")),
-            Error::Conflict => Status::aborted(e.to_string()),
-            Error::Unauthenticated(m) => Status::unauthenticated(m),
-            Error::Precondition(m) => Status::failed_precondition(m),
-            internal => {
-                let id = uuid::Uuid::now_v7();
-                tracing::error!(request_id = %id, error = %internal, "internal error");
-                Status::internal(format!("internal error (request {id})"))
+            Error::NotFound(what) => status::not_found(what, ""),
+            Error::AlreadyExists { field } => {
+                status::already_exists("ALREADY_TAKEN", format!("{field} is already taken"))
             }
+            Error::Conflict => status::aborted(e.to_string(), std::time::Duration::from_millis(100)),
+            Error::Unauthenticated(m) => Status::unauthenticated(m),
+            Error::Precondition(m) => status::failed_precondition("PRECONDITION", m),
+            internal => status::internal(&internal),
         }
     }
 }

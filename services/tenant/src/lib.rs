@@ -9,7 +9,6 @@ pub mod app;
 pub mod crypto;
 pub mod domain;
 pub mod error;
-pub mod license;
 pub mod projection;
 pub mod signing;
 pub mod tokens;

@@ -2,6 +2,6 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let rt = keel_runtime::Service::from_env("tenant")?;
-    keel_tenant::app::run(rt).await
+    let (rt, settings) = keel_runtime::Service::from_env_with::<keel_tenant::app::Settings>("tenant")?;
+    keel_tenant::app::run(rt, settings).await
 }

@@ -124,7 +124,7 @@ impl World {
         let bootstrap = format!("boot-{}", uuid::Uuid::new_v4());
         let env = HashMap::from([
             ("KEEL_BOOTSTRAP_TOKEN".to_owned(), bootstrap.clone()),
-            ("KEEL_TENANT_MASTER_KEY".to_owned(), MASTER_KEY.to_owned()),
+            ("KEEL_MASTER_KEY".to_owned(), MASTER_KEY.to_owned()),
             ("KEEL_LOG".to_owned(), "warn".to_owned()),
         ]);
         let binary = sibling_binary("keel-tenant")?;

@@ -1,14 +1,14 @@
-//! Wiring: store, projections, retention, auth, gRPC and HTTP. `main.rs` only calls [`run`].
+//! The timeline's table of contents: its settings, its store, the indexer (the projections of
+//! KEEL_EVENTS and KEEL_AUDIT), retention, and the API. Everything else is the shared assembly.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use keel_auth::{AuthConfig, AuthLayer, JwksCache};
-use keel_bus::Bus;
 use keel_proto::v1::timeline_service_server::TimelineServiceServer;
-use keel_runtime::{Health, Service};
+use keel_runtime::Service;
+use keel_service::Assembly;
 use prometheus::{IntCounterVec, Opts};
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::TimelineApi;
@@ -17,20 +17,32 @@ use crate::store::{TimelineStore, ddl};
 
 const GRPC_SERVICES: &[&str] = &["keel.v1.TimelineService"];
 
-pub async fn run(rt: Service) -> anyhow::Result<()> {
-    let config = rt.config.clone();
-    let schema = config.setting("schema").unwrap_or("timeline").to_owned();
-    // The timeline keeps no event store of its own; keel-store gives the schema and pool.
-    let base = keel_store::Store::connect(&config.database_url, &schema, "timeline")
-        .await
-        .context("database")?;
-    keel_store::migrate(base.pool(), sqlx::migrate!("./migrations"))
-        .await
-        .context("timeline migrations")?;
-    let store = TimelineStore::open(base.pool().clone()).await?;
-    let nats = rt.connect_nats().await?;
-    let bus = Bus::new(nats.clone(), &config.bus_prefix)?;
-    bus.ensure_streams().await.context("JetStream streams")?;
+/// `KEEL_TIMELINE_*` settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// `KEEL_TIMELINE_SCHEMA`: the PostgreSQL schema the service owns.
+    pub schema: String,
+    /// `KEEL_TIMELINE_RETENTION_INTERVAL_SECS`: how often partitions and retention are kept up.
+    pub retention_interval_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            schema: "timeline".into(),
+            retention_interval_secs: 3600,
+        }
+    }
+}
+
+pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
+    let mut mesh = Assembly::start(rt).await?;
+    // The timeline keeps no event store: its database has no `events` table.
+    let db = mesh
+        .database(&settings.schema, sqlx::migrate!("./migrations"))
+        .await?;
+    let store = TimelineStore::open(db.pool().clone()).await?;
 
     let malformed = IntCounterVec::new(
         Opts::new(
@@ -39,69 +51,65 @@ pub async fn run(rt: Service) -> anyhow::Result<()> {
         ),
         &["source"],
     )?;
-    rt.metrics().registry().register(Box::new(malformed.clone()))?;
-    let shutdown = rt.shutdown();
+    mesh.metrics().registry().register(Box::new(malformed.clone()))?;
     let indexer = Arc::new(Indexer::new(
         store.clone(),
-        bus.clone(),
-        shutdown.token(),
+        mesh.bus().clone(),
+        mesh.stop_token(),
         malformed,
     ));
     indexer.start().await;
-    let retention_every = Duration::from_secs(
-        config
-            .setting_parsed::<u64>("retention_interval_secs")?
-            .unwrap_or(3600),
-    );
-    tokio::spawn(maintain(store.clone(), retention_every, shutdown.token()));
-
-    let (grpc_listener, _) = keel_runtime::grpc::bind(config.grpc_addr).await?;
-    let (http_listener, _) = keel_runtime::grpc::bind(config.http_addr).await?;
-    let jwks = Arc::new(JwksCache::from_env(keel_auth::jwks::DEFAULT_URL));
-    let auth = AuthConfig::standard(jwks, &config.redis_url, rt.metrics()).await;
-    let (health_svc, reflection) = rt
-        .grpc_health_and_reflection(keel_proto::FILE_DESCRIPTOR_SET, GRPC_SERVICES)
-        .await?;
-    let api = TimelineApi {
-        indexer: indexer.clone(),
-        bus: bus.clone(),
-        shutdown: shutdown.token(),
-    };
-    let router = keel_runtime::grpc::grpc_server_builder()
-        .layer(keel_runtime::RequestLogLayer::new("timeline", rt.metrics()))
-        .layer(AuthLayer::new(auth))
-        .add_service(health_svc)
-        .add_service(reflection)
-        .add_service(TimelineServiceServer::new(api));
-    let health = Health::new()
-        .with_postgres(store.pool.clone())
-        .with_nats(nats)
-        .with_redis(keel_runtime::health::redis_lazy(&config.redis_url)?);
-    let lag_gauge = rt.metrics().consumer_lag().clone();
-    let lag_indexer = indexer.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            if let Ok(lag) = lag_indexer.lag().await {
-                lag_gauge
-                    .with_label_values(&["timeline"])
-                    .set(i64::try_from(lag).unwrap_or(i64::MAX));
-            }
-        }
+    let (stop, stopping) = (mesh.stop_token(), indexer.clone());
+    mesh.spawn("indexer", async move {
+        stop.cancelled().await;
+        stopping.stop().await;
+        Ok(())
     });
-    rt.serve_on(grpc_listener, http_listener, router, health, axum::Router::new())
-        .await?;
-    indexer.stop().await;
-    Ok(())
+    let every = Duration::from_secs(settings.retention_interval_secs.max(1));
+    mesh.spawn("retention", maintain(store, every, mesh.stop_token()));
+    mesh.spawn(
+        "consumer lag",
+        report_lag(indexer.clone(), mesh.metrics(), mesh.stop_token()),
+    );
+
+    let auth = mesh.auth(keel_auth::jwks::DEFAULT_URL).await;
+    let api = TimelineApi {
+        indexer,
+        bus: mesh.bus().clone(),
+        shutdown: mesh.stop_token(),
+    };
+    let router = mesh
+        .grpc(auth, GRPC_SERVICES)
+        .await?
+        .add_service(TimelineServiceServer::new(api));
+    mesh.serve(router, axum::Router::new()).await
+}
+
+/// `keel_consumer_lag{consumer="timeline"}` every 5 s.
+async fn report_lag(
+    indexer: Arc<Indexer>,
+    metrics: keel_runtime::Metrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let gauge = metrics.consumer_lag().with_label_values(&["timeline"]);
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            _ = tick.tick() => {}
+        }
+        if let Ok(lag) = indexer.lag().await {
+            gauge.set(i64::try_from(lag).unwrap_or(i64::MAX));
+        }
+    }
 }
 
 /// Partitions ahead of need, and retention, on a schedule.
-async fn maintain(store: TimelineStore, every: Duration, shutdown: CancellationToken) {
+async fn maintain(store: TimelineStore, every: Duration, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(every);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
         let (table, _) = store.live.get();

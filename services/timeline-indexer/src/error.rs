@@ -36,15 +36,12 @@ impl Error {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
+        use keel_runtime::status;
         match e {
-            Error::Invalid(i) => Status::invalid_argument(i.to_string()),
-            Error::NotFound(what) => Status::not_found(format!("{what} not found")),
-            Error::Precondition(m) => Status::failed_precondition(m),
-            internal => {
-                let id = uuid::Uuid::now_v7();
-                tracing::error!(request_id = %id, error = %internal, "internal error");
-                Status::internal(format!("internal error (request {id})"))
-            }
+            Error::Invalid(i) => status::invalid_argument(&i.field, &i.reason),
+            Error::NotFound(what) => status::not_found(what, ""),
+            Error::Precondition(m) => status::failed_precondition("PRECONDITION", m),
+            internal => status::internal(&internal),
         }
     }
 }

@@ -2,6 +2,6 @@
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let rt = keel_runtime::Service::from_env("timeline")?;
-    keel_timeline::app::run(rt).await
+    let (rt, settings) = keel_runtime::Service::from_env_with::<keel_timeline::app::Settings>("timeline")?;
+    keel_timeline::app::run(rt, settings).await
 }

@@ -95,13 +95,16 @@ async fn over_the_limit_is_resource_exhausted_with_retry_after() {
     let limiter = Arc::new(RateLimiter::connect(REDIS_URL).await);
     let metrics = keel_runtime::Metrics::new().unwrap();
     let config = AuthConfig::new(jwks)
-        .with_limiter(limiter)
+        .with_limiter(limiter, |_| keel_auth::TierLimits {
+            per_second: 20,
+            burst: 40,
+        })
         .with_metrics(metrics.clone());
     let mut client = start(config).await;
 
     let tenant = unique_tenant("layer");
     let token = key.sign(&claims(&tenant, now() + 300)).unwrap();
-    // No tier: "low", 20/s with a burst of 40.
+    // 20/s with a burst of 40.
     let mut limited = None;
     for _ in 0..200 {
         match client.check(check(Some(&token))).await {

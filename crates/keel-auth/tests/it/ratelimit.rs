@@ -52,7 +52,10 @@ async fn refill_allows_again_after_retry_after() {
 #[tokio::test]
 async fn unreachable_redis_fails_open() {
     let limiter = RateLimiter::connect("redis://127.0.0.1:1").await;
-    let limits = keel_auth::tier_limits("low");
+    let limits = keel_auth::TierLimits {
+        per_second: 20,
+        burst: 40,
+    };
     assert_eq!(limiter.check("t-any", limits).await, Decision::FailedOpen);
     assert_eq!(limiter.check("t-any", limits).await, Decision::FailedOpen);
     assert!(limiter.failopen_counter().get() >= 2);
@@ -61,6 +64,9 @@ async fn unreachable_redis_fails_open() {
 #[tokio::test]
 async fn bad_url_fails_open() {
     let limiter = RateLimiter::connect("not a url").await;
-    let limits = keel_auth::tier_limits("mid");
+    let limits = keel_auth::TierLimits {
+        per_second: 100,
+        burst: 200,
+    };
     assert_eq!(limiter.check("t-any", limits).await, Decision::FailedOpen);
 }

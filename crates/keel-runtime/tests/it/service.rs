@@ -41,13 +41,11 @@ fn health_request() -> HealthCheckRequest {
 async fn serves_until_shutdown_then_flips_readiness_and_drains() {
     keel_runtime::telemetry::init_for_tests();
     let rt = Service::from_config(config()).unwrap();
-    let (health_server, reflection) = rt
+    let introspection = rt
         .grpc_health_and_reflection(tonic_health::pb::FILE_DESCRIPTOR_SET, &[HEALTH_SERVICE])
         .await
         .unwrap();
-    let router = grpc::grpc_server_builder()
-        .add_service(health_server)
-        .add_service(reflection);
+    let router = introspection.add_to(&mut grpc::grpc_server_builder()).unwrap();
     let extra = axum::Router::new().route("/hello", axum::routing::get(|| async { "hi" }));
     let (grpc_listener, grpc_addr) = grpc::bind(rt.config.grpc_addr).await.unwrap();
     let (http_listener, http_addr) = grpc::bind(rt.config.http_addr).await.unwrap();

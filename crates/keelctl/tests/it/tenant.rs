@@ -101,7 +101,8 @@ async fn tenant_lifecycle_members_and_tokens() {
 
     let changed = w.json(&["tenant", "change-tier", &s, "--tier", "mid"]).await;
     assert_eq!(changed["tier"], "mid");
-    assert_eq!(changed["entitlements"]["retention_days"], 90);
+    assert_eq!(changed["entitlements"]["retention_days"], 30);
+    assert_eq!(changed["entitlements"]["environments"], 2);
 
     w.activate(&id).await;
     let suspended = w

@@ -21,6 +21,31 @@ pub enum RunKind {
 }
 
 impl RunKind {
+    pub const ALL: [RunKind; 5] = [
+        RunKind::Provision,
+        RunKind::TierChange,
+        RunKind::Suspend,
+        RunKind::Reactivate,
+        RunKind::Delete,
+    ];
+
+    /// The run a tenant lifecycle event asks for, if any.
+    pub fn from_event(event: &str) -> Option<RunKind> {
+        match event {
+            "TenantCreated" => Some(RunKind::Provision),
+            "TenantTierChanged" => Some(RunKind::TierChange),
+            "TenantSuspended" => Some(RunKind::Suspend),
+            "TenantReactivated" => Some(RunKind::Reactivate),
+            "TenantDeletionRequested" => Some(RunKind::Delete),
+            _ => None,
+        }
+    }
+
+    /// The kind named `s` (as stored, see [`RunKind::as_str`]).
+    pub fn parse(s: &str) -> Option<RunKind> {
+        RunKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RunKind::Provision => "provision",

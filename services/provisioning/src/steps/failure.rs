@@ -66,9 +66,8 @@ pub(crate) fn io(context: &str, e: std::io::Error) -> StepError {
 }
 
 /// A tier the steps do not know is a permanent failure of the request.
-pub(crate) fn tier(tier: &str) -> Result<keel_tenant::domain::Tier, StepError> {
-    keel_tenant::domain::Tier::parse(tier)
-        .ok_or_else(|| StepError::Permanent(format!("unknown tier {tier:?}")))
+pub(crate) fn tier(tier: &str) -> Result<keel_tenancy::Tier, StepError> {
+    keel_tenancy::Tier::parse(tier).ok_or_else(|| StepError::Permanent(format!("unknown tier {tier:?}")))
 }
 
 #[cfg(test)]

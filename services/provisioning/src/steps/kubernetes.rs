@@ -4,7 +4,6 @@
 //! tenant server. Rendering is pure and deterministic (keys sorted), so unchanged input gives
 //! byte-identical files and the step can skip writing them.
 
-use keel_tenant::domain::Tier;
 use serde_json::{Value, json};
 
 use super::{StepContext, StepError, failure};
@@ -24,36 +23,6 @@ pub const FILES: [&str; 7] = [
 const KEEL_NAMESPACE: &str = "keel-system";
 const INGRESS_NAMESPACE: &str = "ingress-nginx";
 const CHART: &str = "keel-tenant-server";
-
-/// Namespace-wide resources of one tier (requests, limits, volume claims, storage).
-struct Sizing {
-    requests_cpu: &'static str,
-    requests_memory: &'static str,
-    limits_cpu: &'static str,
-    limits_memory: &'static str,
-    volume_claims: &'static str,
-    storage: &'static str,
-    replicas: u32,
-}
-
-fn sizing(tier: Tier) -> Sizing {
-    let (requests_cpu, requests_memory, limits_cpu, limits_memory, volume_claims, storage, replicas) =
-        match tier {
-            Tier::Low => ("2", "4Gi", "4", "8Gi", "5", "20Gi", 1),
-            Tier::Mid => ("8", "16Gi", "16", "32Gi", "20", "100Gi", 1),
-            Tier::High => ("32", "64Gi", "64", "128Gi", "50", "500Gi", 2),
-            Tier::Business => ("128", "256Gi", "256", "512Gi", "200", "2Ti", 3),
-        };
-    Sizing {
-        requests_cpu,
-        requests_memory,
-        limits_cpu,
-        limits_memory,
-        volume_claims,
-        storage,
-        replicas,
-    }
-}
 
 /// A DNS label (RFC 1123): what a namespace name must be.
 fn is_dns_label(s: &str) -> bool {
@@ -94,16 +63,18 @@ pub fn render(ctx: &StepContext) -> Result<Vec<(&'static str, String)>, StepErro
             ctx.tenant_id
         )));
     }
-    let size = sizing(tier);
+    let entitlements = tier.entitlements();
+    let size = entitlements.sizing;
     let labels = json!({
         "app.kubernetes.io/managed-by": "keel-provisioning",
         "keel.dev/tenant": ctx.tenant_id,
     });
     let meta = |name: &str| json!({ "name": name, "namespace": ns, "labels": labels });
+    // Unlimited agents: no pod quota at all (absent, not a large number).
     let pods = if ctx.suspended {
-        0
+        Some(0)
     } else {
-        tier.entitlements().agent_limit * 2
+        entitlements.pod_quota()
     };
     let replicas = if ctx.suspended { 0 } else { size.replicas };
 
@@ -123,12 +94,11 @@ pub fn render(ctx: &StepContext) -> Result<Vec<(&'static str, String)>, StepErro
             },
         },
     });
-    let quota = json!({
+    let mut quota = json!({
         "apiVersion": "v1",
         "kind": "ResourceQuota",
         "metadata": meta("tenant-quota"),
         "spec": { "hard": {
-            "pods": pods.to_string(),
             "requests.cpu": size.requests_cpu,
             "requests.memory": size.requests_memory,
             "limits.cpu": size.limits_cpu,
@@ -139,6 +109,9 @@ pub fn render(ctx: &StepContext) -> Result<Vec<(&'static str, String)>, StepErro
             "services.nodeports": "0",
         } },
     });
+    if let Some(pods) = pods {
+        quota["spec"]["hard"]["pods"] = json!(pods.to_string());
+    }
     // The quota counts requests and limits, so every container needs them: these are the defaults.
     let limits = json!({
         "apiVersion": "v1",
@@ -242,6 +215,7 @@ mod tests {
             tier: tier.into(),
             suspended,
             names: ResourceNames::new("", "tenant-1", "acme", Path::new("/gitops")),
+            traceparent: None,
         }
     }
 
@@ -262,7 +236,14 @@ mod tests {
         assert_eq!(doc(&c, "resourcequota.yaml")["spec"]["hard"]["pods"], "0");
         assert_eq!(doc(&c, "helmrelease.yaml")["spec"]["values"]["replicaCount"], 0);
         let c = ctx("business", false);
-        assert_eq!(doc(&c, "resourcequota.yaml")["spec"]["hard"]["pods"], "2000");
+        assert!(
+            doc(&c, "resourcequota.yaml")["spec"]["hard"]
+                .get("pods")
+                .is_none(),
+            "unlimited agents: no pod quota"
+        );
+        let c = ctx("mid", false);
+        assert_eq!(doc(&c, "resourcequota.yaml")["spec"]["hard"]["pods"], "50");
         assert_eq!(doc(&c, "helmrelease.yaml")["spec"]["values"]["replicaCount"], 3);
     }
 

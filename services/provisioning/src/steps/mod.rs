@@ -15,6 +15,7 @@ pub mod manifests;
 pub mod messaging;
 pub mod quotas;
 mod scram;
+pub mod tenant;
 
 pub use database::{credentials, database};
 pub use manifests::manifests;
@@ -22,8 +23,13 @@ pub use messaging::messaging;
 pub use quotas::quotas;
 
 /// The local steps (those against PostgreSQL, NATS, Redis and disk), in provisioning order.
-pub fn all() -> Vec<Box<dyn Step>> {
+pub fn local() -> Vec<Box<dyn Step>> {
     vec![database(), messaging(), quotas(), manifests()]
+}
+
+/// Every step a run plan can name: the local ones and the tenant service's.
+pub fn all() -> Vec<Box<dyn Step>> {
+    local().into_iter().chain(tenant::all()).collect()
 }
 
 /// The desired state of one tenant's resources.
@@ -36,6 +42,8 @@ pub struct StepContext {
     /// Suspended tenants keep their resources but run no workloads and cannot log in.
     pub suspended: bool,
     pub names: ResourceNames,
+    /// The run's trace, carried to the tenant service by the remote steps.
+    pub traceparent: Option<String>,
 }
 
 /// Names of a tenant's resources. `prefix` isolates test runs (and installations) that share
@@ -94,6 +102,15 @@ impl StepError {
     }
 }
 
+impl From<keel_tenancy::ClientError> for StepError {
+    fn from(e: keel_tenancy::ClientError) -> Self {
+        match e {
+            keel_tenancy::ClientError::Transient(m) => StepError::Transient(m),
+            keel_tenancy::ClientError::Permanent(m) => StepError::Permanent(m),
+        }
+    }
+}
+
 /// The systems steps act on.
 #[derive(Clone)]
 pub struct Systems {
@@ -105,7 +122,9 @@ pub struct Systems {
     pub redis: redis::aio::ConnectionManager,
     pub gitops_dir: PathBuf,
     /// Wraps the tenant roles' generated passwords at rest.
-    pub master: keel_tenant::crypto::MasterKey,
+    pub master: keel_auth::MasterKey,
+    /// The tenant service, for the remote steps.
+    pub tenant: std::sync::Arc<keel_tenancy::TenantClient>,
 }
 
 #[async_trait]

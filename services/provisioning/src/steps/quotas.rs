@@ -20,17 +20,27 @@ pub fn quotas() -> Box<dyn Step> {
 /// The hash as `ctx` wants it.
 fn desired(ctx: &StepContext) -> Result<BTreeMap<String, String>, StepError> {
     let entitlements = failure::tier(&ctx.tier)?.entitlements();
-    let limits = keel_auth::tier_limits(&ctx.tier);
+    let limits = entitlements.rate_limit;
     let fields = [
-        ("tier", ctx.tier.clone()),
-        ("rate_per_second", limits.per_second.to_string()),
-        ("burst", limits.burst.to_string()),
-        ("agent_limit", entitlements.agent_limit.to_string()),
-        ("environments", entitlements.environments.to_string()),
-        ("retention_days", entitlements.retention_days.to_string()),
-        ("suspended", if ctx.suspended { "1" } else { "0" }.to_owned()),
+        ("tier", Some(ctx.tier.clone())),
+        ("rate_per_second", Some(limits.per_second.to_string())),
+        ("burst", Some(limits.burst.to_string())),
+        // Unlimited is an absent field, never a large number.
+        ("agent_limit", entitlements.agent_limit.map(|n| n.to_string())),
+        ("environments", entitlements.environments.map(|n| n.to_string())),
+        (
+            "retention_days",
+            Some(entitlements.retention_days(None).to_string()),
+        ),
+        (
+            "suspended",
+            Some(if ctx.suspended { "1" } else { "0" }.to_owned()),
+        ),
     ];
-    Ok(fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())
+    Ok(fields
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+        .collect())
 }
 
 async fn current(sys: &Systems, key: &str) -> Result<BTreeMap<String, String>, StepError> {
@@ -107,6 +117,7 @@ mod tests {
             tier: tier.into(),
             suspended,
             names: ResourceNames::new("", "tid", "acme", Path::new("/tmp")),
+            traceparent: None,
         }
     }
 

@@ -108,7 +108,10 @@ impl Mesh {
                 "KEEL_JWKS_URL".to_owned(),
                 format!("http://{}/.well-known/jwks.json", tenant.http),
             ),
-            ("KEEL_GITOPS_DIR".to_owned(), gitops.display().to_string()),
+            (
+                "KEEL_PROVISIONING_GITOPS_DIR".to_owned(),
+                gitops.display().to_string(),
+            ),
             (
                 "KEEL_PROVISIONING_RESOURCE_PREFIX".to_owned(),
                 format!("{token}_"),

@@ -10,7 +10,7 @@ use crate::harness::{Mesh, by_id, slug};
 async fn as_tenant(mesh: &Mesh, t: &pb::Tenant) -> sqlx::PgConnection {
     use sqlx::Connection;
     let names = mesh.names(t);
-    let master = keel_tenant::crypto::MasterKey::from_setting(None).unwrap();
+    let master = keel_auth::MasterKey::from_setting(None).unwrap();
     let wrapped: Vec<u8> = sqlx::query_scalar(&format!(
         "SELECT password_wrapped FROM test_{}_p.tenant_credentials WHERE tenant_id = $1",
         mesh.token
@@ -240,8 +240,16 @@ async fn suspension_blocks_credentials_and_reactivation_restores_them_and_tier_c
         (!can_login(mesh.pool.clone(), role.clone()).await).then_some(())
     })
     .await;
-    let helm = std::fs::read_to_string(mesh.names(&t).manifest_dir.join("helmrelease.yaml")).unwrap();
-    assert!(helm.contains("replicaCount: 0"), "{helm}");
+    // The manifest step runs after the role step: wait for it too, never read it once.
+    let helm_path = mesh.names(&t).manifest_dir.join("helmrelease.yaml");
+    eventually("helmrelease scaled to zero", Duration::from_secs(30), || {
+        let helm_path = helm_path.clone();
+        async move {
+            let helm = std::fs::read_to_string(&helm_path).ok()?;
+            helm.contains("replicaCount: 0").then_some(())
+        }
+    })
+    .await;
     api.reactivate_tenant(pb::ReactivateTenantRequest {
         tenant: Some(by_id(&t.id)),
     })

@@ -13,25 +13,25 @@ async fn hash(w: &World, ctx: &StepContext) -> BTreeMap<String, String> {
 }
 
 fn expected(tier: &str, suspended: bool) -> BTreeMap<String, String> {
-    // tier, rate/s, burst, agents, environments, retention days
+    // tier, rate/s, burst, agents, environments, retention days; unlimited is absent
     let (rate, burst, agents, envs, days) = match tier {
-        "low" => (20, 40, 5, 1, 30),
-        "mid" => (100, 200, 25, 3, 90),
-        "high" => (500, 1000, 100, 10, 180),
-        "business" => (2000, 4000, 1000, 50, 365),
+        "low" => (20, 40, Some(5), Some(1), 7),
+        "mid" => (100, 200, Some(25), Some(2), 30),
+        "high" => (500, 1000, None, None, 90),
+        "business" => (2000, 4000, None, None, 365),
         other => panic!("no expectation for tier {other}"),
     };
     [
-        ("tier", tier.to_owned()),
-        ("rate_per_second", rate.to_string()),
-        ("burst", burst.to_string()),
-        ("agent_limit", agents.to_string()),
-        ("environments", envs.to_string()),
-        ("retention_days", days.to_string()),
-        ("suspended", if suspended { "1" } else { "0" }.to_owned()),
+        ("tier", Some(tier.to_owned())),
+        ("rate_per_second", Some(rate.to_string())),
+        ("burst", Some(burst.to_string())),
+        ("agent_limit", agents.map(|n: u32| n.to_string())),
+        ("environments", envs.map(|n: u32| n.to_string())),
+        ("retention_days", Some(days.to_string())),
+        ("suspended", Some(if suspended { "1" } else { "0" }.to_owned())),
     ]
     .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
+    .filter_map(|(k, v)| Some((k.to_owned(), v?)))
     .collect()
 }
 

@@ -4,10 +4,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use base64::Engine;
+use keel_auth::MasterKey;
 use keel_bus::Bus;
 use keel_provisioning::steps::{ResourceNames, StepContext, Systems};
 use keel_store::testing::{database_url, nats_url, redis_url, unique_token};
-use keel_tenant::crypto::MasterKey;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub struct World {
@@ -58,6 +58,8 @@ impl World {
             redis,
             gitops_dir: gitops.path().to_owned(),
             master,
+            // The step tests drive local steps only; nothing answers here.
+            tenant: keel_tenancy::TenantClient::new("http://127.0.0.1:1", "unused".into()).unwrap(),
         };
         Self {
             token,
@@ -82,6 +84,7 @@ impl World {
             tier: tier.to_owned(),
             suspended,
             names,
+            traceparent: None,
         }
     }
 

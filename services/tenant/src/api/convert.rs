@@ -83,13 +83,35 @@ pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
     }
 }
 
+/// The serde name of a unit enum value (`shared`, `full`, `usage`, …).
+fn label<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 pub fn entitlements(t: Tier) -> pb::Entitlements {
+    use keel_tenancy::tier::{Lineage, Retention};
     let e = t.entitlements();
+    let (lineage, captures) = match e.lineage {
+        Lineage::Full => ("full", None),
+        Lineage::Limited { captures_per_minute } => ("limited", Some(captures_per_minute)),
+    };
     pb::Entitlements {
         environments: e.environments,
         agent_limit: e.agent_limit,
-        retention_days: e.retention_days,
+        retention_days: e.retention_days(None),
         features: e.features.iter().map(|f| (*f).to_owned()).collect(),
+        default_environments: e.default_environments.iter().map(|f| (*f).to_owned()).collect(),
+        infrastructure: label(&e.infrastructure),
+        lineage: lineage.into(),
+        lineage_captures_per_minute: captures,
+        team_management: label(&e.team_management),
+        extra_vaults: e.extra_vaults,
+        sla: e.sla.into(),
+        pricing: label(&e.pricing),
+        custom_retention: e.retention == Retention::Custom,
     }
 }
 

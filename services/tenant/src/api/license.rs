@@ -10,7 +10,7 @@ use super::convert::{tier_to_pb, timestamp};
 use super::{Call, Core, Shared};
 use crate::domain::{TenantCommand, TenantError, Tier};
 use crate::error::Error;
-use crate::license::LicenseClaims;
+use keel_tenancy::license::LicenseClaims;
 
 pub struct LicenseApi(pub Shared);
 
@@ -89,7 +89,7 @@ impl LicenseService for LicenseApi {
         let (id, jwt) = row.ok_or(Error::NotFound("license"))?;
         let jwks = self.0.signing.jwks().await?;
         // Our own licenses always verify unless their key has aged out of the JWKS.
-        let (claims, _) = crate::license::verify(&jwt, &jwks, Utc::now())
+        let (claims, _) = keel_tenancy::license::verify(&jwt, &jwks, Utc::now())
             .map_err(|_| Error::NotFound("current license"))?;
         Ok(Response::new(license_pb(
             &id,

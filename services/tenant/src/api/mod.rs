@@ -162,11 +162,14 @@ impl Core {
     ) -> Result<String, Status> {
         let reference = reference
             .and_then(|r| r.r#ref.as_ref())
-            .ok_or_else(|| Status::invalid_argument("tenant: required"))?;
+            .ok_or_else(|| keel_runtime::status::invalid_argument("tenant", "required"))?;
         match reference {
             tenant_ref::Ref::Id(id) => {
                 if !keel_events::subjects::is_valid_token(id) {
-                    return Err(Status::invalid_argument("tenant.id: must be a tenant id"));
+                    return Err(keel_runtime::status::invalid_argument(
+                        "tenant.id",
+                        "must be a tenant id",
+                    ));
                 }
                 Ok(id.clone())
             }
@@ -181,9 +184,10 @@ impl Core {
                 match found {
                     Some(id) => Ok(id),
                     None if call.principal()?.is_operator() => Err(Error::NotFound("tenant").into()),
-                    None => Err(Status::permission_denied(format!(
-                        "missing scope {scope} for this tenant"
-                    ))),
+                    None => Err(keel_runtime::status::permission_denied(
+                        "MISSING_SCOPE",
+                        format!("missing scope {scope} for this tenant"),
+                    )),
                 }
             }
         }

@@ -60,7 +60,10 @@ impl TokenService for TokenApi {
         let scopes = if r.scopes.is_empty() {
             grant.scopes.clone()
         } else if let Some(s) = r.scopes.iter().find(|s| !grant.scopes.contains(s)) {
-            return Err(Status::permission_denied(format!("missing scope {s}")));
+            return Err(keel_runtime::status::permission_denied(
+                "MISSING_SCOPE",
+                format!("missing scope {s}"),
+            ));
         } else {
             r.scopes
         };
@@ -97,7 +100,10 @@ impl TokenService for TokenApi {
         if !principal.is_operator()
             && let Some(s) = r.scopes.iter().find(|s| !principal.claims.scopes.contains(s))
         {
-            return Err(Status::permission_denied(format!("missing scope {s}")));
+            return Err(keel_runtime::status::permission_denied(
+                "MISSING_SCOPE",
+                format!("missing scope {s}"),
+            ));
         }
         let account_id = format!("sa_{}", uuid::Uuid::now_v7().simple());
         let key_id = format!("key_{}", uuid::Uuid::now_v7().simple());

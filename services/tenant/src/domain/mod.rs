@@ -2,8 +2,7 @@
 //! publishes around it.
 
 pub mod tenant;
-pub mod tier;
 pub mod validate;
 
+pub use keel_tenancy::tier::{Entitlements, Tier};
 pub use tenant::{Account, Encrypted, Member, Role, Status, Tenant, TenantCommand, TenantError, TenantEvent};
-pub use tier::{Entitlements, Tier};

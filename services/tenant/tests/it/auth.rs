@@ -308,17 +308,17 @@ async fn licenses_verify_offline_with_the_jwks_and_fail_on_one_changed_byte() {
     assert_eq!(got.jwt, lic.jwt);
     let (_, body) = w.http_get("/.well-known/jwks.json").await;
     let jwks: keel_auth::JwkSet = serde_json::from_str(&body).unwrap();
-    let (claims, status) = keel_tenant::license::verify(&lic.jwt, &jwks, chrono::Utc::now()).unwrap();
+    let (claims, status) = keel_tenancy::license::verify(&lic.jwt, &jwks, chrono::Utc::now()).unwrap();
     assert_eq!(
         (claims.tenant.as_str(), status),
-        (t.id.as_str(), keel_tenant::license::LicenseStatus::Valid)
+        (t.id.as_str(), keel_tenancy::license::LicenseStatus::Valid)
     );
-    assert_eq!(claims.limits.retention_days, 30);
+    assert_eq!(claims.limits.retention_days, 7);
     let mut bytes = lic.jwt.clone().into_bytes();
     let i = bytes.len() / 3;
     bytes[i] = if bytes[i] == b'x' { b'y' } else { b'x' };
     assert!(
-        keel_tenant::license::verify(&String::from_utf8(bytes).unwrap(), &jwks, chrono::Utc::now()).is_err()
+        keel_tenancy::license::verify(&String::from_utf8(bytes).unwrap(), &jwks, chrono::Utc::now()).is_err()
     );
 
     // A key rotation keeps the old key published, so the license still verifies.
@@ -331,6 +331,6 @@ async fn licenses_verify_offline_with_the_jwks_and_fail_on_one_changed_byte() {
     assert_eq!(rotated.published_kids.len(), 2);
     let (_, body) = w.http_get("/.well-known/jwks.json").await;
     let jwks: keel_auth::JwkSet = serde_json::from_str(&body).unwrap();
-    assert!(keel_tenant::license::verify(&lic.jwt, &jwks, chrono::Utc::now()).is_ok());
+    assert!(keel_tenancy::license::verify(&lic.jwt, &jwks, chrono::Utc::now()).is_ok());
     w.cleanup().await;
 }

@@ -41,7 +41,7 @@ impl World {
         let schema = format!("test_{token}");
         let bootstrap = format!("boot-{}", uuid::Uuid::new_v4());
         env.insert("KEEL_BOOTSTRAP_TOKEN".into(), bootstrap.clone());
-        env.insert("KEEL_TENANT_MASTER_KEY".into(), MASTER_KEY.into());
+        env.insert("KEEL_MASTER_KEY".into(), MASTER_KEY.into());
         let proc = ServiceProc::start(
             Path::new(env!("CARGO_BIN_EXE_keel-tenant")),
             "tenant",

@@ -54,6 +54,11 @@ async fn bad_input_is_invalid_argument_naming_the_field_and_writes_nothing() {
             "expected the message to name {field}: {}",
             e.message()
         );
+        // The standard rich error model: a google.rpc.BadRequest in grpc-status-details-bin.
+        let bad = tonic_types::StatusExt::get_details_bad_request(&e)
+            .unwrap_or_else(|| panic!("{field}: no BadRequest in the status details: {e:?}"));
+        assert_eq!(bad.field_violations.len(), 1, "{field}");
+        assert_eq!(bad.field_violations[0].field, field);
     }
     let e = api
         .list_tenants(pb::ListTenantsRequest {

@@ -15,7 +15,7 @@ async fn full_lifecycle_over_grpc_with_events_and_audit_records() {
     let s = slug();
     let created = w.create(&s, "owner@acme.example").await;
     assert_eq!(status(&created), pb::TenantStatus::Pending);
-    assert_eq!(created.entitlements.as_ref().unwrap().retention_days, 30);
+    assert_eq!(created.entitlements.as_ref().unwrap().retention_days, 7);
     let id = created.id.clone();
     let mut api = w.tenants(&w.operator);
     let lc = |id: &str| pb::TenantLifecycleRequest {

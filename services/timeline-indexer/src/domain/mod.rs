@@ -4,7 +4,6 @@
 pub mod filter;
 pub mod query;
 pub mod row;
-pub mod tier;
 
 pub use filter::{Filter, TimeRange};
 pub use row::TimelineRow;

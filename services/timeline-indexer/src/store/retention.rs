@@ -1,12 +1,14 @@
-//! Retention: each tenant keeps its tier's days (180 when unknown); a tenant under legal hold
-//! keeps everything. Rows go in bounded batches; whole partitions go once they are older than
-//! the longest retention of any tier and hold no row of a tenant under legal hold.
+//! Retention: each tenant keeps its tier's days of events (the tier table in `keel-tenancy`;
+//! the longest fixed retention while the tier is not known yet) and audit records for at least
+//! [`AUDIT_RETENTION_DAYS`]; a tenant under legal hold keeps everything. Rows go in bounded
+//! batches; whole partitions go once they are older than the longest retention of any tier and
+//! hold no row of a tenant under legal hold.
 
 use chrono::{Duration, Utc};
 
 use super::{TimelineStore, ddl};
-use crate::domain::tier::{DEFAULT_RETENTION_DAYS, MAX_RETENTION_DAYS, retention_days};
 use crate::error::Result;
+use keel_tenancy::tier::{AUDIT_RETENTION_DAYS, max_fixed_retention_days, retention_days};
 
 /// What one sweep removed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -28,7 +30,7 @@ impl TimelineStore {
 
         // Whole partitions first: cheap, and only where no held tenant has a row.
         let mut conn = self.pool.acquire().await?;
-        let cutoff = Utc::now() - Duration::days(i64::from(MAX_RETENTION_DAYS));
+        let cutoff = Utc::now() - Duration::days(i64::from(max_fixed_retention_days()));
         for part in ddl::partitions_before(&mut conn, &table, cutoff).await? {
             let held_rows: bool = sqlx::query_scalar(&format!(
                 "SELECT EXISTS (SELECT 1 FROM {part} WHERE tenant_id = ANY($1))"
@@ -55,21 +57,29 @@ impl TimelineStore {
             if hold {
                 continue;
             }
-            let days = tier.as_deref().map_or(DEFAULT_RETENTION_DAYS, retention_days);
-            let before = Utc::now() - Duration::days(i64::from(days));
-            loop {
-                let done = sqlx::query(&format!(
-                    "DELETE FROM {table} WHERE (tenant_id, ts, event_id) IN \
-                     (SELECT tenant_id, ts, event_id FROM {table} WHERE tenant_id = $1 AND ts < $2 LIMIT $3)"
-                ))
-                .bind(&tenant)
-                .bind(before)
-                .bind(BATCH)
-                .execute(&mut *conn)
-                .await?;
-                sweep.rows_deleted += done.rows_affected();
-                if done.rows_affected() < BATCH as u64 {
-                    break;
+            let days = tier
+                .as_deref()
+                .and_then(retention_days)
+                .unwrap_or_else(max_fixed_retention_days);
+            let events_before = Utc::now() - Duration::days(i64::from(days));
+            let audit_before = Utc::now() - Duration::days(i64::from(days.max(AUDIT_RETENTION_DAYS)));
+            for (is_audit, before) in [(false, events_before), (true, audit_before)] {
+                loop {
+                    let done = sqlx::query(&format!(
+                        "DELETE FROM {table} WHERE (tenant_id, ts, event_id) IN \
+                         (SELECT tenant_id, ts, event_id FROM {table} \
+                          WHERE tenant_id = $1 AND ts < $2 AND (source = 'audit') = $4 LIMIT $3)"
+                    ))
+                    .bind(&tenant)
+                    .bind(before)
+                    .bind(BATCH)
+                    .bind(is_audit)
+                    .execute(&mut *conn)
+                    .await?;
+                    sweep.rows_deleted += done.rows_affected();
+                    if done.rows_affected() < BATCH as u64 {
+                        break;
+                    }
                 }
             }
         }

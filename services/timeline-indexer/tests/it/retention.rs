@@ -10,7 +10,7 @@ use crate::harness::{Mesh, envelope, slug};
 #[tokio::test]
 async fn retention_follows_the_tier_and_a_legal_hold_keeps_everything() {
     let mut mesh = Mesh::start().await;
-    // Both tenants are tier mid: 90 days.
+    // Both tenants are tier mid: 30 days of events, 365 of audit records.
     let plain = mesh.create_tenant(&slug()).await;
     let held = mesh.create_tenant(&slug()).await;
     let old = Utc::now() - chrono::Duration::days(200);
@@ -27,6 +27,7 @@ async fn retention_follows_the_tier_and_a_legal_hold_keeps_everything() {
         e.time = t;
         e
     };
+    let pool_for_audit = mesh.pool.clone();
     let events = [
         at(&plain.id, 1, old),
         at(&plain.id, 2, recent),
@@ -45,6 +46,30 @@ async fn retention_follows_the_tier_and_a_legal_hold_keeps_everything() {
     for e in &events {
         mesh.publish(e).await;
     }
+    // An audit record as old as the old events: audit outlives the tier's retention.
+    let mut audit = keel_bus::audit::AuditRecord::new(
+        "user:u-1",
+        &plain.id,
+        "tenant",
+        "tenant-suspend",
+        "tenant/x",
+        keel_bus::audit::AuditResult::Success,
+        "127.0.0.1",
+    );
+    audit.time = old;
+    mesh.bus.publish_audit(&audit).await.unwrap();
+    let audit_rows = |tenant: String| {
+        let pool = pool_for_audit.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM timeline_events_g1 WHERE tenant_id = $1 AND source = 'audit' AND ts < now() - interval '90 days'",
+            )
+            .bind(tenant)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
     let pool = mesh.pool.clone();
     let count = |tenant: String, older: bool| {
         let pool = pool.clone();
@@ -63,7 +88,8 @@ async fn retention_follows_the_tier_and_a_legal_hold_keeps_everything() {
     eventually("all projected", Duration::from_secs(20), || async {
         (count(plain.id.clone(), true).await == 1
             && count(held.id.clone(), true).await == 1
-            && count(plain.id.clone(), false).await == 1)
+            && count(plain.id.clone(), false).await == 1
+            && audit_rows(plain.id.clone()).await == 1)
             .then_some(())
     })
     .await;
@@ -87,6 +113,11 @@ async fn retention_follows_the_tier_and_a_legal_hold_keeps_everything() {
     )
     .await;
     assert_eq!(count(plain.id.clone(), false).await, 1, "recent rows stay");
+    assert_eq!(
+        audit_rows(plain.id.clone()).await,
+        1,
+        "audit records stay 365 days whatever the tier"
+    );
     assert_eq!(
         count(held.id.clone(), true).await,
         1,

@@ -5,15 +5,19 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use keel_auth::{JwkSet, SigningKey};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Tier;
+use crate::tier::Tier;
 
 pub const VALIDITY_DAYS: i64 = 365;
 pub const GRACE_DAYS: i64 = 7;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
-    pub environments: u32,
-    pub agent_limit: u32,
+    /// `None` (absent in the JWT) is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub environments: Option<u32>,
+    /// `None` (absent in the JWT) is unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_limit: Option<u32>,
     pub retention_days: u32,
 }
 
@@ -43,7 +47,7 @@ impl LicenseClaims {
             limits: Limits {
                 environments: e.environments,
                 agent_limit: e.agent_limit,
-                retention_days: e.retention_days,
+                retention_days: e.retention_days(None),
             },
             iat: now.timestamp(),
             exp: (now + Duration::days(VALIDITY_DAYS)).timestamp(),

@@ -1,6 +1,8 @@
-//! The tenant service, as the saga's remote steps see it: begin (PROVISIONING), license,
-//! activate (ACTIVE), finalize a deletion, record a failure. Each call first reads the tenant's
-//! status so that running it twice is harmless, and carries the run's `traceparent`.
+//! The tenant service's client for other services: it exchanges a service API key for
+//! short-lived tokens, carries the caller's `traceparent`, and offers the lifecycle calls a
+//! saga makes — begin (PROVISIONING), license, activate (ACTIVE), finalize a deletion, record a
+//! failure. Each lifecycle call first reads the tenant's status so that running it twice is
+//! harmless.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,23 +16,39 @@ use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status};
 
-use crate::steps::StepError;
+/// What went wrong calling the tenant service, and whether trying again can help.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The service is unreachable, overloaded or raced: the same call may succeed later.
+    #[error("{0}")]
+    Transient(String),
+    /// The call cannot succeed as made (bad state, denied, not found).
+    #[error("{0}")]
+    Permanent(String),
+}
 
+impl ClientError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ClientError::Transient(_))
+    }
+}
+
+/// A shared, lazily connecting client of the tenant service.
 pub struct TenantClient {
     channel: Channel,
     api_key: String,
     token: Mutex<Option<(String, i64)>>,
 }
 
-fn step_error(s: Status) -> StepError {
+fn client_error(s: Status) -> ClientError {
     match s.code() {
         Code::Unavailable
         | Code::DeadlineExceeded
         | Code::Internal
         | Code::Aborted
         | Code::ResourceExhausted
-        | Code::Unknown => StepError::Transient(format!("tenant service: {}: {}", s.code(), s.message())),
-        _ => StepError::Permanent(format!("tenant service: {}: {}", s.code(), s.message())),
+        | Code::Unknown => ClientError::Transient(format!("tenant service: {}: {}", s.code(), s.message())),
+        _ => ClientError::Permanent(format!("tenant service: {}: {}", s.code(), s.message())),
     }
 }
 
@@ -43,8 +61,9 @@ fn tenant_ref(id: &str) -> Option<pb::TenantRef> {
 impl TenantClient {
     /// A lazily connecting client of the tenant service at `url` using `api_key` (an operator or
     /// service key exchanged for short-lived tokens).
-    pub fn new(url: &str, api_key: String) -> anyhow::Result<Arc<Self>> {
-        let channel = Endpoint::from_shared(url.to_owned())?
+    pub fn new(url: &str, api_key: String) -> Result<Arc<Self>, ClientError> {
+        let channel = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| ClientError::Permanent(format!("tenant service address {url:?}: {e}")))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(15))
             .connect_lazy();
@@ -55,7 +74,7 @@ impl TenantClient {
         }))
     }
 
-    async fn token(&self) -> Result<String, StepError> {
+    async fn token(&self) -> Result<String, ClientError> {
         let mut cached = self.token.lock().await;
         if let Some((t, exp)) = cached.as_ref()
             && *exp > Utc::now().timestamp() + 60
@@ -68,21 +87,21 @@ impl TenantClient {
                 scopes: vec![],
             })
             .await
-            .map_err(step_error)?
+            .map_err(client_error)?
             .into_inner();
         let exp = resp.expires_at.map_or(0, |t| t.seconds);
         *cached = Some((resp.token.clone(), exp));
         Ok(resp.token)
     }
 
-    async fn request<T>(&self, msg: T, traceparent: Option<&str>) -> Result<Request<T>, StepError> {
+    async fn request<T>(&self, msg: T, traceparent: Option<&str>) -> Result<Request<T>, ClientError> {
         let mut req = Request::new(msg);
         let bearer = format!("Bearer {}", self.token().await?);
         req.metadata_mut().insert(
             "authorization",
             bearer
                 .parse()
-                .map_err(|_| StepError::Permanent("bad token".into()))?,
+                .map_err(|_| ClientError::Permanent("bad token".into()))?,
         );
         if let Some(tp) = traceparent.and_then(|tp| tp.parse().ok()) {
             req.metadata_mut().insert("traceparent", tp);
@@ -90,7 +109,7 @@ impl TenantClient {
         Ok(req)
     }
 
-    pub async fn status(&self, tenant_id: &str, tp: Option<&str>) -> Result<pb::TenantStatus, StepError> {
+    pub async fn status(&self, tenant_id: &str, tp: Option<&str>) -> Result<pb::TenantStatus, ClientError> {
         let req = self
             .request(
                 pb::GetTenantRequest {
@@ -102,7 +121,7 @@ impl TenantClient {
         let t = TenantServiceClient::new(self.channel.clone())
             .get_tenant(req)
             .await
-            .map_err(step_error)?
+            .map_err(client_error)?
             .into_inner();
         Ok(pb::TenantStatus::try_from(t.status).unwrap_or(pb::TenantStatus::Unspecified))
     }
@@ -112,7 +131,7 @@ impl TenantClient {
     }
 
     /// PENDING or FAILED → PROVISIONING.
-    pub async fn begin(&self, tenant_id: &str, tp: Option<&str>) -> Result<(), StepError> {
+    pub async fn begin(&self, tenant_id: &str, tp: Option<&str>) -> Result<(), ClientError> {
         match self.status(tenant_id, tp).await? {
             pb::TenantStatus::Pending | pb::TenantStatus::Failed => {
                 let req = self
@@ -123,16 +142,27 @@ impl TenantClient {
                         tp,
                     )
                     .await?;
-                self.tenants().mark_provisioning(req).await.map_err(step_error)?;
+                self.tenants()
+                    .mark_provisioning(req)
+                    .await
+                    .map_err(client_error)?;
                 Ok(())
             }
             pb::TenantStatus::Provisioning => Ok(()),
-            other => Err(StepError::Permanent(format!("tenant is {}", other.as_str_name()))),
+            other => Err(ClientError::Permanent(format!(
+                "tenant is {}",
+                other.as_str_name()
+            ))),
         }
     }
 
     /// A license for `tier`, unless the current one already is.
-    pub async fn license(&self, tenant_id: &str, tier: &str, tp: Option<&str>) -> Result<String, StepError> {
+    pub async fn license(
+        &self,
+        tenant_id: &str,
+        tier: &str,
+        tp: Option<&str>,
+    ) -> Result<String, ClientError> {
         let req = self
             .request(
                 pb::GetLicenseRequest {
@@ -153,7 +183,7 @@ impl TenantClient {
             }
             Ok(_) => {}
             Err(s) if s.code() == Code::NotFound => {}
-            Err(s) => return Err(step_error(s)),
+            Err(s) => return Err(client_error(s)),
         }
         let req = self
             .request(
@@ -166,12 +196,12 @@ impl TenantClient {
         let l = LicenseServiceClient::new(self.channel.clone())
             .issue_license(req)
             .await
-            .map_err(step_error)?;
+            .map_err(client_error)?;
         Ok(l.into_inner().license_id)
     }
 
     /// PROVISIONING → ACTIVE.
-    pub async fn activate(&self, tenant_id: &str, tp: Option<&str>) -> Result<(), StepError> {
+    pub async fn activate(&self, tenant_id: &str, tp: Option<&str>) -> Result<(), ClientError> {
         match self.status(tenant_id, tp).await? {
             pb::TenantStatus::Provisioning => {
                 let req = self
@@ -182,16 +212,19 @@ impl TenantClient {
                         tp,
                     )
                     .await?;
-                self.tenants().mark_provisioned(req).await.map_err(step_error)?;
+                self.tenants().mark_provisioned(req).await.map_err(client_error)?;
                 Ok(())
             }
             pb::TenantStatus::Active => Ok(()),
-            other => Err(StepError::Permanent(format!("tenant is {}", other.as_str_name()))),
+            other => Err(ClientError::Permanent(format!(
+                "tenant is {}",
+                other.as_str_name()
+            ))),
         }
     }
 
     /// DELETING → DELETED.
-    pub async fn finalize_deletion(&self, tenant_id: &str, tp: Option<&str>) -> Result<(), StepError> {
+    pub async fn finalize_deletion(&self, tenant_id: &str, tp: Option<&str>) -> Result<(), ClientError> {
         match self.status(tenant_id, tp).await? {
             pb::TenantStatus::Deleting => {
                 let req = self
@@ -202,16 +235,19 @@ impl TenantClient {
                         tp,
                     )
                     .await?;
-                self.tenants().mark_deleted(req).await.map_err(step_error)?;
+                self.tenants().mark_deleted(req).await.map_err(client_error)?;
                 Ok(())
             }
             pb::TenantStatus::Deleted => Ok(()),
-            other => Err(StepError::Permanent(format!("tenant is {}", other.as_str_name()))),
+            other => Err(ClientError::Permanent(format!(
+                "tenant is {}",
+                other.as_str_name()
+            ))),
         }
     }
 
     /// PROVISIONING → FAILED with the reason.
-    pub async fn fail(&self, tenant_id: &str, reason: &str, tp: Option<&str>) -> Result<(), StepError> {
+    pub async fn fail(&self, tenant_id: &str, reason: &str, tp: Option<&str>) -> Result<(), ClientError> {
         if self.status(tenant_id, tp).await? == pb::TenantStatus::Provisioning {
             let reason: String = reason.chars().take(500).collect();
             let req = self
@@ -223,7 +259,7 @@ impl TenantClient {
                     tp,
                 )
                 .await?;
-            self.tenants().mark_failed(req).await.map_err(step_error)?;
+            self.tenants().mark_failed(req).await.map_err(client_error)?;
         }
         Ok(())
     }

@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::faults::Faults;
 use crate::domain::{Next, Op, Run, RunCommand, RunKind};
-use crate::remote::TenantClient;
 use crate::steps::{self, ResourceNames, Step, StepContext, StepError, Systems};
 
 /// A run to execute, as the trigger projection recorded it.
@@ -34,27 +33,14 @@ pub struct Executor {
     pub cqrs: Framework<Run>,
     pub loader: PersistedEventStore<EventRepository, Run>,
     pub systems: Systems,
-    pub tenant: Arc<TenantClient>,
     pub faults: Faults,
     pub prefix: String,
     pub steps: HashMap<&'static str, Box<dyn Step>>,
     pub concurrency: usize,
 }
 
-fn kind_of(s: &str) -> Option<RunKind> {
-    [
-        RunKind::Provision,
-        RunKind::TierChange,
-        RunKind::Suspend,
-        RunKind::Reactivate,
-        RunKind::Delete,
-    ]
-    .into_iter()
-    .find(|k| k.as_str() == s)
-}
-
 impl Executor {
-    pub fn local_steps() -> HashMap<&'static str, Box<dyn Step>> {
+    pub fn all_steps() -> HashMap<&'static str, Box<dyn Step>> {
         steps::all().into_iter().map(|s| (s.name(), s)).collect()
     }
 
@@ -129,12 +115,14 @@ impl Executor {
             tier: req.tier.clone(),
             suspended: req.suspended,
             names: ResourceNames::new(&self.prefix, &req.tenant_id, &req.slug, &self.systems.gitops_dir),
+            traceparent: req.traceparent.clone(),
         }
     }
 
     /// Drives one run from wherever its events say it is to its end.
     pub async fn drive(&self, req: &Request, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let kind = kind_of(&req.kind).ok_or_else(|| anyhow::anyhow!("unknown run kind {}", req.kind))?;
+        let kind =
+            RunKind::parse(&req.kind).ok_or_else(|| anyhow::anyhow!("unknown run kind {}", req.kind))?;
         let ctx = self.context(req);
         self.record(
             req,
@@ -165,7 +153,7 @@ impl Executor {
                         },
                     )
                     .await?;
-                    let outcome = self.perform(req, &ctx, &step, op, attempt).await;
+                    let outcome = self.perform(&ctx, &step, op, attempt).await;
                     let command = match outcome {
                         Ok((detail, removed)) => RunCommand::StepSucceeded {
                             step,
@@ -233,7 +221,8 @@ impl Executor {
                 },
                 Next::Fail { reason } => {
                     if kind == RunKind::Provision {
-                        self.tenant
+                        self.systems
+                            .tenant
                             .fail(&req.tenant_id, &reason, req.traceparent.as_deref())
                             .await
                             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -268,7 +257,6 @@ impl Executor {
     /// One step's side effect. Returns (detail, removed).
     async fn perform(
         &self,
-        req: &Request,
         ctx: &StepContext,
         step: &str,
         op: Op,
@@ -281,46 +269,16 @@ impl Executor {
                 StepError::Transient(message)
             });
         }
-        let tp = req.traceparent.as_deref();
-        match (step, op) {
-            ("begin", Op::Apply) => self
-                .tenant
-                .begin(&ctx.tenant_id, tp)
+        let s = self
+            .steps
+            .get(step)
+            .ok_or_else(|| StepError::Permanent(format!("no step {step}")))?;
+        match op {
+            Op::Apply => s.apply(&self.systems, ctx).await.map(|d| (d, vec![])),
+            Op::Remove => s
+                .compensate(&self.systems, ctx)
                 .await
-                .map(|()| (serde_json::json!({}), vec![])),
-            ("license", Op::Apply) => {
-                let id = self.tenant.license(&ctx.tenant_id, &ctx.tier, tp).await?;
-                Ok((serde_json::json!({ "license_id": id }), vec![]))
-            }
-            ("activate", Op::Apply) => {
-                for (name, s) in &self.steps {
-                    if !s.check(&self.systems, ctx).await? {
-                        return Err(StepError::Transient(format!("{name} is not ready")));
-                    }
-                }
-                self.tenant
-                    .activate(&ctx.tenant_id, tp)
-                    .await
-                    .map(|()| (serde_json::json!({}), vec![]))
-            }
-            ("finalize", Op::Apply) => self
-                .tenant
-                .finalize_deletion(&ctx.tenant_id, tp)
-                .await
-                .map(|()| (serde_json::json!({}), vec![])),
-            (name, op) => {
-                let s = self
-                    .steps
-                    .get(name)
-                    .ok_or_else(|| StepError::Permanent(format!("no step {name}")))?;
-                match op {
-                    Op::Apply => s.apply(&self.systems, ctx).await.map(|d| (d, vec![])),
-                    Op::Remove => s
-                        .compensate(&self.systems, ctx)
-                        .await
-                        .map(|removed| (serde_json::json!({}), removed)),
-                }
-            }
+                .map(|removed| (serde_json::json!({}), removed)),
         }
     }
 }

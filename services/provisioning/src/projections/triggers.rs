@@ -3,31 +3,12 @@
 use async_trait::async_trait;
 use keel_events::Envelope;
 use keel_store::projection::{ApplyError, Projection};
-use serde_json::Value;
+use keel_tenancy::TenantLifecycle;
 use sqlx::PgConnection;
 
 use crate::domain::RunKind;
 
 pub struct Triggers;
-
-fn field<'a>(e: &'a Envelope, key: &str) -> Result<&'a str, ApplyError> {
-    e.data
-        .get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApplyError::Permanent(format!("{} lacks data.{key}", e.event_type)))
-}
-
-/// Which run a tenant event asks for, if any.
-pub fn kind_of(event: &str) -> Option<RunKind> {
-    match event {
-        "TenantCreated" => Some(RunKind::Provision),
-        "TenantTierChanged" => Some(RunKind::TierChange),
-        "TenantSuspended" => Some(RunKind::Suspend),
-        "TenantReactivated" => Some(RunKind::Reactivate),
-        "TenantDeletionRequested" => Some(RunKind::Delete),
-        _ => None,
-    }
-}
 
 #[async_trait]
 impl Projection for Triggers {
@@ -46,32 +27,34 @@ impl Projection for Triggers {
             return Ok(());
         }
         let tenant = &e.aggregateid;
-        match e.event_name() {
-            "TenantCreated" => {
+        let lifecycle = TenantLifecycle::parse(e.event_name(), &e.data)
+            .map_err(|err| ApplyError::Permanent(err.to_string()))?;
+        match &lifecycle {
+            Some(TenantLifecycle::Created(c)) => {
                 sqlx::query("INSERT INTO tenant_info (tenant_id, slug, tier) VALUES ($1, $2, $3) ON CONFLICT (tenant_id) DO NOTHING")
                     .bind(tenant)
-                    .bind(field(e, "slug")?)
-                    .bind(field(e, "tier")?)
+                    .bind(&c.slug)
+                    .bind(c.tier.as_str())
                     .execute(&mut *conn)
                     .await?;
             }
-            "TenantTierChanged" => {
+            Some(TenantLifecycle::TierChanged(c)) => {
                 sqlx::query("UPDATE tenant_info SET tier = $2, updated_at = now() WHERE tenant_id = $1")
                     .bind(tenant)
-                    .bind(field(e, "to")?)
+                    .bind(c.to.as_str())
                     .execute(&mut *conn)
                     .await?;
             }
-            "TenantSuspended" | "TenantReactivated" => {
+            Some(TenantLifecycle::Suspended(_) | TenantLifecycle::Reactivated) => {
                 sqlx::query("UPDATE tenant_info SET suspended = $2, updated_at = now() WHERE tenant_id = $1")
                     .bind(tenant)
-                    .bind(e.event_name() == "TenantSuspended")
+                    .bind(matches!(lifecycle, Some(TenantLifecycle::Suspended(_))))
                     .execute(&mut *conn)
                     .await?;
             }
             _ => {}
         }
-        let Some(kind) = kind_of(e.event_name()) else {
+        let Some(kind) = RunKind::from_event(e.event_name()) else {
             return Ok(());
         };
         // The desired state at this point of the tenant's history.

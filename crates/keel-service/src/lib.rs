@@ -1,0 +1,263 @@
+//! keel-service: the one assembly of every Keel service. A service's `app.rs` reads like a
+//! table of contents; everything it does not own is here, done one way:
+//!
+//! ```no_run
+//! # async fn run(rt: keel_runtime::Service) -> anyhow::Result<()> {
+//! let mut mesh = keel_service::Assembly::start(rt).await?;        // NATS, streams, listeners
+//! let db = mesh.database("billing", sqlx::migrate!("../../services/tenant/migrations")).await?;
+//! let store = mesh.event_store(&db).await?;                        // + the outbox relay
+//! let auth = mesh.auth(keel_auth::jwks::DEFAULT_URL).await;        // JWKS, rate limits, auth.degraded
+//! let router = mesh.grpc(auth, &["keel.v1.MeterService"])?;        // health + reflection v1/v1alpha
+//! mesh.serve(router, axum::Router::new()).await                     // serve, drain, join workers
+//! # }
+//! ```
+//!
+//! Readiness (`/readyz`) covers PostgreSQL (when a database is opened), NATS, Redis, and every
+//! worker spawned here (the relay, projections, a service's own loops): a worker that stopped
+//! makes the service unready.
+
+mod degraded;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use keel_auth::{AuthConfig, AuthLayer, JwksCache};
+use keel_bus::Bus;
+use keel_runtime::{Config, Health, Metrics, RequestLogLayer, Service, Shutdown};
+use keel_store::projection::{Projection, ProjectionConfig, ProjectionRunner};
+use keel_store::relay::Relay;
+use keel_store::{Database, Store};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::Router;
+use tower::layer::util::{Identity, Stack};
+
+/// The layers every Keel gRPC server has: the request log and metrics outside, auth inside.
+pub type Layers = Stack<AuthLayer, Stack<RequestLogLayer, Identity>>;
+
+/// A service being assembled: connections, listeners, readiness checks and workers.
+pub struct Assembly {
+    rt: Service,
+    nats: async_nats::Client,
+    bus: Bus,
+    health: Health,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    http_addr: SocketAddr,
+    workers: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl Assembly {
+    /// Connects NATS, ensures the JetStream streams (with the configured prefix), binds the
+    /// gRPC and HTTP listeners (port 0 allowed) and starts readiness with NATS and Redis.
+    pub async fn start(rt: Service) -> anyhow::Result<Self> {
+        let nats = rt.connect_nats().await?;
+        let bus = Bus::new(nats.clone(), &rt.config.bus_prefix)?;
+        bus.ensure_streams().await.context("JetStream streams")?;
+        let (grpc_listener, _) = keel_runtime::grpc::bind(rt.config.grpc_addr).await?;
+        let (http_listener, http_addr) = keel_runtime::grpc::bind(rt.config.http_addr).await?;
+        let health = Health::new()
+            .with_nats(nats.clone())
+            .with_redis(keel_runtime::health::redis_lazy(&rt.config.redis_url)?);
+        Ok(Self {
+            rt,
+            nats,
+            bus,
+            health,
+            grpc_listener,
+            http_listener,
+            http_addr,
+            workers: Vec::new(),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.rt.config
+    }
+
+    /// The service's short name (`tenant`, `provisioning`, …).
+    pub fn name(&self) -> &str {
+        &self.rt.config.service
+    }
+
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    pub fn nats(&self) -> &async_nats::Client {
+        &self.nats
+    }
+
+    pub fn metrics(&self) -> Metrics {
+        self.rt.metrics()
+    }
+
+    pub fn shutdown(&self) -> Shutdown {
+        self.rt.shutdown()
+    }
+
+    /// The cancellation token workers stop on.
+    pub fn stop_token(&self) -> CancellationToken {
+        self.rt.shutdown().token()
+    }
+
+    /// The address the HTTP listener got (the tenant service's own JWKS lives there).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// A reconnecting Redis connection (for a service that drives Redis itself).
+    pub async fn redis(&self) -> anyhow::Result<redis_conn::ConnectionManager> {
+        Ok(self.rt.connect_redis().await?)
+    }
+
+    /// The service's own schema (`schema`) with its `migrator` run; readiness pings it.
+    pub async fn database(
+        &mut self,
+        schema: &str,
+        migrator: sqlx::migrate::Migrator,
+    ) -> anyhow::Result<Database> {
+        let db = Database::connect(&self.rt.config.database_url, schema, 16)
+            .await
+            .context("database")?;
+        db.migrate(migrator)
+            .await
+            .with_context(|| format!("{} migrations", self.name()))?;
+        self.add_health(|h| h.with_postgres(db.pool().clone()));
+        Ok(db)
+    }
+
+    /// The event store in `db` and its outbox relay, which runs until shutdown.
+    pub async fn event_store(&mut self, db: &Database) -> anyhow::Result<Store> {
+        let store = Store::open(db, &self.rt.config.service)
+            .await
+            .context("event store")?;
+        let relay = Relay::spawn(&store, self.bus.clone(), self.stop_token());
+        self.spawn("relay", async move { Ok(relay.join().await?) });
+        Ok(store)
+    }
+
+    /// Runs `projection` on `pool` from `config`'s stream until shutdown.
+    pub fn project<P: Projection + 'static>(
+        &mut self,
+        pool: sqlx::PgPool,
+        projection: P,
+        config: ProjectionConfig,
+    ) {
+        let name = format!("projection {}", projection.name());
+        let runner =
+            ProjectionRunner::new(pool, self.bus.clone(), projection, config).spawn(self.stop_token());
+        self.spawn(name, async move { Ok(runner.await??) });
+    }
+
+    /// Runs a worker of the service's own until it returns (it should watch
+    /// [`Assembly::stop_token`]); readiness fails once it has stopped before shutdown.
+    pub fn spawn(
+        &mut self,
+        name: impl Into<String>,
+        worker: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+    ) {
+        let name = name.into();
+        let alive = Arc::new(AtomicBool::new(true));
+        let flag = alive.clone();
+        let handle = tokio::spawn(async move {
+            let outcome = worker.await;
+            flag.store(false, Ordering::Release);
+            outcome
+        });
+        let label = name.clone();
+        self.add_health(move |h| {
+            h.with_check(label.clone(), move || {
+                let alive = alive.load(Ordering::Acquire);
+                let label = label.clone();
+                async move {
+                    if alive {
+                        Ok(())
+                    } else {
+                        Err(format!("{label} has stopped"))
+                    }
+                }
+            })
+        });
+        self.workers.push((name, handle));
+    }
+
+    fn add_health(&mut self, f: impl FnOnce(Health) -> Health) {
+        let health = std::mem::replace(&mut self.health, Health::new());
+        self.health = f(health);
+    }
+
+    /// Token verification against the JWKS (`KEEL_JWKS_URL`, else `default_jwks_url`), the
+    /// tier table's rate limits in Redis, and `auth.degraded` / `auth.recovered` audit records
+    /// whenever verification falls back to cached keys.
+    pub async fn auth(&mut self, default_jwks_url: &str) -> AuthConfig {
+        let jwks = Arc::new(JwksCache::from_config(&self.rt.config, default_jwks_url));
+        let reporter = degraded::report(
+            jwks.clone(),
+            self.bus.clone(),
+            self.rt.config.service.clone(),
+            self.stop_token(),
+        );
+        self.spawn("auth.degraded reporter", async move {
+            reporter.await;
+            Ok(())
+        });
+        AuthConfig::standard(
+            jwks,
+            &self.rt.config.redis_url,
+            self.metrics(),
+            keel_tenancy::tier::auth_limits,
+        )
+        .await
+    }
+
+    /// A gRPC server with the request log, `auth`, health and reflection (v1 and v1alpha) for
+    /// `services` (fully-qualified names); add the service's own servers to it.
+    pub async fn grpc(&self, auth: AuthConfig, services: &[&str]) -> anyhow::Result<Router<Layers>> {
+        let introspection = self
+            .rt
+            .grpc_health_and_reflection(keel_proto::FILE_DESCRIPTOR_SET, services)
+            .await?;
+        let mut server = keel_runtime::grpc::grpc_server_builder()
+            .layer(RequestLogLayer::new(
+                self.rt.config.service.clone(),
+                self.metrics(),
+            ))
+            .layer(AuthLayer::new(auth));
+        Ok(introspection.add_to(&mut server)?)
+    }
+
+    /// Serves gRPC and HTTP (`/livez`, `/readyz`, `/metrics` and `http`) until shutdown, drains,
+    /// then waits for every worker; the first worker error is returned.
+    pub async fn serve(self, router: Router<Layers>, http: axum::Router) -> anyhow::Result<()> {
+        let shutdown = self.rt.shutdown();
+        let served = self
+            .rt
+            .serve_on(self.grpc_listener, self.http_listener, router, self.health, http)
+            .await;
+        shutdown.trigger();
+        let mut outcome = served;
+        for (name, handle) in self.workers {
+            let result = match handle.await {
+                Ok(r) => r,
+                Err(e) => Err(anyhow::anyhow!("{name} panicked: {e}")),
+            };
+            if let Err(e) = result {
+                tracing::error!(worker = %name, error = %e, "worker failed");
+                if outcome.is_ok() {
+                    outcome = Err(e.context(name));
+                }
+            }
+        }
+        outcome
+    }
+}
+
+/// Re-exported so services need no direct redis dependency for the connection type.
+pub mod redis_conn {
+    pub use redis::aio::ConnectionManager;
+}

@@ -1,0 +1,5 @@
+//! Projections of the provisioning service: what it reads from the bus.
+
+pub mod triggers;
+
+pub use triggers::Triggers;

@@ -1,0 +1,5 @@
+//! Background workers of the provisioning service.
+
+pub mod saga;
+
+pub use saga::Executor;
