@@ -1,5 +1,6 @@
 //! End-to-end test support: start a real service binary on free ports with its own schema and
-//! bus namespace, read the ports it announces, capture its logs, stop it.
+//! bus namespace, read the ports it announces, capture its logs, stop it — and [`mesh::Mesh`],
+//! the one test mesh every end-to-end test builds on.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -9,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+
+pub mod mesh;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures::StreamExt as _;
-use keel_runtime::grpc::{self, HEALTH_SERVICE, REFLECTION_SERVICE};
+use keel_runtime::grpc::{self, HEALTH_SERVICE, REFLECTION_SERVICE, REFLECTION_SERVICE_V1ALPHA};
 use keel_runtime::{Config, ConfigOrPrint, Health, Service};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -76,7 +76,10 @@ async fn serves_until_shutdown_then_flips_readiness_and_drains() {
     };
     let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
     names.sort();
-    assert_eq!(names, [HEALTH_SERVICE, REFLECTION_SERVICE]);
+    assert_eq!(
+        names,
+        [HEALTH_SERVICE, REFLECTION_SERVICE, REFLECTION_SERVICE_V1ALPHA]
+    );
     drop(replies);
 
     assert_eq!(http_get(http_addr, "/readyz").await.0, 200);

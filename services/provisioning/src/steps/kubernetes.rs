@@ -242,9 +242,9 @@ mod tests {
                 .is_none(),
             "unlimited agents: no pod quota"
         );
+        assert_eq!(doc(&c, "helmrelease.yaml")["spec"]["values"]["replicaCount"], 3);
         let c = ctx("mid", false);
         assert_eq!(doc(&c, "resourcequota.yaml")["spec"]["hard"]["pods"], "50");
-        assert_eq!(doc(&c, "helmrelease.yaml")["spec"]["values"]["replicaCount"], 3);
     }
 
     #[test]

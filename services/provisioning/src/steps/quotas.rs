@@ -128,7 +128,8 @@ mod tests {
         assert_eq!(low["rate_per_second"], "20");
         assert_eq!(low["suspended"], "0");
         assert_eq!(business["burst"], "4000");
-        assert_eq!(business["agent_limit"], "1000");
+        assert_eq!(low["agent_limit"], "5");
+        assert!(!business.contains_key("agent_limit"), "unlimited is absent");
         assert_eq!(business["suspended"], "1");
     }
 

@@ -96,7 +96,7 @@ async fn sigkill_mid_saga_resumes_and_completes_without_duplicate_resources() {
             .then_some(())
     })
     .await;
-    mesh.provisioning.kill().await;
+    mesh.kill_provisioning().await;
     assert_ne!(mesh.status(&t.id).await, pb::TenantStatus::Active);
     mesh.restart_provisioning("").await;
     mesh.wait_status(&t.id, pb::TenantStatus::Active, Duration::from_secs(60))

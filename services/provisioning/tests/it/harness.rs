@@ -1,16 +1,15 @@
-//! Tenant + provisioning (+ timeline) on one namespace; each test its own schemas, prefix and
-//! GitOps directory.
+//! Tenant + provisioning (+ timeline) on the shared test mesh; each test its own schemas,
+//! prefix and GitOps directory.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use keel_bus::Bus;
-use keel_e2e::{Bearer, ServiceProc};
+use keel_e2e::Bearer;
+use keel_e2e::mesh::{Mesh as E2e, Part, Tenants};
 use keel_proto::v1 as pb;
 use keel_proto::v1::provisioning_service_client::ProvisioningServiceClient;
-use keel_proto::v1::tenant_service_client::TenantServiceClient;
-use keel_proto::v1::token_service_client::TokenServiceClient;
 use keel_provisioning::steps::ResourceNames;
 use keel_store::testing::eventually;
 use sqlx::PgPool;
@@ -18,151 +17,65 @@ use tonic::codegen::InterceptedService;
 use tonic::transport::Channel;
 
 pub struct Mesh {
+    pub e2e: E2e,
     pub token: String,
-    pub tenant: ServiceProc,
-    pub provisioning: ServiceProc,
-    pub timeline: Option<ServiceProc>,
-    pub bootstrap: String,
     pub operator: String,
     pub gitops: PathBuf,
+    /// An administrative pool (no search path).
     pub pool: PgPool,
     pub bus: Bus,
     pub redis: redis::aio::ConnectionManager,
-    faults: String,
 }
 
-pub async fn admin_pool() -> PgPool {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&keel_store::testing::database_url())
-        .await
-        .unwrap()
+fn faults_env(faults: &str) -> HashMap<String, String> {
+    HashMap::from([("KEEL_PROVISIONING_FAULTS".to_owned(), faults.to_owned())])
 }
 
 impl Mesh {
     pub async fn start(faults: &str, with_timeline: bool) -> Mesh {
-        let token = keel_store::testing::unique_token();
-        let bootstrap = format!("boot-{}", uuid::Uuid::new_v4());
-        let gitops = std::env::temp_dir().join(format!("keel-gitops-{token}"));
-        let tenant_bin = keel_e2e::binary("keel-tenant").unwrap();
-        let env = HashMap::from([("KEEL_BOOTSTRAP_TOKEN".to_owned(), bootstrap.clone())]);
-        let tenant = ServiceProc::start(&tenant_bin, "tenant", &format!("test_{token}_t"), &token, &env)
-            .await
-            .unwrap();
-        let timeline = if with_timeline {
-            let env = HashMap::from([(
-                "KEEL_JWKS_URL".to_owned(),
-                format!("http://{}/.well-known/jwks.json", tenant.http),
-            )]);
-            let bin = keel_e2e::binary("keel-timeline").unwrap();
-            Some(
-                ServiceProc::start(&bin, "timeline", &format!("test_{token}_l"), &token, &env)
-                    .await
-                    .unwrap(),
-            )
-        } else {
-            None
-        };
-        let operator = TokenServiceClient::new(tenant.channel().await.unwrap())
-            .exchange_api_key(pb::ExchangeApiKeyRequest {
-                api_key: bootstrap.clone(),
-                scopes: vec![],
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .token;
+        let mut builder = E2e::builder().provisioning(faults_env(faults));
+        if with_timeline {
+            builder = builder.timeline(HashMap::<String, String>::new());
+        }
+        let e2e = builder.start().await;
         let client = redis::Client::open(keel_store::testing::redis_url()).unwrap();
         let redis = redis::aio::ConnectionManager::new(client).await.unwrap();
-        let bus = Bus::connect(&keel_store::testing::nats_url(), &token)
-            .await
-            .unwrap();
-        let mut mesh = Mesh {
-            provisioning: Self::spawn_provisioning(&token, &tenant, &bootstrap, &gitops, faults).await,
-            token,
-            tenant,
-            timeline,
-            bootstrap,
-            operator,
-            gitops,
-            pool: admin_pool().await,
-            bus,
+        Mesh {
+            token: e2e.token.clone(),
+            operator: e2e.operator.clone(),
+            gitops: e2e.gitops.clone(),
+            pool: e2e.pool.clone(),
+            bus: e2e.bus.clone(),
             redis,
-            faults: faults.to_owned(),
-        };
-        mesh.faults = faults.to_owned();
-        mesh
+            e2e,
+        }
     }
 
-    async fn spawn_provisioning(
-        token: &str,
-        tenant: &ServiceProc,
-        bootstrap: &str,
-        gitops: &Path,
-        faults: &str,
-    ) -> ServiceProc {
-        let env = HashMap::from([
-            ("KEEL_BOOTSTRAP_TOKEN".to_owned(), bootstrap.to_owned()),
-            ("KEEL_TENANT_ADDR".to_owned(), tenant.grpc_url()),
-            (
-                "KEEL_JWKS_URL".to_owned(),
-                format!("http://{}/.well-known/jwks.json", tenant.http),
-            ),
-            (
-                "KEEL_PROVISIONING_GITOPS_DIR".to_owned(),
-                gitops.display().to_string(),
-            ),
-            (
-                "KEEL_PROVISIONING_RESOURCE_PREFIX".to_owned(),
-                format!("{token}_"),
-            ),
-            ("KEEL_PROVISIONING_FAULTS".to_owned(), faults.to_owned()),
-        ]);
-        ServiceProc::start(
-            Path::new(env!("CARGO_BIN_EXE_keel-provisioning")),
-            "provisioning",
-            &format!("test_{token}_p"),
-            token,
-            &env,
-        )
-        .await
-        .unwrap()
+    /// SIGKILLs provisioning, as a crash would.
+    pub async fn kill_provisioning(&mut self) {
+        self.e2e.proc_mut(Part::Provisioning).kill().await;
     }
 
-    /// Restarts provisioning (after a kill), optionally with other faults.
+    /// Restarts provisioning (after a kill) with other faults.
     pub async fn restart_provisioning(&mut self, faults: &str) {
-        self.faults = faults.to_owned();
-        self.provisioning =
-            Self::spawn_provisioning(&self.token, &self.tenant, &self.bootstrap, &self.gitops, faults).await;
+        self.e2e
+            .restart(Part::Provisioning, Some(faults_env(faults)))
+            .await;
     }
 
-    pub async fn tenants(&self) -> TenantServiceClient<InterceptedService<Channel, Bearer>> {
-        TenantServiceClient::with_interceptor(
-            self.tenant.channel().await.unwrap(),
-            Bearer(Some(self.operator.clone())),
-        )
+    pub async fn tenants(&self) -> Tenants {
+        self.e2e.tenants()
     }
 
     pub async fn provisioning(&self) -> ProvisioningServiceClient<InterceptedService<Channel, Bearer>> {
         ProvisioningServiceClient::with_interceptor(
-            self.provisioning.channel().await.unwrap(),
+            self.e2e.proc(Part::Provisioning).channel().await.unwrap(),
             Bearer(Some(self.operator.clone())),
         )
     }
 
     pub async fn create(&self, slug: &str) -> pb::Tenant {
-        self.tenants()
-            .await
-            .create_tenant(pb::CreateTenantRequest {
-                name: format!("Tenant {slug}"),
-                slug: slug.into(),
-                tier: pb::Tier::Mid as i32,
-                owner_email: format!("owner@{slug}.example"),
-                request_id: format!("req-{slug}"),
-            })
-            .await
-            .unwrap()
-            .into_inner()
+        self.e2e.create_tenant(slug, pb::Tier::Mid).await
     }
 
     pub async fn status(&self, id: &str) -> pb::TenantStatus {
@@ -223,16 +136,8 @@ impl Mesh {
         [schema, role, kv, consumer, key, n.manifest_dir.exists()]
     }
 
-    pub async fn cleanup(mut self) {
-        let _ = self.provisioning.terminate().await;
-        if let Some(t) = self.timeline.as_mut() {
-            let _ = t.terminate().await;
-        }
-        let _ = self.tenant.terminate().await;
-        if let Err(e) = keel_e2e::drop_everything(&self.token).await {
-            eprintln!("cleanup of {} incomplete: {e}", self.token);
-        }
-        let _ = std::fs::remove_dir_all(&self.gitops);
+    pub async fn cleanup(self) {
+        self.e2e.cleanup().await;
     }
 }
 

@@ -95,9 +95,13 @@ async fn create_to_active_with_every_resource_and_the_whole_chain_under_one_trac
     );
 
     // One trace from the create call to ACTIVE, in the tenant's timeline.
-    let timeline = mesh.timeline.as_ref().unwrap();
+    let timeline = mesh.e2e.proc(keel_e2e::mesh::Part::Timeline);
     let reader = keel_proto::v1::token_service_client::TokenServiceClient::with_interceptor(
-        mesh.tenant.channel().await.unwrap(),
+        mesh.e2e
+            .proc(keel_e2e::mesh::Part::Tenant)
+            .channel()
+            .await
+            .unwrap(),
         keel_e2e::Bearer(Some(mesh.operator.clone())),
     )
     .issue_token(pb::IssueTokenRequest {

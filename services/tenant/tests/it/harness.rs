@@ -77,6 +77,11 @@ impl World {
         TenantServiceClient::with_interceptor(self.channel.clone(), Bearer(Some(token.to_owned())))
     }
 
+    /// The channel to the service, for clients that bring their own stubs (reflection).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     pub fn tenants_anonymous(&self) -> Tenants {
         TenantServiceClient::with_interceptor(self.channel.clone(), Bearer(None))
     }

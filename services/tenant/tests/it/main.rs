@@ -6,4 +6,6 @@ mod harness;
 mod input;
 mod lifecycle;
 mod logs;
+mod reflection;
 mod shred;
+mod tiers;

@@ -12,7 +12,7 @@ use crate::harness::{Mesh, envelope, slug};
 async fn sigkill_mid_batch_loses_nothing_and_doubles_nothing() {
     let mut mesh = Mesh::start().await;
     let t = mesh.create_tenant(&slug()).await;
-    mesh.timeline.kill().await;
+    mesh.e2e.proc_mut(keel_e2e::mesh::Part::Timeline).kill().await;
     // A backlog the restarted indexer takes in many batches.
     let n = 20_000u64;
     let events: Vec<_> = (1..=n)
@@ -48,7 +48,7 @@ async fn sigkill_mid_batch_loses_nothing_and_doubles_nothing() {
         (c > 0).then_some(c)
     })
     .await;
-    mesh.timeline.kill().await; // SIGKILL, mid-stream
+    mesh.e2e.proc_mut(keel_e2e::mesh::Part::Timeline).kill().await; // SIGKILL, mid-stream
     assert!(
         partial < n as i64,
         "the whole backlog went in before the kill; nothing was tested"
