@@ -36,6 +36,12 @@ pub enum ApplyError {
     Permanent(String),
 }
 
+impl keel_runtime::Retryable for ApplyError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, ApplyError::Transient(_))
+    }
+}
+
 impl From<sqlx::Error> for ApplyError {
     fn from(e: sqlx::Error) -> Self {
         match &e {
@@ -223,7 +229,8 @@ impl<P: Projection> ProjectionRunner<P> {
 
     /// Consumes until `shutdown`; reconnects after errors.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<()> {
-        let mut backoff = Duration::from_millis(100);
+        let reconnect = keel_runtime::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        let mut attempt = 0u32;
         while !shutdown.is_cancelled() {
             match self.consume(&shutdown).await {
                 Ok(()) => break,
@@ -231,9 +238,9 @@ impl<P: Projection> ProjectionRunner<P> {
                     tracing::warn!(projection = self.projection.name(), error = %e, "projection interrupted; retrying");
                     tokio::select! {
                         () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(reconnect.delay_random(attempt)) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    attempt = attempt.saturating_add(1);
                 }
             }
         }
@@ -367,11 +374,8 @@ impl<P: Projection> ProjectionRunner<P> {
     }
 
     fn backoff(&self, delivered: i64) -> Duration {
-        let exp = u32::try_from(delivered.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
-        let jitter = rand::random_range(0.8..1.2);
-        (self.config.backoff_base * 2u32.pow(exp))
-            .min(self.config.backoff_max)
-            .mul_f64(jitter)
+        let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
+        keel_runtime::Backoff::new(self.config.backoff_base, self.config.backoff_max).delay_random(attempt)
     }
 
     async fn dead_letter(&self, msg: &async_nats::jetstream::Message, reason: &str) -> Result<()> {

@@ -27,8 +27,8 @@ pub enum ClientError {
     Permanent(String),
 }
 
-impl ClientError {
-    pub fn is_retryable(&self) -> bool {
+impl keel_runtime::Retryable for ClientError {
+    fn is_retryable(&self) -> bool {
         matches!(self, ClientError::Transient(_))
     }
 }

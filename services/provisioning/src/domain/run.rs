@@ -3,99 +3,16 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
+use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
+
+pub use super::commands::RunCommand;
+pub use super::events::RunEvent;
+pub use super::kind::RunKind;
 
 /// Attempts of one step before a transient failure counts as permanent.
 pub const MAX_ATTEMPTS: u32 = 6;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunKind {
-    Provision,
-    TierChange,
-    Suspend,
-    Reactivate,
-    Delete,
-}
-
-impl RunKind {
-    pub const ALL: [RunKind; 5] = [
-        RunKind::Provision,
-        RunKind::TierChange,
-        RunKind::Suspend,
-        RunKind::Reactivate,
-        RunKind::Delete,
-    ];
-
-    /// The run a tenant lifecycle event asks for, if any.
-    pub fn from_event(event: &str) -> Option<RunKind> {
-        match event {
-            "TenantCreated" => Some(RunKind::Provision),
-            "TenantTierChanged" => Some(RunKind::TierChange),
-            "TenantSuspended" => Some(RunKind::Suspend),
-            "TenantReactivated" => Some(RunKind::Reactivate),
-            "TenantDeletionRequested" => Some(RunKind::Delete),
-            _ => None,
-        }
-    }
-
-    /// The kind named `s` (as stored, see [`RunKind::as_str`]).
-    pub fn parse(s: &str) -> Option<RunKind> {
-        RunKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunKind::Provision => "provision",
-            RunKind::TierChange => "tier_change",
-            RunKind::Suspend => "suspend",
-            RunKind::Reactivate => "reactivate",
-            RunKind::Delete => "delete",
-        }
-    }
-
-    /// The steps of each kind of run, in order.
-    pub fn plan(self) -> Vec<PlannedStep> {
-        let apply = |names: &[&str]| {
-            names
-                .iter()
-                .map(|n| PlannedStep {
-                    step: (*n).to_owned(),
-                    op: Op::Apply,
-                })
-                .collect::<Vec<_>>()
-        };
-        match self {
-            RunKind::Provision => apply(&[
-                "begin",
-                "database",
-                "messaging",
-                "quotas",
-                "manifests",
-                "license",
-                "activate",
-            ]),
-            RunKind::TierChange => apply(&["quotas", "manifests", "license"]),
-            RunKind::Suspend | RunKind::Reactivate => apply(&["database", "quotas", "manifests"]),
-            RunKind::Delete => {
-                let mut plan: Vec<PlannedStep> = ["manifests", "quotas", "messaging", "database"]
-                    .iter()
-                    .map(|n| PlannedStep {
-                        step: (*n).to_owned(),
-                        op: Op::Remove,
-                    })
-                    .collect();
-                plan.push(PlannedStep {
-                    step: "finalize".into(),
-                    op: Op::Apply,
-                });
-                plan
-            }
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -160,121 +77,6 @@ pub struct Run {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug)]
-pub enum RunCommand {
-    Start {
-        run_id: String,
-        tenant_id: String,
-        slug: String,
-        tier: String,
-        suspended: bool,
-        kind: RunKind,
-        at: DateTime<Utc>,
-    },
-    StepStarted {
-        step: String,
-        attempt: u32,
-        at: DateTime<Utc>,
-    },
-    StepSucceeded {
-        step: String,
-        attempt: u32,
-        detail: serde_json::Value,
-        removed: Vec<String>,
-        at: DateTime<Utc>,
-    },
-    StepFailed {
-        step: String,
-        attempt: u32,
-        error: String,
-        permanent: bool,
-        at: DateTime<Utc>,
-    },
-    StartCompensation {
-        reason: String,
-    },
-    StepCompensated {
-        step: String,
-        removed: Vec<String>,
-    },
-    Complete {
-        at: DateTime<Utc>,
-    },
-    Fail {
-        reason: String,
-        at: DateTime<Utc>,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum RunEvent {
-    ProvisioningStarted {
-        run_id: String,
-        tenant_id: String,
-        slug: String,
-        tier: String,
-        suspended: bool,
-        kind: RunKind,
-        plan: Vec<PlannedStep>,
-        at: DateTime<Utc>,
-    },
-    StepStarted {
-        step: String,
-        attempt: u32,
-        at: DateTime<Utc>,
-    },
-    StepSucceeded {
-        step: String,
-        attempt: u32,
-        detail: serde_json::Value,
-        removed: Vec<String>,
-        at: DateTime<Utc>,
-    },
-    StepFailed {
-        step: String,
-        attempt: u32,
-        error: String,
-        permanent: bool,
-        retry_at: Option<DateTime<Utc>>,
-        at: DateTime<Utc>,
-    },
-    CompensationStarted {
-        reason: String,
-    },
-    StepCompensated {
-        step: String,
-        removed: Vec<String>,
-    },
-    ProvisioningCompleted {
-        removed: Vec<String>,
-        at: DateTime<Utc>,
-    },
-    ProvisioningFailed {
-        reason: String,
-        at: DateTime<Utc>,
-    },
-}
-
-impl DomainEvent for RunEvent {
-    fn event_type(&self) -> String {
-        match self {
-            RunEvent::ProvisioningStarted { .. } => "ProvisioningStarted",
-            RunEvent::StepStarted { .. } => "StepStarted",
-            RunEvent::StepSucceeded { .. } => "StepSucceeded",
-            RunEvent::StepFailed { .. } => "StepFailed",
-            RunEvent::CompensationStarted { .. } => "CompensationStarted",
-            RunEvent::StepCompensated { .. } => "StepCompensated",
-            RunEvent::ProvisioningCompleted { .. } => "ProvisioningCompleted",
-            RunEvent::ProvisioningFailed { .. } => "ProvisioningFailed",
-        }
-        .to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        "1".to_owned()
-    }
-}
-
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RunError {
     #[error("run does not exist")]
@@ -299,10 +101,15 @@ pub enum Next {
 
 /// Exponential backoff with ±20% jitter, from 200 ms up to 30 s. `jitter` in [0, 1).
 pub fn backoff(attempt: u32, jitter: f64) -> Duration {
-    let base = 200f64 * 2f64.powi(attempt.saturating_sub(1).min(10) as i32);
-    let ms = base.min(30_000.0) * (0.8 + 0.4 * jitter.clamp(0.0, 1.0));
-    Duration::milliseconds(ms as i64)
+    let wait = STEP_BACKOFF.delay(attempt, jitter);
+    Duration::milliseconds(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX))
 }
+
+/// Retries of a failed step: 200 ms doubling to 30 s.
+pub const STEP_BACKOFF: keel_runtime::Backoff = keel_runtime::Backoff::new(
+    std::time::Duration::from_millis(200),
+    std::time::Duration::from_secs(30),
+);
 
 impl Run {
     pub fn step(&self, name: &str) -> StepState {

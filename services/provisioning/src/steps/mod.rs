@@ -102,11 +102,19 @@ impl StepError {
     }
 }
 
+impl keel_runtime::Retryable for StepError {
+    fn is_retryable(&self) -> bool {
+        !self.is_permanent()
+    }
+}
+
 impl From<keel_tenancy::ClientError> for StepError {
     fn from(e: keel_tenancy::ClientError) -> Self {
-        match e {
-            keel_tenancy::ClientError::Transient(m) => StepError::Transient(m),
-            keel_tenancy::ClientError::Permanent(m) => StepError::Permanent(m),
+        use keel_runtime::Retryable;
+        if e.is_retryable() {
+            StepError::Transient(e.to_string())
+        } else {
+            StepError::Permanent(e.to_string())
         }
     }
 }

@@ -167,7 +167,7 @@ impl Executor {
                             RunCommand::StepFailed {
                                 step,
                                 attempt,
-                                permanent: e.is_permanent(),
+                                permanent: !keel_runtime::Retryable::is_retryable(&e),
                                 error: e.to_string(),
                                 at: Utc::now(),
                             }

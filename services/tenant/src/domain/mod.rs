@@ -1,6 +1,9 @@
 //! The tenant domain: pure, no I/O. The aggregate decides; the API encrypts, stores and
 //! publishes around it.
 
+pub mod commands;
+pub mod error;
+pub mod events;
 pub mod tenant;
 pub mod validate;
 

@@ -8,11 +8,15 @@
 
 use std::collections::BTreeMap;
 
+use cqrs_es::Aggregate;
 use cqrs_es::event_sink::EventSink;
-use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 
 use keel_tenancy::Tier;
+
+pub use super::commands::TenantCommand;
+pub use super::error::TenantError;
+pub use super::events::TenantEvent;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -87,165 +91,6 @@ pub struct Tenant {
     pub members: BTreeMap<String, Member>,
     pub accounts: BTreeMap<String, Account>,
     pub license_id: Option<String>,
-}
-
-#[derive(Debug)]
-pub enum TenantCommand {
-    Create {
-        tenant_id: String,
-        name: String,
-        slug: String,
-        tier: Tier,
-        owner_member_id: String,
-        owner_email_enc: Encrypted,
-        owner_email_digest: String,
-        request_id: String,
-    },
-    ChangeTier {
-        tier: Tier,
-    },
-    Suspend {
-        reason: String,
-    },
-    Reactivate,
-    StartProvisioning,
-    MarkProvisioned,
-    MarkFailed {
-        reason: String,
-    },
-    RequestDeletion,
-    MarkDeleted,
-    InviteMember {
-        member_id: String,
-        email_enc: Encrypted,
-        email_digest: String,
-        role: Role,
-    },
-    ChangeMemberRole {
-        member_id: String,
-        role: Role,
-    },
-    RemoveMember {
-        member_id: String,
-    },
-    RecordLicense {
-        license_id: String,
-        expires_at: String,
-    },
-    CreateServiceAccount {
-        account_id: String,
-        name: String,
-        scopes: Vec<String>,
-    },
-    IssueApiKey {
-        account_id: String,
-        key_id: String,
-    },
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum TenantEvent {
-    TenantCreated {
-        tenant_id: String,
-        name: String,
-        slug: String,
-        tier: Tier,
-        owner_member_id: String,
-        owner_email_enc: Encrypted,
-        owner_email_digest: String,
-        request_id: String,
-    },
-    TenantTierChanged {
-        from: Tier,
-        to: Tier,
-    },
-    TenantSuspended {
-        reason: String,
-    },
-    TenantReactivated {},
-    TenantProvisioningStarted {},
-    TenantProvisioned {},
-    TenantProvisioningFailed {
-        reason: String,
-    },
-    TenantActivated {},
-    TenantDeletionRequested {},
-    TenantDeleted {},
-    MemberInvited {
-        member_id: String,
-        email_enc: Encrypted,
-        email_digest: String,
-        role: Role,
-    },
-    MemberRoleChanged {
-        member_id: String,
-        role: Role,
-    },
-    MemberRemoved {
-        member_id: String,
-    },
-    LicenseIssued {
-        license_id: String,
-        tier: Tier,
-        expires_at: String,
-    },
-    ServiceAccountCreated {
-        account_id: String,
-        name: String,
-        scopes: Vec<String>,
-    },
-    ApiKeyIssued {
-        account_id: String,
-        key_id: String,
-    },
-}
-
-impl DomainEvent for TenantEvent {
-    fn event_type(&self) -> String {
-        let name = match self {
-            TenantEvent::TenantCreated { .. } => "TenantCreated",
-            TenantEvent::TenantTierChanged { .. } => "TenantTierChanged",
-            TenantEvent::TenantSuspended { .. } => "TenantSuspended",
-            TenantEvent::TenantReactivated {} => "TenantReactivated",
-            TenantEvent::TenantProvisioningStarted {} => "TenantProvisioningStarted",
-            TenantEvent::TenantProvisioned {} => "TenantProvisioned",
-            TenantEvent::TenantProvisioningFailed { .. } => "TenantProvisioningFailed",
-            TenantEvent::TenantActivated {} => "TenantActivated",
-            TenantEvent::TenantDeletionRequested {} => "TenantDeletionRequested",
-            TenantEvent::TenantDeleted {} => "TenantDeleted",
-            TenantEvent::MemberInvited { .. } => "MemberInvited",
-            TenantEvent::MemberRoleChanged { .. } => "MemberRoleChanged",
-            TenantEvent::MemberRemoved { .. } => "MemberRemoved",
-            TenantEvent::LicenseIssued { .. } => "LicenseIssued",
-            TenantEvent::ServiceAccountCreated { .. } => "ServiceAccountCreated",
-            TenantEvent::ApiKeyIssued { .. } => "ApiKeyIssued",
-        };
-        name.to_owned()
-    }
-
-    fn event_version(&self) -> String {
-        "1".to_owned()
-    }
-}
-
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-pub enum TenantError {
-    #[error("tenant does not exist")]
-    NotFound,
-    #[error("tenant already exists")]
-    AlreadyExists,
-    #[error("cannot {action} a tenant in status {current}", current = .current.as_str())]
-    InvalidTransition { action: &'static str, current: Status },
-    #[error("member does not exist")]
-    MemberNotFound,
-    #[error("a member with this e-mail address already exists")]
-    AlreadyMember,
-    #[error("the last owner cannot be removed or demoted")]
-    LastOwner,
-    #[error("service account does not exist")]
-    AccountNotFound,
-    #[error("a service account with this name already exists")]
-    AccountExists,
 }
 
 impl Tenant {

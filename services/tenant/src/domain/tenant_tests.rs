@@ -1,5 +1,6 @@
 //! Given events, when command, then events — one short test per rule.
 
+use cqrs_es::DomainEvent;
 use cqrs_es::test::TestFramework;
 
 use super::*;

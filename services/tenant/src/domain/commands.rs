@@ -1,0 +1,59 @@
+//! What can be asked of a tenant: the commands the aggregate decides on.
+
+use keel_tenancy::Tier;
+
+use super::tenant::{Encrypted, Role};
+
+#[derive(Debug)]
+pub enum TenantCommand {
+    Create {
+        tenant_id: String,
+        name: String,
+        slug: String,
+        tier: Tier,
+        owner_member_id: String,
+        owner_email_enc: Encrypted,
+        owner_email_digest: String,
+        request_id: String,
+    },
+    ChangeTier {
+        tier: Tier,
+    },
+    Suspend {
+        reason: String,
+    },
+    Reactivate,
+    StartProvisioning,
+    MarkProvisioned,
+    MarkFailed {
+        reason: String,
+    },
+    RequestDeletion,
+    MarkDeleted,
+    InviteMember {
+        member_id: String,
+        email_enc: Encrypted,
+        email_digest: String,
+        role: Role,
+    },
+    ChangeMemberRole {
+        member_id: String,
+        role: Role,
+    },
+    RemoveMember {
+        member_id: String,
+    },
+    RecordLicense {
+        license_id: String,
+        expires_at: String,
+    },
+    CreateServiceAccount {
+        account_id: String,
+        name: String,
+        scopes: Vec<String>,
+    },
+    IssueApiKey {
+        account_id: String,
+        key_id: String,
+    },
+}
