@@ -27,7 +27,7 @@ pub(crate) async fn report(jwks: Arc<JwksCache>, bus: Bus, service: String, shut
             ("auth-recovered", AuditResult::Success)
         };
         let record = AuditRecord::new(
-            &format!("service:{service}"),
+            format!("service:{service}"),
             PLATFORM_TENANT,
             &service,
             action,

@@ -20,6 +20,7 @@ pub enum TenantLifecycle {
 
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 pub struct TenantCreated {
+    #[serde(default)]
     pub name: String,
     pub slug: String,
     pub tier: Tier,

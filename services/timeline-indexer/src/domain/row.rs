@@ -138,11 +138,14 @@ impl TimelineRow {
         }
     }
 
-    /// The tier this event sets for its tenant, if any (from the tenant service's events).
-    pub fn tier(&self) -> Option<&str> {
-        match self.kind.as_str() {
-            "tenant.TenantCreated" => self.details.get("tier").and_then(Value::as_str),
-            "tenant.TenantTierChanged" => self.details.get("to").and_then(Value::as_str),
+    /// The tier this event sets for its tenant, if any (from the tenant service's events, read
+    /// with their typed data in `keel-tenancy`; malformed data sets nothing).
+    pub fn tier(&self) -> Option<&'static str> {
+        use keel_tenancy::TenantLifecycle;
+        let event = self.kind.strip_prefix("tenant.")?;
+        match TenantLifecycle::parse(event, &self.details).ok()?? {
+            TenantLifecycle::Created(c) => Some(c.tier.as_str()),
+            TenantLifecycle::TierChanged(c) => Some(c.to.as_str()),
             _ => None,
         }
     }
