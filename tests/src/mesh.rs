@@ -4,7 +4,7 @@
 //! ```no_run
 //! # async fn t() {
 //! use keel_e2e::mesh::Mesh;
-//! let mesh = Mesh::builder().provisioning([("KEEL_PROVISIONING_FAULTS", "database:1")]).timeline([]).start().await;
+//! let mesh = Mesh::builder().provisioning(&[("KEEL_PROVISIONING_FAULTS", "database:1")]).timeline(&[]).start().await;
 //! let tenant = mesh.create_tenant("acme", keel_proto::v1::Tier::Mid).await;
 //! mesh.cleanup().await;
 //! # }
@@ -80,35 +80,20 @@ pub struct MeshBuilder {
 
 impl MeshBuilder {
     /// Extra environment of the tenant service (always started).
-    pub fn tenant<I, K, V>(mut self, env: I) -> Self
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        self.tenant = env_of(env);
+    pub fn tenant(mut self, env: &[(&str, &str)]) -> Self {
+        self.tenant = env_of(env.iter().copied());
         self
     }
 
     /// Starts provisioning too, with `env` on top of the mesh's.
-    pub fn provisioning<I, K, V>(mut self, env: I) -> Self
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        self.provisioning = Some(env_of(env));
+    pub fn provisioning(mut self, env: &[(&str, &str)]) -> Self {
+        self.provisioning = Some(env_of(env.iter().copied()));
         self
     }
 
     /// Starts the timeline too, with `env` on top of the mesh's.
-    pub fn timeline<I, K, V>(mut self, env: I) -> Self
-    where
-        I: IntoIterator<Item = (K, V)>,
-        K: Into<String>,
-        V: Into<String>,
-    {
-        self.timeline = Some(env_of(env));
+    pub fn timeline(mut self, env: &[(&str, &str)]) -> Self {
+        self.timeline = Some(env_of(env.iter().copied()));
         self
     }
 

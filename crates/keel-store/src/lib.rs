@@ -7,6 +7,8 @@
 //! aggregates, [`Store::open`] on it (the event store in that schema).
 
 mod batch;
+#[cfg(feature = "testing")]
+pub mod contract;
 pub mod envelope;
 pub mod error;
 pub mod metadata;

@@ -33,9 +33,9 @@ fn faults_env(faults: &str) -> HashMap<String, String> {
 
 impl Mesh {
     pub async fn start(faults: &str, with_timeline: bool) -> Mesh {
-        let mut builder = E2e::builder().provisioning(faults_env(faults));
+        let mut builder = E2e::builder().provisioning(&[("KEEL_PROVISIONING_FAULTS", faults)]);
         if with_timeline {
-            builder = builder.timeline(HashMap::<String, String>::new());
+            builder = builder.timeline(&[]);
         }
         let e2e = builder.start().await;
         let client = redis::Client::open(keel_store::testing::redis_url()).unwrap();

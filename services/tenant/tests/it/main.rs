@@ -6,6 +6,7 @@ mod harness;
 mod input;
 mod lifecycle;
 mod logs;
+mod projection;
 mod reflection;
 mod shred;
 mod tiers;

@@ -25,10 +25,7 @@ pub struct Mesh {
 
 impl Mesh {
     pub async fn start() -> Mesh {
-        let e2e = E2e::builder()
-            .timeline(HashMap::<String, String>::new())
-            .start()
-            .await;
+        let e2e = E2e::builder().timeline(&[]).start().await;
         Mesh {
             bus: e2e.bus.clone(),
             pool: e2e.pool_of(Part::Timeline).await,

@@ -4,6 +4,7 @@
 mod harness;
 mod ingest;
 mod isolation;
+mod projection;
 mod query;
 mod retention;
 mod tail;

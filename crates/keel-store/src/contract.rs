@@ -1,0 +1,196 @@
+//! The contract every projection keeps, as one test suite run against each of them
+//! ([`projection_contract!`](crate::projection_contract)): redelivery is idempotent, a rebuild
+//! from the stream gives identical rows, and malformed input goes to the DLQ without blocking
+//! what follows it. A new consumer gets the suite by writing a [`Fixture`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use keel_bus::{Outgoing, StreamKind};
+use keel_events::{Envelope, subjects};
+use tokio_util::sync::CancellationToken;
+
+use crate::projection::{Projection, ProjectionConfig, ProjectionRunner};
+use crate::testing::{TestEnv, eventually};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// One projection under test, in a fresh [`TestEnv`].
+#[async_trait]
+pub trait Fixture: Send + Sync + 'static {
+    type P: Projection + 'static;
+
+    /// The service whose schema the test env is made for.
+    const SERVICE: &'static str;
+
+    /// The projection and its config; creates the tables it writes in `env`'s schema.
+    async fn setup(env: &TestEnv) -> (Self::P, ProjectionConfig);
+
+    /// A history the projection consumes, in publication order (tenants mixed).
+    fn history() -> Vec<Envelope>;
+
+    /// Every row the projection wrote, in a canonical order and form (leave out columns that
+    /// record when a row was written, which a rebuild cannot reproduce).
+    async fn rows(env: &TestEnv) -> Vec<String>;
+}
+
+fn subject(env: &TestEnv, e: &Envelope) -> String {
+    subjects::event(
+        &env.bus.subject_prefix(),
+        &e.tenantid,
+        e.service(),
+        e.event_name(),
+    )
+}
+
+async fn publish(env: &TestEnv, e: &Envelope, msg_id: String) {
+    env.bus
+        .publish_acked(Outgoing {
+            subject: subject(env, e),
+            payload: Bytes::from(e.to_json_bytes()),
+            msg_id,
+            traceparent: e.traceparent.clone(),
+            headers: vec![],
+        })
+        .await
+        .expect("publish");
+}
+
+async fn runner<F: Fixture>(env: &TestEnv) -> ProjectionRunner<F::P> {
+    let (projection, mut config) = F::setup(env).await;
+    config.max_deliver = 3;
+    config.backoff_base = Duration::from_millis(20);
+    ProjectionRunner::new(env.store.pool().clone(), env.bus.clone(), projection, config)
+}
+
+async fn drained<P: Projection + 'static>(runner: &ProjectionRunner<P>, what: &str) {
+    eventually(what, DEADLINE, || async {
+        (runner.lag().await.ok()? == 0).then_some(())
+    })
+    .await;
+}
+
+/// Every message delivered twice (a relay's republish after a crash, outside the dedupe
+/// window) gives the rows of one delivery.
+pub async fn redelivery_is_idempotent<F: Fixture>() {
+    let env = TestEnv::new(F::SERVICE).await.expect("test env");
+    let history = F::history();
+    let runner = runner::<F>(&env).await;
+    for e in &history {
+        publish(&env, e, e.id.to_string()).await;
+    }
+    let stop = CancellationToken::new();
+    let task = runner.clone().spawn(stop.clone());
+    drained(&runner, "the history projected").await;
+    let once = F::rows(&env).await;
+    assert!(
+        !once.is_empty(),
+        "the history projects to no row: the suite would prove nothing"
+    );
+    for e in &history {
+        publish(&env, e, format!("again-{}", e.id)).await;
+    }
+    drained(&runner, "the redelivery projected").await;
+    assert_eq!(
+        F::rows(&env).await,
+        once,
+        "a redelivered history changed the rows"
+    );
+    stop.cancel();
+    task.await.expect("runner task").expect("runner");
+    env.cleanup().await.expect("cleanup");
+}
+
+/// Reset and replay from the stream's first message gives the rows the live run gave.
+pub async fn rebuild_gives_identical_rows<F: Fixture>() {
+    let env = TestEnv::new(F::SERVICE).await.expect("test env");
+    let runner = runner::<F>(&env).await;
+    for e in F::history() {
+        publish(&env, &e, e.id.to_string()).await;
+    }
+    let stop = CancellationToken::new();
+    let task = runner.clone().spawn(stop.clone());
+    drained(&runner, "the live run caught up").await;
+    let live = F::rows(&env).await;
+    stop.cancel();
+    task.await.expect("runner task").expect("runner");
+
+    runner.reset().await.expect("reset");
+    assert!(F::rows(&env).await.is_empty(), "reset left rows behind");
+    let stop = CancellationToken::new();
+    let task = runner.clone().spawn(stop.clone());
+    drained(&runner, "the rebuild caught up").await;
+    assert_eq!(
+        F::rows(&env).await,
+        live,
+        "the rebuild differs from the live rows"
+    );
+    stop.cancel();
+    task.await.expect("runner task").expect("runner");
+    env.cleanup().await.expect("cleanup");
+}
+
+/// A message that is not an envelope is dead-lettered at once and the history behind it is
+/// projected as if it were not there.
+pub async fn malformed_input_goes_to_the_dlq<F: Fixture>() {
+    let env = TestEnv::new(F::SERVICE).await.expect("test env");
+    let history = F::history();
+    let runner = runner::<F>(&env).await;
+    let first = history.first().expect("a history");
+    env.bus
+        .publish_acked(Outgoing {
+            subject: subject(&env, first),
+            payload: Bytes::from_static(b"{\"specversion\": \"1.0\", \"id\": 42"),
+            msg_id: "malformed-1".into(),
+            traceparent: None,
+            headers: vec![],
+        })
+        .await
+        .expect("publish");
+    for e in &history {
+        publish(&env, e, e.id.to_string()).await;
+    }
+    let stop = CancellationToken::new();
+    let task = runner.clone().spawn(stop.clone());
+    drained(&runner, "the history behind the malformed message projected").await;
+    assert!(
+        !F::rows(&env).await.is_empty(),
+        "nothing projected behind the malformed message"
+    );
+    let dlq = env
+        .bus
+        .jetstream()
+        .get_stream(env.bus.stream_name(StreamKind::Dlq))
+        .await
+        .expect("DLQ stream");
+    eventually("the malformed message dead-lettered", DEADLINE, || async {
+        let mut dlq = dlq.clone();
+        (dlq.info().await.ok()?.state.messages == 1).then_some(())
+    })
+    .await;
+    stop.cancel();
+    task.await.expect("runner task").expect("runner");
+    env.cleanup().await.expect("cleanup");
+}
+
+/// The contract suite as three `#[tokio::test]`s for the [`Fixture`] `$fixture`.
+#[macro_export]
+macro_rules! projection_contract {
+    ($fixture:ty) => {
+        #[tokio::test]
+        async fn redelivery_is_idempotent() {
+            $crate::contract::redelivery_is_idempotent::<$fixture>().await;
+        }
+
+        #[tokio::test]
+        async fn rebuild_gives_identical_rows() {
+            $crate::contract::rebuild_gives_identical_rows::<$fixture>().await;
+        }
+
+        #[tokio::test]
+        async fn malformed_input_goes_to_the_dlq() {
+            $crate::contract::malformed_input_goes_to_the_dlq::<$fixture>().await;
+        }
+    };
+}

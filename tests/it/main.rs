@@ -1,0 +1,4 @@
+//! Cross-service end-to-end tests: the whole mesh (tenant, provisioning, timeline) as real
+//! processes, spoken to the way a user would.
+
+mod trace;
