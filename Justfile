@@ -29,9 +29,10 @@ test: services
     cargo test --workspace --lib --bins --tests --no-fail-fast
     cargo test --workspace --doc
 
-# Formatting and clippy with warnings as errors.
+# Formatting, clippy with warnings as errors, and no crate depending on a service crate.
 lint:
     cargo fmt --all -- --check
+    python3 scripts/check-deps.py
     cargo clippy --workspace --all-targets -- -D warnings
 
 # Benchmarks: print figures, assert nothing.

@@ -71,6 +71,7 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         api_keys,
         bus: mesh.bus().clone(),
         store: store.clone(),
+        tables: crate::store::TenantTables::new(db.pool().clone()),
     });
 
     let mut view = ProjectionConfig::new(StreamKind::Events);

@@ -11,4 +11,5 @@ pub mod domain;
 pub mod error;
 pub mod projection;
 pub mod signing;
+pub mod store;
 pub mod tokens;

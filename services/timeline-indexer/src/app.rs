@@ -59,10 +59,21 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         malformed,
     ));
     indexer.start().await;
-    let (stop, stopping) = (mesh.stop_token(), indexer.clone());
-    mesh.spawn("indexer", async move {
-        stop.cancelled().await;
-        stopping.stop().await;
+    // The indexer's consumers: while both run this worker runs, so readiness sees them.
+    let (stop, watched) = (mesh.stop_token(), indexer.clone());
+    mesh.spawn("indexer consumers", async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if !watched.alive().await {
+                watched.stop().await;
+                anyhow::bail!("a timeline consumer stopped");
+            }
+        }
+        watched.stop().await;
         Ok(())
     });
     let every = Duration::from_secs(settings.retention_interval_secs.max(1));

@@ -107,6 +107,15 @@ impl Indexer {
         }
     }
 
+    /// Whether both live consumers (events, audit) are running.
+    pub async fn alive(&self) -> bool {
+        self.current
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|g| g.tasks.iter().all(|t| !t.is_finished()))
+    }
+
     pub async fn stop(&self) {
         if let Some(g) = self.current.lock().await.take() {
             g.stop().await;

@@ -37,6 +37,7 @@ pub struct Core {
     pub signing: SigningKeys,
     pub api_keys: ApiKeys,
     pub bus: Bus,
+    pub tables: crate::store::TenantTables,
 }
 
 /// The caller of one request: who, from where, in which trace.
@@ -175,12 +176,7 @@ impl Core {
             }
             tenant_ref::Ref::Slug(slug) => {
                 crate::domain::validate::slug("tenant.slug", slug).map_err(Error::from)?;
-                let found: Option<String> =
-                    sqlx::query_scalar("SELECT tenant_id FROM tenant_creates WHERE slug = $1")
-                        .bind(slug)
-                        .fetch_optional(self.store.pool())
-                        .await
-                        .map_err(Error::from)?;
+                let found = self.tables.by_slug(slug).await?;
                 match found {
                     Some(id) => Ok(id),
                     None if call.principal()?.is_operator() => Err(Error::NotFound("tenant").into()),

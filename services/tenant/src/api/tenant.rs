@@ -2,7 +2,6 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use chrono::{DateTime, Utc};
 use keel_auth::scopes;
 use keel_bus::audit::AuditResult;
 use keel_proto::v1 as pb;
@@ -13,24 +12,16 @@ use super::convert::{role_from_pb, role_to_pb, status_from_name, tenant_to_pb, t
 use super::{Call, Shared};
 use crate::domain::{TenantCommand, TenantError, validate};
 use crate::error::{Error, Result};
+use crate::store::Reservation;
 
 pub struct TenantApi(pub Shared);
 
 const MAX_PAGE: u32 = 500;
 
 impl TenantApi {
-    async fn created_at(&self, tenant_id: &str) -> Result<Option<DateTime<Utc>>> {
-        Ok(
-            sqlx::query_scalar("SELECT created_at FROM tenant_creates WHERE tenant_id = $1")
-                .bind(tenant_id)
-                .fetch_optional(self.0.store.pool())
-                .await?,
-        )
-    }
-
     async fn tenant(&self, tenant_id: &str) -> Result<pb::Tenant, Status> {
         let (t, v) = self.0.load_existing(tenant_id).await?;
-        Ok(tenant_to_pb(&t, v, self.created_at(tenant_id).await?))
+        Ok(tenant_to_pb(&t, v, self.0.tables.created_at(tenant_id).await?))
     }
 
     /// The common shape of a lifecycle call: resolve, authorize, execute, answer.
@@ -61,18 +52,11 @@ impl TenantApi {
         let tier = tier_from_pb("tier", r.tier).map_err(Error::from)?;
         let email = validate::email("owner_email", &r.owner_email).map_err(Error::from)?;
         validate::token("request_id", &r.request_id).map_err(Error::from)?;
-        let pool = self.0.store.pool();
 
         // Idempotency: the request id is reserved with the slug before anything else is written.
-        let fresh = uuid::Uuid::now_v7().to_string();
-        let inserted = sqlx::query("INSERT INTO tenant_creates (request_id, tenant_id, slug) VALUES ($1, $2, $3) ON CONFLICT (request_id) DO NOTHING")
-            .bind(&r.request_id)
-            .bind(&fresh)
-            .bind(&r.slug)
-            .execute(pool)
-            .await;
-        match inserted {
-            Err(sqlx::Error::Database(db)) if db.constraint() == Some("tenant_creates_slug_key") => {
+        let tenant_id = match self.0.tables.reserve(&r.request_id, &r.slug).await? {
+            Reservation::Tenant(id) => id,
+            Reservation::SlugTaken => {
                 self.0
                     .audit(
                         call,
@@ -85,15 +69,7 @@ impl TenantApi {
                     .await;
                 return Err(Error::AlreadyExists { field: "slug" }.into());
             }
-            Err(e) => return Err(Error::from(e).into()),
-            Ok(_) => {}
-        }
-        let tenant_id: String =
-            sqlx::query_scalar("SELECT tenant_id FROM tenant_creates WHERE request_id = $1")
-                .bind(&r.request_id)
-                .fetch_one(pool)
-                .await
-                .map_err(Error::from)?;
+        };
         let (_, version) = self.0.load(&tenant_id).await?;
         if version > 0 {
             // A repeat of a request that already created its tenant: the first result, nothing new.
@@ -139,8 +115,6 @@ fn parse_page_token(token: &str) -> Result<Option<String>> {
     }
     Ok(Some(id))
 }
-
-type ViewRow = (String, String, String, String, String, String, DateTime<Utc>, i64);
 
 #[tonic::async_trait]
 impl TenantService for TenantApi {
@@ -194,18 +168,11 @@ impl TenantService for TenantApi {
             principal.require(scopes::TENANT_READ, &principal.claims.tenant)?;
             Some(principal.claims.tenant.clone())
         };
-        let rows: Vec<ViewRow> = sqlx::query_as(
-            "SELECT tenant_id, slug, name, tier, status, status_reason, created_at, version FROM tenants_view \
-             WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR tenant_id > $3) \
-             ORDER BY tenant_id LIMIT $4",
-        )
-        .bind(only)
-        .bind(status)
-        .bind(after)
-        .bind(i64::from(size) + 1)
-        .fetch_all(self.0.store.pool())
-        .await
-        .map_err(Error::from)?;
+        let rows = self
+            .0
+            .tables
+            .list(only, status, after, i64::from(size) + 1)
+            .await?;
         let more = rows.len() > size as usize;
         let tenants: Vec<pb::Tenant> = rows
             .into_iter()
