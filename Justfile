@@ -5,17 +5,28 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 target := env_var_or_default("CARGO_TARGET_DIR", justfile_directory() / "target")
 
 # Without KEEL_BOOTSTRAP_TOKEN, an operator key is generated once into .keel/bootstrap-token
-# (keelctl picks it up from there).
+# (keelctl picks it up from there); without KEEL_MASTER_KEY(_FILE), a master key into
+# .keel/master-key.
 # Starts PostgreSQL, NATS and Redis if needed, builds, and runs the whole mesh (Ctrl-C stops it).
 up: services
     #!/usr/bin/env bash
     set -euo pipefail
     cargo build --bins
+    # No built-in secrets: a local master key, made once, is the explicit development setup.
+    if [ -z "${KEEL_MASTER_KEY:-}${KEEL_MASTER_KEY_FILE:-}" ]; then
+        mkdir -p .keel
+        if [ ! -s .keel/master-key ]; then
+            (umask 077; head -c 32 /dev/urandom | base64 > .keel/master-key)
+            echo "generated a development master key in .keel/master-key"
+        fi
+        export KEEL_MASTER_KEY_FILE="$PWD/.keel/master-key"
+    fi
     if [ -z "${KEEL_BOOTSTRAP_TOKEN:-}" ]; then
         mkdir -p .keel
         [ -s .keel/bootstrap-token ] || head -c 32 /dev/urandom | base64 | tr -d '/+=\n' > .keel/bootstrap-token
         export KEEL_BOOTSTRAP_TOKEN="$(cat .keel/bootstrap-token)"
-        echo "bootstrap operator key in .keel/bootstrap-token (keelctl reads it; or export KEEL_API_KEY=$KEEL_BOOTSTRAP_TOKEN)"
+        # Never print the key itself: say where it is.
+        echo 'bootstrap operator key in .keel/bootstrap-token (keelctl reads it; or export KEEL_API_KEY="$(cat .keel/bootstrap-token)")'
     fi
     exec {{target}}/debug/keelctl dev up --bin-dir {{target}}/debug
 

@@ -1,4 +1,5 @@
 //! Cross-service end-to-end tests: the whole mesh (tenant, provisioning, timeline) as real
 //! processes, spoken to the way a user would.
 
+mod secrets;
 mod trace;

@@ -17,6 +17,9 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// The master key test processes get unless their environment names one (base64 of 32 × 0x2a).
+pub const TEST_MASTER_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+
 /// A running service process.
 pub struct ServiceProc {
     pub grpc: SocketAddr,
@@ -48,6 +51,7 @@ impl ServiceProc {
             .env(format!("KEEL_{upper}_GRPC_ADDR"), "127.0.0.1:0")
             .env(format!("KEEL_{upper}_HTTP_ADDR"), "127.0.0.1:0")
             .env("KEEL_LOG_FORMAT", "json")
+            .env("KEEL_MASTER_KEY", TEST_MASTER_KEY)
             .envs(env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

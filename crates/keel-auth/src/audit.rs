@@ -1,5 +1,7 @@
 //! Authorization that leaves a trace: a refused call is published as a `denied` audit record on
-//! the tenant's audit subject, the same way in every service.
+//! the **caller's** tenant audit subject (the target is named inside the record), the same way
+//! in every service. Recording it on the target's subject would let any tenant write into
+//! another tenant's audit stream and timeline.
 
 use keel_bus::Bus;
 use keel_bus::audit::{AuditRecord, AuditResult};
@@ -25,10 +27,14 @@ pub struct Denial<'a> {
 }
 
 impl Denial<'_> {
-    async fn record(&self, principal: &Principal, tenant_id: &str, status: &Status) {
+    async fn record(&self, principal: &Principal, target: &str, status: &Status) {
+        let caller = match principal.claims.tenant.as_str() {
+            "*" => keel_bus::audit::PLATFORM_TENANT,
+            t => t,
+        };
         let record = AuditRecord::new(
             principal.actor(),
-            tenant_id,
+            caller,
             self.service,
             self.action,
             self.resource.clone(),
@@ -36,7 +42,7 @@ impl Denial<'_> {
             self.source_ip.clone(),
         )
         .with_trace(self.trace_id.clone())
-        .with_reason(Some(status.message().to_owned()));
+        .with_reason(Some(format!("{} (target tenant {target})", status.message())));
         self.bus.audit(&record).await;
     }
 

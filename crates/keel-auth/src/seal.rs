@@ -1,12 +1,11 @@
 //! Sealing secrets at rest: the master key wraps what a service must store but never show —
 //! tenant data keys, signing-key seeds, tenant database passwords (ChaCha20-Poly1305, a random
-//! nonce per value).
+//! nonce per value). There is no built-in key.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use sha2::{Digest, Sha256};
 
 const NONCE_LEN: usize = 12;
 
@@ -33,20 +32,22 @@ impl std::fmt::Debug for MasterKey {
 }
 
 impl MasterKey {
-    /// From `value` (base64 of 32 bytes, `KEEL_MASTER_KEY`). Without one, a fixed development
-    /// key is used and a warning logged: fine on a laptop, never in production.
+    /// From `value` (base64 of 32 bytes, `KEEL_MASTER_KEY` or the file `KEEL_MASTER_KEY_FILE`).
+    /// There is no built-in key: without one this is an error naming the setting, and the
+    /// service does not start (`just up` generates one into `.keel/master-key` for development).
     pub fn from_setting(value: Option<&str>) -> Result<Self, SealError> {
-        let bytes: [u8; 32] = match value.map(str::trim).filter(|v| !v.is_empty()) {
-            Some(v) => B64
-                .decode(v)
-                .ok()
-                .and_then(|b| <[u8; 32]>::try_from(b).ok())
-                .ok_or_else(|| SealError::BadKey("KEEL_MASTER_KEY must be base64 of 32 bytes".into()))?,
-            None => {
-                tracing::warn!("KEEL_MASTER_KEY is not set: using the development master key");
-                Sha256::digest(b"keel development master key").into()
-            }
+        let Some(v) = value.map(str::trim).filter(|v| !v.is_empty()) else {
+            return Err(SealError::BadKey(
+                "KEEL_MASTER_KEY (or KEEL_MASTER_KEY_FILE) is not set: a Keel service does not start \
+                 without a master key (base64 of 32 random bytes; `just up` makes one in .keel/master-key)"
+                    .into(),
+            ));
         };
+        let bytes: [u8; 32] = B64
+            .decode(v)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| SealError::BadKey("KEEL_MASTER_KEY must be base64 of 32 bytes".into()))?;
         Ok(Self(ChaCha20Poly1305::new(Key::from_slice(&bytes))))
     }
 
@@ -89,10 +90,13 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 1;
         assert_eq!(key.unwrap(&bad), Err(SealError::Open));
-        let other = MasterKey::from_setting(None).unwrap();
+        let other = MasterKey::from_setting(Some(&B64.encode([8u8; 32]))).unwrap();
         assert_eq!(other.unwrap(&sealed), Err(SealError::Open));
         assert_eq!(key.unwrap(b"short"), Err(SealError::Open));
         assert!(MasterKey::from_setting(Some("not base64!")).is_err());
+        let missing = MasterKey::from_setting(None).unwrap_err().to_string();
+        assert!(missing.contains("KEEL_MASTER_KEY"), "{missing}");
+        assert!(MasterKey::from_setting(Some("  ")).is_err());
         assert!(MasterKey::from_setting(Some(&B64.encode([1u8; 16]))).is_err());
     }
 }

@@ -24,6 +24,28 @@ pub fn event(prefix: &str, tenant: &str, service: &str, event: &str) -> String {
     format!("{prefix}keel.evt.{tenant}.{service}.{event}")
 }
 
+/// The three tokens after `keel.<kind>.` in `subject` (any namespace prefix before it).
+fn parse_three<'a>(subject: &'a str, kind: &str) -> Option<(&'a str, &'a str, &'a str)> {
+    let marker = format!("keel.{kind}.");
+    let at = subject.find(&marker)?;
+    if at > 0 && !subject[..at].ends_with('.') {
+        return None;
+    }
+    let mut rest = subject[at + marker.len()..].split('.');
+    let (a, b, c) = (rest.next()?, rest.next()?, rest.next()?);
+    (rest.next().is_none() && [a, b, c].iter().all(|t| is_valid_token(t))).then_some((a, b, c))
+}
+
+/// `(tenant, service, event)` of an event subject ([`event`]); `None` for anything else.
+pub fn parse_event(subject: &str) -> Option<(&str, &str, &str)> {
+    parse_three(subject, "evt")
+}
+
+/// `(tenant, service, action)` of an audit subject ([`audit`]); `None` for anything else.
+pub fn parse_audit(subject: &str) -> Option<(&str, &str, &str)> {
+    parse_three(subject, "audit")
+}
+
 /// `{prefix}keel.audit.{tenant}.{service}.{action}`: one audit record (stream KEEL_AUDIT).
 pub fn audit(prefix: &str, tenant: &str, service: &str, action: &str) -> String {
     format!("{prefix}keel.audit.{tenant}.{service}.{action}")
@@ -92,6 +114,32 @@ pub fn usage_all(prefix: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn subjects_parse_back_into_their_tokens() {
+        assert_eq!(
+            parse_event("t42.keel.evt.acme.tenant.TenantCreated"),
+            Some(("acme", "tenant", "TenantCreated"))
+        );
+        assert_eq!(
+            parse_event(&event("", "acme", "tenant", "TenantCreated")),
+            Some(("acme", "tenant", "TenantCreated"))
+        );
+        assert_eq!(
+            parse_audit("keel.audit.acme.tenant.suspend"),
+            Some(("acme", "tenant", "suspend"))
+        );
+        for bad in [
+            "keel.evt.acme.tenant",
+            "keel.evt.acme.tenant.X.extra",
+            "xkeel.evt.acme.tenant.X",
+            "keel.audit.acme.tenant.x",
+            "keel.evt.*.tenant.X",
+            "",
+        ] {
+            assert_eq!(parse_event(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     const P: &str = "t_subjects_1.";

@@ -76,7 +76,8 @@ pub struct Config {
     pub otlp_endpoint: Option<String>,
     /// `KEEL_SHUTDOWN_TIMEOUT` (seconds): how long draining may take before the process gives up.
     pub shutdown_timeout_secs: u64,
-    /// `KEEL_MASTER_KEY`: base64 of 32 bytes sealing secrets at rest (see `keel_auth::seal`).
+    /// `KEEL_MASTER_KEY`, or the contents of the file `KEEL_MASTER_KEY_FILE`: base64 of 32
+    /// bytes sealing secrets at rest (see `keel_auth::seal`). Required by every service.
     pub master_key: Option<String>,
     /// `KEEL_BOOTSTRAP_TOKEN`: the operator API key the tenant service installs at start, and
     /// the key other services fall back to for calling it.
@@ -265,7 +266,20 @@ impl Config {
             bus_prefix: env("KEEL_BUS_PREFIX").unwrap_or_default(),
             otlp_endpoint: env("OTEL_EXPORTER_OTLP_ENDPOINT"),
             shutdown_timeout_secs,
-            master_key: trimmed("KEEL_MASTER_KEY"),
+            master_key: match (trimmed("KEEL_MASTER_KEY"), trimmed("KEEL_MASTER_KEY_FILE")) {
+                (Some(key), _) => Some(key),
+                (None, Some(path)) => Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| Error::Config {
+                            name: "KEEL_MASTER_KEY_FILE".into(),
+                            value: path.clone(),
+                            reason: format!("cannot read the master key file: {e}"),
+                        })?
+                        .trim()
+                        .to_owned(),
+                ),
+                (None, None) => None,
+            },
             bootstrap_token: trimmed("KEEL_BOOTSTRAP_TOKEN"),
             tenant_addr: trimmed("KEEL_TENANT_ADDR").unwrap_or_else(|| DEFAULT_TENANT_ADDR.to_owned()),
             jwks_url: trimmed("KEEL_JWKS_URL"),

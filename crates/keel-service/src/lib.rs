@@ -4,15 +4,15 @@
 //! ```no_run
 //! # async fn run(rt: keel_runtime::Service) -> anyhow::Result<()> {
 //! let mut mesh = keel_service::Assembly::start(rt).await?;        // NATS, streams, listeners
-//! let db = mesh.database("billing", sqlx::migrate!("../../services/tenant/migrations")).await?;
+//! let db = mesh.database("billing", sqlx::migrate::Migrator::DEFAULT).await?; // + its migrations
 //! let store = mesh.event_store(&db).await?;                        // + the outbox relay
 //! let auth = mesh.auth(keel_auth::jwks::DEFAULT_URL).await;        // JWKS, rate limits, auth.degraded
-//! let router = mesh.grpc(auth, &["keel.v1.MeterService"])?;        // health + reflection v1/v1alpha
+//! let router = mesh.grpc(auth, &["keel.v1.MeterService"]).await?;  // health + reflection v1/v1alpha
 //! mesh.serve(router, axum::Router::new()).await                     // serve, drain, join workers
 //! # }
 //! ```
 //!
-//! Readiness (`/readyz`) covers PostgreSQL (when a database is opened), NATS, Redis, and every
+//! No service starts without a master key. Readiness (`/readyz`) covers PostgreSQL (when a database is opened), NATS, Redis, and every
 //! worker spawned here (the relay, projections, a service's own loops): a worker that stopped
 //! makes the service unready.
 
@@ -42,6 +42,7 @@ pub type Layers = Stack<AuthLayer, Stack<RequestLogLayer, Identity>>;
 /// A service being assembled: connections, listeners, readiness checks and workers.
 pub struct Assembly {
     rt: Service,
+    master_key: keel_auth::MasterKey,
     nats: async_nats::Client,
     bus: Bus,
     health: Health,
@@ -55,6 +56,8 @@ impl Assembly {
     /// Connects NATS, ensures the JetStream streams (with the configured prefix), binds the
     /// gRPC and HTTP listeners (port 0 allowed) and starts readiness with NATS and Redis.
     pub async fn start(rt: Service) -> anyhow::Result<Self> {
+        // No built-in secrets: without a master key no service starts, naming the setting.
+        let master_key = keel_auth::MasterKey::from_setting(rt.config.master_key.as_deref())?;
         let nats = rt.connect_nats().await?;
         let bus = Bus::new(nats.clone(), &rt.config.bus_prefix)?;
         bus.ensure_streams().await.context("JetStream streams")?;
@@ -65,6 +68,7 @@ impl Assembly {
             .with_redis(keel_runtime::health::redis_lazy(&rt.config.redis_url)?);
         Ok(Self {
             rt,
+            master_key,
             nats,
             bus,
             health,
@@ -73,6 +77,11 @@ impl Assembly {
             http_addr,
             workers: Vec::new(),
         })
+    }
+
+    /// The master key (`KEEL_MASTER_KEY` / `KEEL_MASTER_KEY_FILE`) sealing secrets at rest.
+    pub fn master_key(&self) -> &keel_auth::MasterKey {
+        &self.master_key
     }
 
     pub fn config(&self) -> &Config {

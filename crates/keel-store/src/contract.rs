@@ -1,7 +1,7 @@
 //! The contract every projection keeps, as one test suite run against each of them
 //! ([`projection_contract!`](crate::projection_contract)): redelivery is idempotent, a rebuild
-//! from the stream gives identical rows, and malformed input goes to the DLQ without blocking
-//! what follows it. A new consumer gets the suite by writing a [`Fixture`].
+//! from the stream gives identical rows, malformed input goes to the DLQ without blocking
+//! what follows it, and a message whose subject disagrees with its envelope is never applied. A new consumer gets the suite by writing a [`Fixture`].
 
 use std::time::Duration;
 
@@ -174,7 +174,58 @@ pub async fn malformed_input_goes_to_the_dlq<F: Fixture>() {
     env.cleanup().await.expect("cleanup");
 }
 
-/// The contract suite as three `#[tokio::test]`s for the [`Fixture`] `$fixture`.
+/// Every envelope of the history published on a subject that names another tenant (a forgery:
+/// anyone who can publish chooses the subject) is dead-lettered and changes no row.
+pub async fn forged_provenance_goes_to_the_dlq<F: Fixture>() {
+    let env = TestEnv::new(F::SERVICE).await.expect("test env");
+    let history = F::history();
+    let runner = runner::<F>(&env).await;
+    for e in &history {
+        let forged = subjects::event(&env.bus.subject_prefix(), "t-victim", e.service(), e.event_name());
+        env.bus
+            .publish_acked(Outgoing {
+                subject: forged,
+                payload: Bytes::from(e.to_json_bytes()),
+                msg_id: e.id.to_string(),
+                traceparent: None,
+                headers: vec![],
+            })
+            .await
+            .expect("publish");
+    }
+    let stop = CancellationToken::new();
+    let task = runner.clone().spawn(stop.clone());
+    drained(&runner, "the forged messages handled").await;
+    let dlq = env
+        .bus
+        .jetstream()
+        .get_stream(env.bus.stream_name(StreamKind::Dlq))
+        .await
+        .expect("DLQ stream");
+    let expected = history.len() as u64;
+    eventually("every forgery dead-lettered", DEADLINE, || async {
+        let mut dlq = dlq.clone();
+        (dlq.info().await.ok()?.state.messages == expected).then_some(())
+    })
+    .await;
+    assert!(F::rows(&env).await.is_empty(), "a forged message was applied");
+    let mut dlq = dlq.clone();
+    let last = dlq.info().await.expect("DLQ info").state.last_sequence;
+    let reason = dlq
+        .get_raw_message(last)
+        .await
+        .expect("DLQ message")
+        .headers
+        .get(keel_bus::headers::DLQ_REASON)
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_default();
+    assert!(reason.contains("provenance"), "{reason}");
+    stop.cancel();
+    task.await.expect("runner task").expect("runner");
+    env.cleanup().await.expect("cleanup");
+}
+
+/// The contract suite as four `#[tokio::test]`s for the [`Fixture`] `$fixture`.
 #[macro_export]
 macro_rules! projection_contract {
     ($fixture:ty) => {
@@ -191,6 +242,11 @@ macro_rules! projection_contract {
         #[tokio::test]
         async fn malformed_input_goes_to_the_dlq() {
             $crate::contract::malformed_input_goes_to_the_dlq::<$fixture>().await;
+        }
+
+        #[tokio::test]
+        async fn forged_provenance_goes_to_the_dlq() {
+            $crate::contract::forged_provenance_goes_to_the_dlq::<$fixture>().await;
         }
     };
 }

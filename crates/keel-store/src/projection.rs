@@ -82,8 +82,25 @@ pub trait Projection: Send + Sync + 'static {
 }
 
 /// The usual [`Projection::decode`]: a Keel CloudEvents envelope.
-pub fn decode_envelope(payload: &[u8]) -> Result<Envelope, String> {
-    Envelope::parse(payload).map_err(|e| format!("malformed envelope: {e}"))
+/// The envelope in `payload`, which must agree with the event `subject` it arrived on: the
+/// subject's tenant, service and event are the envelope's `tenantid`, `source` and `type`.
+/// Anyone who can publish could otherwise write into another tenant's history; a disagreeing
+/// message is dead-lettered with the reason and never applied.
+pub fn decode_envelope(subject: &str, payload: &[u8]) -> Result<Envelope, String> {
+    let e = Envelope::parse(payload).map_err(|e| format!("malformed envelope: {e}"))?;
+    let Some((tenant, service, event)) = keel_events::subjects::parse_event(subject) else {
+        return Err(format!("provenance: {subject:?} is not an event subject"));
+    };
+    if (tenant, service, event) != (e.tenantid.as_str(), e.service(), e.event_name()) {
+        return Err(format!(
+            "provenance: subject names tenant {tenant:?}, service {service:?}, event {event:?}; \
+             the envelope says tenant {:?}, service {:?}, event {:?}",
+            e.tenantid,
+            e.service(),
+            e.event_name()
+        ));
+    }
+    Ok(e)
 }
 
 #[derive(Clone, Debug)]

@@ -78,7 +78,7 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         bus: mesh.bus().clone(),
         redis: mesh.redis().await?,
         gitops_dir: settings.gitops_dir.clone(),
-        master: keel_auth::MasterKey::from_setting(mesh.config().master_key.as_deref())?,
+        master: mesh.master_key().clone(),
         tenant: TenantClient::new(&mesh.config().tenant_addr, api_key)?,
     };
     let executor = Arc::new(Executor {

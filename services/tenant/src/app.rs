@@ -20,7 +20,7 @@ use keel_store::projection::ProjectionConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{Core, LicenseApi, TenantApi, TokenApi};
-use crate::crypto::{DataKeys, MasterKey};
+use crate::crypto::DataKeys;
 use crate::projection::TenantsView;
 use crate::signing::SigningKeys;
 use crate::tokens::ApiKeys;
@@ -55,7 +55,7 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         .await?;
     let store = mesh.event_store(&db).await?;
 
-    let master = MasterKey::from_setting(mesh.config().master_key.as_deref())?;
+    let master = mesh.master_key().clone();
     let signing = SigningKeys::new(db.pool().clone(), master.clone());
     signing.active().await.context("signing key")?;
     let api_keys = ApiKeys::new(db.pool().clone());

@@ -19,8 +19,8 @@ fn str_field<'a>(e: &'a Envelope, key: &str) -> Result<&'a str, ApplyError> {
 impl Projection for TenantsView {
     type Item = Envelope;
 
-    fn decode(&self, _subject: &str, payload: &[u8]) -> Result<Envelope, String> {
-        keel_store::projection::decode_envelope(payload)
+    fn decode(&self, subject: &str, payload: &[u8]) -> Result<Envelope, String> {
+        keel_store::projection::decode_envelope(subject, payload)
     }
 
     fn name(&self) -> &str {

@@ -46,6 +46,16 @@ fn from_ts(field: &str, t: &prost_types::Timestamp) -> Result<DateTime<Utc>> {
         .ok_or_else(|| invalid(field, "is not a valid timestamp").into())
 }
 
+/// A protobuf duration as chrono's, refusing what chrono cannot hold (it would panic).
+fn duration_of(d: &prost_types::Duration) -> Result<chrono::Duration> {
+    if !(0..1_000_000_000).contains(&d.nanos) {
+        return Err(invalid("last.nanos", "must be 0 to 999,999,999").into());
+    }
+    chrono::Duration::try_seconds(d.seconds)
+        .and_then(|s| s.checked_add(&chrono::Duration::nanoseconds(i64::from(d.nanos))))
+        .ok_or_else(|| invalid("last.seconds", "is out of range").into())
+}
+
 pub fn to_pb(r: &StoredRow, with_stored: bool) -> pb::TimelineEvent {
     pb::TimelineEvent {
         event_id: r.event_id.to_string(),
@@ -158,9 +168,7 @@ impl TimelineService for TimelineApi {
         tenant("tenant_id", &r.tenant_id)?;
         let from = r.from.as_ref().map(|t| from_ts("from", t)).transpose()?;
         let to = r.to.as_ref().map(|t| from_ts("to", t)).transpose()?;
-        let last = r.last.as_ref().map(|d| {
-            chrono::Duration::seconds(d.seconds) + chrono::Duration::nanoseconds(i64::from(d.nanos))
-        });
+        let last = r.last.as_ref().map(duration_of).transpose()?;
         let range = TimeRange::new(from, to, last, Utc::now()).map_err(Error::from)?;
         let filter = filter_of(r.filter.as_ref(), &r.query)?;
         let page = r.page.clone().unwrap_or_default();

@@ -52,13 +52,13 @@ impl Projection for TimelineProjection {
         &self.name
     }
 
-    fn decode(&self, _subject: &str, payload: &[u8]) -> Result<TimelineRow, String> {
+    fn decode(&self, subject: &str, payload: &[u8]) -> Result<TimelineRow, String> {
         let row = match self.source {
-            Source::Events => {
-                keel_store::projection::decode_envelope(payload).map(|e| TimelineRow::from_envelope(&e))
-            }
+            Source::Events => keel_store::projection::decode_envelope(subject, payload)
+                .map(|e| TimelineRow::from_envelope(&e)),
             Source::Audit => serde_json::from_slice(payload)
                 .map_err(|e| format!("malformed audit record: {e}"))
+                .and_then(|v| audit_provenance(subject, &v).map(|()| v))
                 .and_then(|v| TimelineRow::from_audit(&v)),
         };
         if row.is_err() {
@@ -82,4 +82,26 @@ impl Projection for TimelineProjection {
         sqlx::query(&format!("TRUNCATE {table}")).execute(conn).await?;
         Ok(())
     }
+}
+
+/// An audit record must agree with the subject it arrived on (tenant and service), or anyone
+/// who can publish could write into another tenant's timeline.
+fn audit_provenance(subject: &str, record: &serde_json::Value) -> Result<(), String> {
+    let Some((tenant, service, _)) = keel_events::subjects::parse_audit(subject) else {
+        return Err(format!("provenance: {subject:?} is not an audit subject"));
+    };
+    let field = |k: &str| {
+        record
+            .get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+    };
+    if (field("tenant"), field("service")) != (tenant, service) {
+        return Err(format!(
+            "provenance: subject names tenant {tenant:?}, service {service:?}; the record says tenant {:?}, service {:?}",
+            field("tenant"),
+            field("service")
+        ));
+    }
+    Ok(())
 }

@@ -18,8 +18,8 @@ struct Seen;
 impl Projection for Seen {
     type Item = Envelope;
 
-    fn decode(&self, _subject: &str, payload: &[u8]) -> Result<Envelope, String> {
-        keel_store::projection::decode_envelope(payload)
+    fn decode(&self, subject: &str, payload: &[u8]) -> Result<Envelope, String> {
+        keel_store::projection::decode_envelope(subject, payload)
     }
 
     fn name(&self) -> &str {

@@ -72,15 +72,20 @@ impl RunKind {
                 "activate",
             ]),
             RunKind::TierChange => apply(&["quotas", "manifests", "license"]),
-            RunKind::Suspend | RunKind::Reactivate => apply(&["database", "quotas", "manifests"]),
+            // Destructive plans first confirm the tenant's state with the tenant service, the
+            // source of truth: a forged or stale trigger cannot suspend or delete a live tenant.
+            RunKind::Suspend => apply(&["confirm-suspended", "database", "quotas", "manifests"]),
+            RunKind::Reactivate => apply(&["database", "quotas", "manifests"]),
             RunKind::Delete => {
-                let mut plan: Vec<PlannedStep> = ["manifests", "quotas", "messaging", "database"]
-                    .iter()
-                    .map(|n| PlannedStep {
-                        step: (*n).to_owned(),
-                        op: Op::Remove,
-                    })
-                    .collect();
+                let mut plan = apply(&["confirm-deleting"]);
+                plan.extend(
+                    ["manifests", "quotas", "messaging", "database"]
+                        .iter()
+                        .map(|n| PlannedStep {
+                            step: (*n).to_owned(),
+                            op: Op::Remove,
+                        }),
+                );
                 plan.push(PlannedStep {
                     step: "finalize".into(),
                     op: Op::Apply,

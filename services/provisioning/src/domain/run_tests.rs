@@ -213,11 +213,12 @@ fn a_repeated_start_writes_nothing_and_finished_runs_refuse_records() {
         at: t0(),
     });
     assert_eq!(again, Ok(vec![]));
+    // A deletion first confirms the tenant is DELETING with the tenant service.
     assert_eq!(
         r.next(t0()),
         Next::Perform {
-            step: "manifests".into(),
-            op: Op::Remove,
+            step: "confirm-deleting".into(),
+            op: Op::Apply,
             attempt: 1
         }
     );
@@ -244,6 +245,20 @@ fn a_repeated_start_writes_nothing_and_finished_runs_refuse_records() {
         }),
         Err(RunError::UnknownStep(_))
     ));
+}
+
+#[test]
+fn destructive_plans_confirm_the_tenant_state_first() {
+    let first = |k: RunKind| k.plan().first().map(|p| (p.step.clone(), p.op));
+    assert_eq!(
+        first(RunKind::Delete),
+        Some(("confirm-deleting".into(), Op::Apply))
+    );
+    assert_eq!(
+        first(RunKind::Suspend),
+        Some(("confirm-suspended".into(), Op::Apply))
+    );
+    assert_eq!(first(RunKind::Provision), Some(("begin".into(), Op::Apply)));
 }
 
 #[test]

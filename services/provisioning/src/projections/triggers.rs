@@ -18,8 +18,8 @@ impl Projection for Triggers {
         "provisioning-triggers"
     }
 
-    fn decode(&self, _subject: &str, payload: &[u8]) -> Result<Envelope, String> {
-        keel_store::projection::decode_envelope(payload)
+    fn decode(&self, subject: &str, payload: &[u8]) -> Result<Envelope, String> {
+        keel_store::projection::decode_envelope(subject, payload)
     }
 
     async fn apply(&self, conn: &mut PgConnection, e: &Envelope) -> Result<(), ApplyError> {

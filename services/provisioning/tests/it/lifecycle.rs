@@ -9,7 +9,7 @@ use crate::harness::{Mesh, by_id, slug};
 async fn as_tenant(mesh: &Mesh, t: &pb::Tenant) -> sqlx::PgConnection {
     use sqlx::Connection;
     let names = mesh.names(t);
-    let master = keel_auth::MasterKey::from_setting(None).unwrap();
+    let master = keel_auth::MasterKey::from_setting(Some(keel_e2e::TEST_MASTER_KEY)).unwrap();
     let wrapped: Vec<u8> = sqlx::query_scalar(&format!(
         "SELECT password_wrapped FROM test_{}_p.tenant_credentials WHERE tenant_id = $1",
         mesh.token

@@ -2,6 +2,7 @@
 //! the trace is checked) on one bus namespace, against real PostgreSQL, NATS, Redis and disk.
 
 mod failures;
+mod forgery;
 mod harness;
 mod lifecycle;
 mod projection;

@@ -78,9 +78,11 @@ async fn a_token_of_tenant_a_cannot_read_or_change_tenant_b_and_that_is_audited(
         .into_inner();
     assert_eq!(members.members.len(), 1, "nothing was written to B");
 
-    let denied = eventually("denied audit records on B", Duration::from_secs(10), || async {
+    // Denials are recorded on the caller's audit subject (A), naming the target (B) inside:
+    // A cannot write into B's audit stream by being refused.
+    let denied = eventually("denied audit records on A", Duration::from_secs(10), || async {
         let d: Vec<_> = w
-            .audit_of(&b.id)
+            .audit_of(&a.id)
             .await
             .into_iter()
             .filter(|r| r["result"] == "denied")
@@ -97,6 +99,16 @@ async fn a_token_of_tenant_a_cannot_read_or_change_tenant_b_and_that_is_audited(
     assert!(
         actions.contains(&"member-invite") && actions.contains(&"delete") && actions.contains(&"get"),
         "{actions:?}"
+    );
+    assert!(
+        denied
+            .iter()
+            .all(|r| r["reason"].as_str().unwrap_or_default().contains(&b.id)),
+        "{denied:?}"
+    );
+    assert!(
+        w.audit_of(&b.id).await.iter().all(|r| r["result"] != "denied"),
+        "a denial was written into the target's audit stream"
     );
     w.cleanup().await;
 }

@@ -1,9 +1,9 @@
 //! One tenant service per test, with its own schema and bus namespace.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use keel_bus::{Bus, StreamKind};
+use keel_e2e::mesh::{Mesh as E2e, Part};
 use keel_e2e::{Bearer, ServiceProc};
 use keel_proto::v1 as pb;
 use keel_proto::v1::license_service_client::LicenseServiceClient;
@@ -23,7 +23,8 @@ pub type Licenses = LicenseServiceClient<InterceptedService<Channel, Bearer>>;
 pub const MASTER_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
 
 pub struct World {
-    pub proc: ServiceProc,
+    pub e2e: E2e,
+    /// A pool on the tenant service's schema.
     pub pool: PgPool,
     pub bus: Bus,
     pub bootstrap: String,
@@ -36,41 +37,25 @@ impl World {
         Self::start_with(HashMap::new()).await
     }
 
+    /// The tenant service alone on the shared test mesh, with `env` on top of the test master key.
     pub async fn start_with(mut env: HashMap<String, String>) -> World {
-        let token = keel_store::testing::unique_token();
-        let schema = format!("test_{token}");
-        let bootstrap = format!("boot-{}", uuid::Uuid::new_v4());
-        env.insert("KEEL_BOOTSTRAP_TOKEN".into(), bootstrap.clone());
         env.insert("KEEL_MASTER_KEY".into(), MASTER_KEY.into());
-        let proc = ServiceProc::start(
-            Path::new(env!("CARGO_BIN_EXE_keel-tenant")),
-            "tenant",
-            &schema,
-            &token,
-            &env,
-        )
-        .await
-        .unwrap();
-        let options: sqlx::postgres::PgConnectOptions = keel_store::testing::database_url().parse().unwrap();
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.options([("search_path", schema.as_str())]))
-            .await
-            .unwrap();
-        let bus = Bus::connect(&keel_store::testing::nats_url(), &token)
-            .await
-            .unwrap();
-        let channel = proc.channel().await.unwrap();
-        let mut w = World {
-            proc,
-            pool,
-            bus,
-            bootstrap: bootstrap.clone(),
-            operator: String::new(),
+        let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let e2e = E2e::builder().tenant(&vars).start().await;
+        let channel = e2e.proc(Part::Tenant).channel().await.unwrap();
+        World {
+            pool: e2e.pool_of(Part::Tenant).await,
+            bus: e2e.bus.clone(),
+            bootstrap: e2e.bootstrap.clone(),
+            operator: e2e.operator.clone(),
             channel,
-        };
-        w.operator = w.exchange(&bootstrap).await.unwrap().token;
-        w
+            e2e,
+        }
+    }
+
+    /// The tenant service's process (ports, logs).
+    pub fn proc(&self) -> &ServiceProc {
+        self.e2e.proc(Part::Tenant)
     }
 
     pub fn tenants(&self, token: &str) -> Tenants {
@@ -149,7 +134,7 @@ impl World {
     /// GET on the service's HTTP port: (status, body).
     pub async fn http_get(&self, path: &str) -> (u16, String) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.proc.http).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(self.proc().http).await.unwrap();
         s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
             .await
             .unwrap();
@@ -200,12 +185,8 @@ impl World {
             .collect()
     }
 
-    pub async fn cleanup(mut self) {
-        let _ = self.proc.terminate().await;
-        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.proc.schema))
-            .execute(&self.pool)
-            .await;
-        let _ = self.bus.delete_streams().await;
+    pub async fn cleanup(self) {
+        self.e2e.cleanup().await;
     }
 }
 

@@ -22,7 +22,7 @@ async fn secrets_and_email_addresses_never_reach_the_log_output() {
         .await
         .unwrap();
     let logs = eventually("request logged", Duration::from_secs(10), || async {
-        let l = w.proc.logs();
+        let l = w.proc().logs();
         (l.contains("create tenant") && l.contains("request handled")).then_some(l)
     })
     .await;

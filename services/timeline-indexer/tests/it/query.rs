@@ -209,6 +209,47 @@ async fn bad_filters_and_query_syntax_are_invalid_argument_naming_the_problem() 
             },
             "page.page_token:",
         ),
+        // Durations and timestamps chrono cannot hold: INVALID_ARGUMENT, never a panic.
+        (
+            pb::QueryTimelineRequest {
+                last: Some(prost_types::Duration {
+                    seconds: 1 << 62,
+                    nanos: 0,
+                }),
+                ..base()
+            },
+            "last.seconds:",
+        ),
+        (
+            pb::QueryTimelineRequest {
+                last: Some(prost_types::Duration {
+                    seconds: i64::MIN,
+                    nanos: 0,
+                }),
+                ..base()
+            },
+            "last.seconds:",
+        ),
+        (
+            pb::QueryTimelineRequest {
+                last: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: -1,
+                }),
+                ..base()
+            },
+            "last.nanos:",
+        ),
+        (
+            pb::QueryTimelineRequest {
+                from: Some(prost_types::Timestamp {
+                    seconds: i64::MAX,
+                    nanos: 0,
+                }),
+                ..base()
+            },
+            "from:",
+        ),
         (
             pb::QueryTimelineRequest {
                 tenant_id: "a.b".into(),

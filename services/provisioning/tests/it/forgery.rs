@@ -1,0 +1,67 @@
+//! The bus is not trusted: a well-formed deletion request that nobody made, published on the
+//! right subject as anyone who can reach NATS could, deletes nothing — the run first asks the
+//! tenant service, the source of truth, and the tenant is not DELETING.
+
+use std::time::Duration;
+
+use keel_events::{Envelope, subjects};
+use keel_proto::v1 as pb;
+use keel_store::testing::eventually;
+
+use crate::harness::{Mesh, slug};
+
+#[tokio::test]
+async fn a_forged_deletion_request_for_an_active_tenant_changes_nothing() {
+    let mesh = Mesh::start("", false).await;
+    let t = mesh.create(&slug()).await;
+    mesh.wait_status(&t.id, pb::TenantStatus::Active, Duration::from_secs(60))
+        .await;
+    assert_eq!(mesh.resources(&t).await, [true; 6]);
+
+    let forged = Envelope::builder("tenant", "TenantDeletionRequested", 1)
+        .tenant(&t.id)
+        .actor("user:mallory")
+        .aggregate("tenant", &t.id, 99)
+        .data(serde_json::json!({}))
+        .build()
+        .unwrap();
+    let subject = subjects::event(
+        &mesh.bus.subject_prefix(),
+        &t.id,
+        "tenant",
+        "TenantDeletionRequested",
+    );
+    mesh.bus
+        .publish_envelope(subject, &forged)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let run = eventually(
+        "the forged delete run refused",
+        Duration::from_secs(60),
+        || async {
+            let run = mesh
+                .provisioning()
+                .await
+                .get_status(pb::GetProvisioningStatusRequest {
+                    tenant_id: t.id.clone(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (run.kind == "delete" && run.status == "failed").then_some(run)
+        },
+    )
+    .await;
+    assert!(run.failure.contains("ACTIVE"), "{}", run.failure);
+    assert!(run.removed.is_empty(), "{:?}", run.removed);
+    assert_eq!(
+        mesh.resources(&t).await,
+        [true; 6],
+        "every resource is still there"
+    );
+    assert_eq!(mesh.status(&t.id).await, pb::TenantStatus::Active);
+    mesh.cleanup().await;
+}
