@@ -65,15 +65,22 @@ impl SigningKey {
         Jwk::ed25519(&self.kid, &self.key.verifying_key().to_bytes())
     }
 
-    /// `claims` as a compact JWS with header `{"alg":"EdDSA","typ":"JWT","kid":…}`.
+    /// `claims` as a compact JWS with header `{"alg":"EdDSA","typ":"at+jwt","kid":…}`.
+    /// An access token (`typ: at+jwt`, RFC 9068) carrying `claims`.
     pub fn sign<T: Serialize>(&self, claims: &T) -> Result<String> {
+        self.sign_typed(claims, crate::verify::ACCESS_TOKEN_TYP)
+    }
+
+    /// A JWT of type `typ` carrying `claims`: the type keeps one kind of token from being
+    /// accepted as another (a license as an access token, or the reverse).
+    pub fn sign_typed<T: Serialize>(&self, claims: &T, typ: &str) -> Result<String> {
         crate::verify::ensure_crypto_provider();
         let der = self
             .key
             .to_pkcs8_der()
             .map_err(|e| AuthError::Signing(e.to_string()))?;
         let mut header = Header::new(Algorithm::EdDSA);
-        header.typ = Some("JWT".to_owned());
+        header.typ = Some(typ.to_owned());
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &EncodingKey::from_ed_der(der.as_bytes()))
             .map_err(|e| AuthError::Signing(e.to_string()))
@@ -185,7 +192,7 @@ mod tests {
             serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
         assert_eq!(
             header,
-            serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": "k1"})
+            serde_json::json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "k1"})
         );
     }
 }

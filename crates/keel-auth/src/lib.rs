@@ -24,4 +24,4 @@ pub use layer::{AuthConfig, AuthLayer, AuthService};
 pub use principal::{Principal, from_request, principal};
 pub use ratelimit::{Decision, RateLimiter, TierLimits, TierLimitsFn};
 pub use seal::MasterKey;
-pub use verify::{decode_kid, verify};
+pub use verify::{ACCESS_TOKEN_TYP, LICENSE_TYP, decode_kid, verify, verify_typed};

@@ -43,6 +43,22 @@ pub fn decode_kid(token: &str) -> Result<String> {
 /// `iat` not in the future nor after `exp`. `leeway_secs` absorbs clock skew for the time checks.
 /// Generic so that licenses and other signed documents with an `exp` verify the same way.
 pub fn verify<T: DeserializeOwned>(token: &str, jwks: &JwkSet, now_unix: i64, leeway_secs: i64) -> Result<T> {
+    verify_typed(token, jwks, now_unix, leeway_secs, ACCESS_TOKEN_TYP)
+}
+
+/// The JWT header `typ` of access tokens (RFC 9068).
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+/// The JWT header `typ` of licenses.
+pub const LICENSE_TYP: &str = "keel-license+jwt";
+
+/// As [`verify`] for a token whose header `typ` must be `typ`.
+pub fn verify_typed<T: DeserializeOwned>(
+    token: &str,
+    jwks: &JwkSet,
+    now_unix: i64,
+    leeway_secs: i64,
+    typ: &str,
+) -> Result<T> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err(AuthError::TooLarge);
     }
@@ -51,6 +67,9 @@ pub fn verify<T: DeserializeOwned>(token: &str, jwks: &JwkSet, now_unix: i64, le
         jsonwebtoken::decode_header(token).map_err(|_| AuthError::InvalidToken("malformed header"))?;
     if header.alg != Algorithm::EdDSA {
         return Err(AuthError::InvalidToken("algorithm"));
+    }
+    if !header.typ.as_deref().is_some_and(|t| t.eq_ignore_ascii_case(typ)) {
+        return Err(AuthError::InvalidToken("type"));
     }
     let kid = header.kid.ok_or(AuthError::InvalidToken("missing kid"))?;
     let Some(jwk) = jwks.find(&kid) else {
@@ -269,9 +288,21 @@ mod tests {
 
     #[test]
     fn oversize_and_garbage_are_rejected() {
-        let (_, set) = setup();
+        let (key, set) = setup();
         let big = "a".repeat(MAX_TOKEN_BYTES + 1);
         assert_eq!(verify::<Claims>(&big, &set, NOW, 0), Err(AuthError::TooLarge));
+        // A license is not an access token, and the reverse.
+        let license = key.sign_typed(&claims(NOW + 60), LICENSE_TYP).unwrap();
+        assert_eq!(
+            verify::<Claims>(&license, &set, NOW, 0),
+            Err(AuthError::InvalidToken("type"))
+        );
+        let access = key.sign(&claims(NOW + 60)).unwrap();
+        assert_eq!(
+            verify_typed::<Claims>(&access, &set, NOW, 0, LICENSE_TYP),
+            Err(AuthError::InvalidToken("type"))
+        );
+        assert!(verify_typed::<Claims>(&license, &set, NOW, 0, LICENSE_TYP).is_ok());
         assert_eq!(decode_kid(&big), Err(AuthError::TooLarge));
         for junk in ["", "abc", "a.b", "a.b.c", "..", "eyJhbGciOiJFZERTQSJ9.e30."] {
             assert!(matches!(

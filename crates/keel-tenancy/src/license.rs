@@ -62,8 +62,9 @@ impl LicenseClaims {
         Utc.timestamp_opt(self.exp, 0).single().unwrap_or_default()
     }
 
+    /// The license JWT (`typ: keel-license+jwt`): never accepted as an access token.
     pub fn sign(&self, key: &SigningKey) -> Result<String, keel_auth::AuthError> {
-        key.sign(self)
+        key.sign_typed(self, keel_auth::LICENSE_TYP)
     }
 }
 
@@ -99,7 +100,13 @@ pub fn verify(
     jwks: &JwkSet,
     now: DateTime<Utc>,
 ) -> Result<(LicenseClaims, LicenseStatus), keel_auth::AuthError> {
-    let claims: LicenseClaims = keel_auth::verify(jwt.trim(), jwks, now.timestamp(), GRACE_DAYS * 86_400)?;
+    let claims: LicenseClaims = keel_auth::verify_typed(
+        jwt.trim(),
+        jwks,
+        now.timestamp(),
+        GRACE_DAYS * 86_400,
+        keel_auth::LICENSE_TYP,
+    )?;
     let status = LicenseStatus::at(&claims, now);
     Ok((claims, status))
 }

@@ -344,5 +344,8 @@ async fn licenses_verify_offline_with_the_jwks_and_fail_on_one_changed_byte() {
     let (_, body) = w.http_get("/.well-known/jwks.json").await;
     let jwks: keel_auth::JwkSet = serde_json::from_str(&body).unwrap();
     assert!(keel_tenancy::license::verify(&lic.jwt, &jwks, chrono::Utc::now()).is_ok());
+    // A license is not an access token: presented as a bearer token it is refused.
+    let as_token = w.tenants(&lic.jwt).get_tenant(get(&t.id)).await.unwrap_err();
+    assert_eq!(as_token.code(), tonic::Code::Unauthenticated, "{as_token:?}");
     w.cleanup().await;
 }
