@@ -30,15 +30,18 @@ impl Config {
         envy::from_iter::<_, S>(vars).map_err(|e| {
             let reason = e.to_string();
             // envy names the field; give the variable's name back.
-            let field = reason
-                .split('`')
-                .nth(1)
-                .map(|f| format!("{}{}", env_prefix(&self.service), f.to_ascii_uppercase()));
-            Error::Config {
-                name: field.unwrap_or_else(|| format!("{}*", env_prefix(&self.service))),
-                value: String::new(),
-                reason,
-            }
+            let field = reason.split('`').nth(1).unwrap_or_default().to_owned();
+            let value = match self.extra.get(&field) {
+                Some(_) if crate::telemetry::is_secret_key(&field) => "[redacted]".to_owned(),
+                Some(v) => crate::telemetry::scrub(v).into_owned(),
+                None => String::new(),
+            };
+            let name = if field.is_empty() {
+                format!("{}*", env_prefix(&self.service))
+            } else {
+                format!("{}{}", env_prefix(&self.service), field.to_ascii_uppercase())
+            };
+            Error::Config { name, value, reason }
         })
     }
 }
@@ -111,7 +114,7 @@ mod tests {
 
         let typo = config(&[("KEEL_PROVISIONING_CONCURENCY", "8")]);
         let e = typo.settings::<Demo>().unwrap_err().to_string();
-        assert!(e.contains("KEEL_PROVISIONING_CONCURENCY"), "{e}");
+        assert!(e.contains("KEEL_PROVISIONING_CONCURENCY=\"8\""), "{e}");
         let bad = config(&[("KEEL_PROVISIONING_CONCURRENCY", "many")]);
         assert!(bad.settings::<Demo>().is_err());
         assert_eq!(config(&[]).settings::<Demo>().unwrap(), Demo::default());

@@ -30,6 +30,59 @@ pub struct TimelineApi {
     pub indexer: Arc<Indexer>,
     pub bus: Bus,
     pub shutdown: CancellationToken,
+    /// Open tails per tenant, capped at `max_tails_per_tenant`.
+    pub tails: Arc<TailSlots>,
+}
+
+/// How often an open tail re-checks its tenant's state (its token's expiry is checked on every
+/// poll).
+const TAIL_RECHECK: Duration = Duration::from_secs(1);
+
+/// Open tails per tenant: one tenant cannot hold every connection of the service.
+#[derive(Debug)]
+pub struct TailSlots {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// One open tail; its slot is given back when it is dropped.
+struct TailSlot {
+    slots: Arc<TailSlots>,
+    tenant: String,
+}
+
+impl TailSlots {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: std::sync::Mutex::default(),
+        }
+    }
+
+    fn take(self: &Arc<Self>, tenant: &str) -> Option<TailSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(tenant.to_owned()).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(TailSlot {
+            slots: self.clone(),
+            tenant: tenant.to_owned(),
+        })
+    }
+}
+
+impl Drop for TailSlot {
+    fn drop(&mut self) {
+        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -265,11 +318,50 @@ impl TimelineService for TimelineApi {
             .into());
         }
         self.authorize(&req, &r.tenant_id, "timeline-tail").await?;
+        let principal = keel_auth::from_request(&req)?;
+        let (expires, operator) = (principal.claims.exp, principal.is_operator());
+        if !operator && self.indexer.store.tenant_suspended(&r.tenant_id).await? {
+            return Err(keel_runtime::status::permission_denied(
+                "TENANT_SUSPENDED",
+                "the tenant is suspended",
+            ));
+        }
+        let Some(slot) = self.tails.take(&r.tenant_id) else {
+            return Err(keel_runtime::status::resource_exhausted(
+                format!("at most {} open tails per tenant", self.tails.max),
+                Duration::from_secs(1),
+            ));
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(TAIL_BATCH as usize);
         let (indexer, tenant_id, shutdown) =
             (self.indexer.clone(), r.tenant_id.clone(), self.shutdown.clone());
         tokio::spawn(async move {
+            let _slot = slot;
+            let mut rechecked = tokio::time::Instant::now();
             loop {
+                // Authorization holds for the life of the stream, not only its start.
+                if Utc::now().timestamp() >= expires {
+                    let _ = tx.send(Err(Status::unauthenticated("token expired"))).await;
+                    return;
+                }
+                if !operator && rechecked.elapsed() >= TAIL_RECHECK {
+                    rechecked = tokio::time::Instant::now();
+                    match indexer.store.tenant_suspended(&tenant_id).await {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            let denied = keel_runtime::status::permission_denied(
+                                "TENANT_SUSPENDED",
+                                "the tenant is suspended",
+                            );
+                            let _ = tx.send(Err(denied)).await;
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e.into())).await;
+                            return;
+                        }
+                    }
+                }
                 let rows = match indexer.store.tail(&tenant_id, &filter, cursor, TAIL_BATCH).await {
                     Ok(rows) => rows,
                     Err(e) => {

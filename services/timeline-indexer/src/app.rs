@@ -11,7 +11,7 @@ use prometheus::{IntCounterVec, Opts};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::TimelineApi;
+use crate::api::{TailSlots, TimelineApi};
 use crate::indexer::Indexer;
 use crate::store::{TimelineStore, ddl};
 
@@ -25,6 +25,8 @@ pub struct Settings {
     pub schema: String,
     /// `KEEL_TIMELINE_RETENTION_INTERVAL_SECS`: how often partitions and retention are kept up.
     pub retention_interval_secs: u64,
+    /// `KEEL_TIMELINE_MAX_TAILS_PER_TENANT`: open tails one tenant may hold at once.
+    pub max_tails_per_tenant: usize,
 }
 
 impl Default for Settings {
@@ -32,6 +34,7 @@ impl Default for Settings {
         Self {
             schema: "timeline".into(),
             retention_interval_secs: 3600,
+            max_tails_per_tenant: 32,
         }
     }
 }
@@ -88,6 +91,7 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         indexer,
         bus: mesh.bus().clone(),
         shutdown: mesh.stop_token(),
+        tails: Arc::new(TailSlots::new(settings.max_tails_per_tenant.max(1))),
     };
     let router = mesh
         .grpc(auth, GRPC_SERVICES)

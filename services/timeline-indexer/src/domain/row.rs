@@ -138,6 +138,16 @@ impl TimelineRow {
         }
     }
 
+    /// Whether this event suspends (`Some(true)`) or restores (`Some(false)`) its tenant's
+    /// access: suspension and deletion end open tails, reactivation and activation allow them.
+    pub fn suspends(&self) -> Option<bool> {
+        match self.kind.strip_prefix("tenant.")? {
+            "TenantSuspended" | "TenantDeletionRequested" | "TenantDeleted" => Some(true),
+            "TenantReactivated" | "TenantActivated" => Some(false),
+            _ => None,
+        }
+    }
+
     /// The tier this event sets for its tenant, if any (from the tenant service's events, read
     /// with their typed data in `keel-tenancy`; malformed data sets nothing).
     pub fn tier(&self) -> Option<&'static str> {

@@ -102,6 +102,16 @@ pub async fn insert_rows(conn: &mut PgConnection, table: &str, rows: &[&Timeline
             .execute(&mut *conn)
             .await?;
         }
+        if let Some(suspended) = r.suspends() {
+            sqlx::query(
+                "INSERT INTO tenant_policies (tenant_id, suspended) VALUES ($1, $2) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET suspended = EXCLUDED.suspended, updated_at = now()",
+            )
+            .bind(&r.tenant_id)
+            .bind(suspended)
+            .execute(&mut *conn)
+            .await?;
+        }
         if let Some(hold) = r.legal_hold() {
             sqlx::query(
                 "INSERT INTO tenant_policies (tenant_id, legal_hold) VALUES ($1, $2) \

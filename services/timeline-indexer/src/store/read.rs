@@ -176,6 +176,16 @@ impl TimelineStore {
     }
 
     /// The position a tail "from now" starts after.
+    /// Whether the tenant's timeline may no longer be tailed (suspended, or being deleted).
+    pub async fn tenant_suspended(&self, tenant: &str) -> Result<bool> {
+        let suspended: Option<bool> =
+            sqlx::query_scalar("SELECT suspended FROM tenant_policies WHERE tenant_id = $1")
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(suspended.unwrap_or(false))
+    }
+
     pub async fn tail_start(&self) -> Result<TailCursor> {
         let (table, generation) = self.live.get();
         ddl::check_name(&table)?;

@@ -65,3 +65,134 @@ async fn tail_across_a_reconnect_misses_nothing_and_repeats_nothing() {
     assert_eq!(bad.code(), tonic::Code::InvalidArgument);
     mesh.cleanup().await;
 }
+
+/// The end of a tail: the status it ended with (`None` if it ended cleanly).
+async fn ended(stream: &mut tonic::Streaming<pb::TailTimelineResponse>) -> Option<tonic::Status> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, stream.message()).await {
+            Err(_) => panic!("the tail did not end"),
+            Ok(Ok(Some(_))) => continue,
+            Ok(Ok(None)) => return None,
+            Ok(Err(status)) => return Some(status),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_tail_ends_when_its_token_expires() {
+    let mesh = Mesh::start().await;
+    let t = mesh.create_tenant(&slug()).await;
+    let short = mesh
+        .e2e
+        .tokens()
+        .issue_token(pb::IssueTokenRequest {
+            tenant_id: t.id.clone(),
+            subject: "reader".into(),
+            scopes: vec!["timeline:read".into()],
+            ttl_seconds: 2,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut stream = mesh
+        .timeline(&short)
+        .await
+        .tail_timeline(pb::TailTimelineRequest {
+            tenant_id: t.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let status = ended(&mut stream).await.expect("an error status");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    mesh.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_tail_ends_when_its_tenant_is_suspended() {
+    let mesh = Mesh::start().await;
+    let t = mesh.create_tenant(&slug()).await;
+    let reader = mesh.reader(&t.id).await;
+    let mut stream = mesh
+        .timeline(&reader)
+        .await
+        .tail_timeline(pb::TailTimelineRequest {
+            tenant_id: t.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut api = mesh.e2e.tenants();
+    let lc = || pb::TenantLifecycleRequest {
+        tenant: Some(pb::TenantRef {
+            r#ref: Some(pb::tenant_ref::Ref::Id(t.id.clone())),
+        }),
+    };
+    api.mark_provisioning(lc()).await.unwrap();
+    api.mark_provisioned(lc()).await.unwrap();
+    api.suspend_tenant(pb::SuspendTenantRequest {
+        tenant: lc().tenant,
+        reason: "unpaid".into(),
+    })
+    .await
+    .unwrap();
+    let status = ended(&mut stream).await.expect("an error status");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    // A new tail of the suspended tenant is refused at once.
+    let again = mesh
+        .timeline(&reader)
+        .await
+        .tail_timeline(pb::TailTimelineRequest {
+            tenant_id: t.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::PermissionDenied);
+    mesh.cleanup().await;
+}
+
+#[tokio::test]
+async fn one_tenant_holds_at_most_n_tails_and_others_are_unaffected() {
+    let mut mesh = Mesh::start().await;
+    mesh.restart_timeline_with(std::collections::HashMap::from([(
+        "KEEL_TIMELINE_MAX_TAILS_PER_TENANT".to_owned(),
+        "2".to_owned(),
+    )]))
+    .await;
+    let a = mesh.create_tenant(&slug()).await;
+    let b = mesh.create_tenant(&slug()).await;
+    let (reader_a, reader_b) = (mesh.reader(&a.id).await, mesh.reader(&b.id).await);
+    let tail = |tenant: &str| pb::TailTimelineRequest {
+        tenant_id: tenant.to_owned(),
+        ..Default::default()
+    };
+    let mut tl_a = mesh.timeline(&reader_a).await;
+    let first = tl_a.tail_timeline(tail(&a.id)).await.unwrap().into_inner();
+    let _second = tl_a.tail_timeline(tail(&a.id)).await.unwrap().into_inner();
+    let third = tl_a.tail_timeline(tail(&a.id)).await.unwrap_err();
+    assert_eq!(third.code(), tonic::Code::ResourceExhausted, "{third:?}");
+    // Another tenant's tail and this tenant's queries are unaffected.
+    let mut tl_b = mesh.timeline(&reader_b).await;
+    let _b_tail = tl_b.tail_timeline(tail(&b.id)).await.unwrap();
+    tl_a.query_timeline(pb::QueryTimelineRequest {
+        tenant_id: a.id.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // A closed tail gives its slot back.
+    drop(first);
+    keel_store::testing::eventually("a slot free again", Duration::from_secs(20), || {
+        let mut tl_a = tl_a.clone();
+        let req = tail(&a.id);
+        async move { tl_a.tail_timeline(req).await.ok() }
+    })
+    .await;
+    mesh.cleanup().await;
+}
