@@ -4,8 +4,8 @@
 //! ```no_run
 //! # async fn run(rt: keel_runtime::Service) -> anyhow::Result<()> {
 //! let mut mesh = keel_service::Assembly::start(rt).await?;        // NATS, streams, listeners
-//! let db = mesh.database("billing", sqlx::migrate::Migrator::DEFAULT).await?; // + its migrations
-//! let store = mesh.event_store(&db).await?;                        // + the outbox relay
+//! let (db, store) =                                                // schema, migrations,
+//!     mesh.event_sourced("billing", sqlx::migrate::Migrator::DEFAULT).await?; // store + relay
 //! let auth = mesh.auth(keel_auth::jwks::DEFAULT_URL).await;        // JWKS, rate limits, auth.degraded
 //! let router = mesh.grpc(auth, &["keel.v1.MeterService"]).await?;  // health + reflection v1/v1alpha
 //! mesh.serve(router, axum::Router::new()).await                     // serve, drain, join workers
@@ -138,6 +138,18 @@ impl Assembly {
             .with_context(|| format!("{} migrations", self.name()))?;
         self.add_health(|h| h.with_postgres(db.pool().clone()));
         Ok(db)
+    }
+
+    /// For a service with aggregates: its schema (as [`Assembly::database`]) and the event store
+    /// in it, with the outbox relay running until shutdown.
+    pub async fn event_sourced(
+        &mut self,
+        schema: &str,
+        migrator: sqlx::migrate::Migrator,
+    ) -> anyhow::Result<(Database, Store)> {
+        let db = self.database(schema, migrator).await?;
+        let store = self.event_store(&db).await?;
+        Ok((db, store))
     }
 
     /// The event store in `db` and its outbox relay, which runs until shutdown.

@@ -50,10 +50,9 @@ impl Default for Settings {
 
 pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
     let mut mesh = Assembly::start(rt).await?;
-    let db = mesh
-        .database(&settings.schema, sqlx::migrate!("./migrations"))
+    let (db, store) = mesh
+        .event_sourced(&settings.schema, sqlx::migrate!("./migrations"))
         .await?;
-    let store = mesh.event_store(&db).await?;
 
     let master = mesh.master_key().clone();
     let signing = SigningKeys::new(db.pool().clone(), master.clone());

@@ -156,23 +156,7 @@ impl World {
 
     /// Every message on one of the namespace's streams: (subject, JSON body).
     pub async fn stream(&self, kind: StreamKind) -> Vec<(String, Value)> {
-        let mut s = self
-            .bus
-            .jetstream()
-            .get_stream(self.bus.stream_name(kind))
-            .await
-            .unwrap();
-        let info = s.info().await.unwrap().state.clone();
-        let mut out = Vec::new();
-        for seq in info.first_sequence..=info.last_sequence {
-            if let Ok(m) = s.get_raw_message(seq).await {
-                out.push((
-                    m.subject.to_string(),
-                    serde_json::from_slice(&m.payload).unwrap_or(Value::Null),
-                ));
-            }
-        }
-        out
+        self.e2e.stream(kind).await
     }
 
     pub async fn audit_of(&self, tenant: &str) -> Vec<Value> {
