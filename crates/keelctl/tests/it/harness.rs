@@ -2,12 +2,11 @@
 //! indexer beside it, and the real `keelctl` binary run against them as a subprocess, the way an
 //! operator would.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::time::Duration;
 
+use keel_e2e::mesh::{Mesh, Part};
 use keel_e2e::{Bearer, ServiceProc};
 use keel_proto::v1 as pb;
 use keel_proto::v1::tenant_service_client::TenantServiceClient;
@@ -34,59 +33,56 @@ impl Run {
 }
 
 pub struct World {
-    pub proc: ServiceProc,
-    /// The timeline indexer, when started with [`World::with_timeline`].
-    pub timeline: Option<ServiceProc>,
+    /// The tenant service (and the timeline, with [`World::with_timeline`]) on the shared mesh.
+    pub e2e: Mesh,
     pub bootstrap: String,
     pub dir: tempfile::TempDir,
 }
 
 impl World {
     pub async fn start() -> World {
-        let token = keel_store::testing::unique_token();
-        let schema = format!("test_{token}");
-        let bootstrap = format!("boot-{}", uuid::Uuid::new_v4());
-        let env = HashMap::from([
-            ("KEEL_BOOTSTRAP_TOKEN".to_owned(), bootstrap.clone()),
-            ("KEEL_MASTER_KEY".to_owned(), MASTER_KEY.to_owned()),
-        ]);
-        let proc = ServiceProc::start(&tenant_binary(), "tenant", &schema, &token, &env)
-            .await
-            .unwrap();
-        World {
-            proc,
-            timeline: None,
-            bootstrap,
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Self::on(
+            Mesh::builder()
+                .tenant(&[("KEEL_MASTER_KEY", MASTER_KEY)])
+                .start()
+                .await,
+        )
     }
 
     /// A tenant service and a timeline indexer on the same bus namespace (each with its own
     /// schema); the indexer verifies tokens with the tenant service's JWKS.
     pub async fn with_timeline() -> World {
-        let mut w = World::start().await;
-        let env = HashMap::from([(
-            "KEEL_JWKS_URL".to_owned(),
-            format!("http://{}/.well-known/jwks.json", w.proc.http),
-        )]);
-        let binary = keel_e2e::binary("keel-timeline").unwrap();
-        let schema = format!("{}_l", w.proc.schema);
-        let timeline = ServiceProc::start(&binary, "timeline", &schema, &w.proc.namespace, &env)
-            .await
-            .unwrap();
-        w.timeline = Some(timeline);
-        w
+        Self::on(
+            Mesh::builder()
+                .tenant(&[("KEEL_MASTER_KEY", MASTER_KEY)])
+                .timeline(&[])
+                .start()
+                .await,
+        )
+    }
+
+    fn on(e2e: Mesh) -> World {
+        World {
+            bootstrap: e2e.bootstrap.clone(),
+            dir: tempfile::tempdir().unwrap(),
+            e2e,
+        }
+    }
+
+    /// The tenant service's process.
+    pub fn proc(&self) -> &ServiceProc {
+        self.e2e.proc(Part::Tenant)
     }
 
     /// `keelctl` with this world's addresses, bootstrap API key and bus namespace, run in a fresh
     /// directory so no `.keel/bootstrap-token` of the developer is picked up.
     pub fn keelctl(&self, args: &[&str]) -> Command {
         let mut cmd = bare_keelctl(args, self.dir.path());
-        cmd.env("KEEL_TENANT_ADDR", self.proc.grpc_url())
+        cmd.env("KEEL_TENANT_ADDR", self.proc().grpc_url())
             .env("KEEL_API_KEY", &self.bootstrap)
-            .env("KEEL_BUS_PREFIX", &self.proc.namespace);
-        if let Some(timeline) = &self.timeline {
-            cmd.env("KEEL_TIMELINE_ADDR", timeline.grpc_url());
+            .env("KEEL_BUS_PREFIX", &self.proc().namespace);
+        if self.e2e.has(Part::Timeline) {
+            cmd.env("KEEL_TIMELINE_ADDR", self.e2e.proc(Part::Timeline).grpc_url());
         }
         cmd
     }
@@ -132,7 +128,7 @@ impl World {
     /// PENDING → PROVISIONING → ACTIVE, as the provisioning service would (keelctl has no
     /// command for these steps).
     pub async fn activate(&self, tenant_id: &str) {
-        let channel = self.proc.channel().await.unwrap();
+        let channel = self.proc().channel().await.unwrap();
         let operator = TokenServiceClient::with_interceptor(channel.clone(), Bearer(None))
             .exchange_api_key(pb::ExchangeApiKeyRequest {
                 api_key: self.bootstrap.clone(),
@@ -154,7 +150,7 @@ impl World {
 
     /// GET /.well-known/jwks.json with a plain HTTP/1.0 request: the body.
     pub async fn jwks(&self) -> String {
-        let mut s = tokio::net::TcpStream::connect(self.proc.http).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(self.proc().http).await.unwrap();
         s.write_all(b"GET /.well-known/jwks.json HTTP/1.0\r\nHost: localhost\r\n\r\n")
             .await
             .unwrap();
@@ -175,26 +171,8 @@ impl World {
         self.dir.path().join(name)
     }
 
-    pub async fn cleanup(mut self) {
-        if let Some(mut timeline) = self.timeline.take() {
-            let _ = timeline.terminate().await;
-            drop_schema(&timeline.schema).await;
-        }
-        let _ = self.proc.terminate().await;
-        drop_schema(&self.proc.schema).await;
-        if let Ok(bus) = keel_bus::Bus::connect(&keel_store::testing::nats_url(), &self.proc.namespace).await
-        {
-            let _ = bus.delete_streams().await;
-        }
-    }
-}
-
-async fn drop_schema(schema: &str) {
-    if let Ok(pool) = sqlx::PgPool::connect(&keel_store::testing::database_url()).await {
-        let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .execute(&pool)
-            .await;
-        pool.close().await;
+    pub async fn cleanup(self) {
+        self.e2e.cleanup().await;
     }
 }
 
@@ -303,39 +281,4 @@ async fn next_matching<R: tokio::io::AsyncBufRead + Unpin>(
 
 pub fn slug() -> String {
     format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
-}
-
-/// The `keel-tenant` binary beside this test's own target directory (`target/debug/deps/it-…`
-/// → `target/debug/keel-tenant`), built once if it is missing: `CARGO_BIN_EXE_*` only names the
-/// binaries of the package under test.
-fn tenant_binary() -> PathBuf {
-    static BUILD: Mutex<()> = Mutex::new(());
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary outside target/<profile>/deps")
-        .to_path_buf();
-    let binary = profile_dir.join("keel-tenant");
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    if !binary.exists() {
-        let target_dir = profile_dir.parent().unwrap();
-        let mut cmd = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args([
-            "build",
-            "-p",
-            "keel-tenant",
-            "--bin",
-            "keel-tenant",
-            "--target-dir",
-        ])
-        .arg(target_dir)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("running cargo build -p keel-tenant");
-        assert!(status.success(), "cargo build -p keel-tenant failed");
-    }
-    binary
 }

@@ -167,7 +167,7 @@ async fn timeline_query_get_trace_tail_and_rebuild() {
     );
     let mut tail = Tail::spawn(w.keelctl(&["timeline", "tail", "--tenant", &id]));
     tail.stderr_line("tailing", WAIT).await;
-    w.timeline.as_mut().unwrap().kill().await;
+    w.e2e.proc_mut(keel_e2e::mesh::Part::Timeline).kill().await;
     let status = tokio::time::timeout(WAIT, tail.child.wait())
         .await
         .unwrap()
