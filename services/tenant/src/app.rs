@@ -71,6 +71,8 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         bus: mesh.bus().clone(),
         store: store.clone(),
         tables: crate::store::TenantTables::new(db.pool().clone()),
+        exchange_limiter: Arc::new(keel_auth::RateLimiter::connect(&mesh.config().redis_url).await),
+        limiter_scope: mesh.config().bus_prefix.clone(),
     });
 
     let mut view = ProjectionConfig::new(StreamKind::Events);

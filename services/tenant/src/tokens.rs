@@ -27,6 +27,12 @@ fn hash(secret: &str) -> Vec<u8> {
     Sha256::digest(secret.as_bytes()).to_vec()
 }
 
+/// A short, non-reversible name of a presented key for audit records and rate-limit buckets
+/// (the first 8 bytes of its SHA-256, hex): the key itself is never logged or stored.
+pub fn key_fingerprint(secret: &str) -> String {
+    hex::encode(&hash(secret)[..8])
+}
+
 /// A new API key: `keel_<43 chars of base64url>` (256 random bits).
 pub fn new_api_key() -> String {
     let mut b = [0u8; 32];

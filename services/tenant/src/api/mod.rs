@@ -38,6 +38,10 @@ pub struct Core {
     pub api_keys: ApiKeys,
     pub bus: Bus,
     pub tables: crate::store::TenantTables,
+    /// Buckets of `ExchangeApiKey`, the one public call: per presented key and per source address.
+    pub exchange_limiter: std::sync::Arc<keel_auth::RateLimiter>,
+    /// Namespaces the exchange buckets (the installation's bus prefix).
+    pub limiter_scope: String,
 }
 
 /// The caller of one request: who, from where, in which trace.
@@ -108,8 +112,24 @@ impl Core {
         result: AuditResult,
         reason: Option<String>,
     ) {
+        self.audit_as(call.actor(), call, tenant, action, resource, result, reason)
+            .await;
+    }
+
+    /// As [`Core::audit`] for a call whose actor is not its principal (an API key exchange).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn audit_as(
+        &self,
+        actor: String,
+        call: &Call,
+        tenant: &str,
+        action: &str,
+        resource: String,
+        result: AuditResult,
+        reason: Option<String>,
+    ) {
         let record = AuditRecord::new(
-            call.actor(),
+            actor,
             tenant,
             SERVICE,
             action,

@@ -13,6 +13,17 @@ use crate::tokens::{self, DEFAULT_TTL_SECS, KeyGrant, MAX_TTL_SECS};
 
 pub struct TokenApi(pub Shared);
 
+/// Exchanges of one API key: 10/s, bursts of 20 (a client refreshes a 15-minute token).
+const EXCHANGE_PER_KEY: keel_auth::TierLimits = keel_auth::TierLimits {
+    per_second: 10,
+    burst: 20,
+};
+/// Exchanges from one source address, whatever the key: 50/s, bursts of 100.
+const EXCHANGE_PER_ADDRESS: keel_auth::TierLimits = keel_auth::TierLimits {
+    per_second: 50,
+    burst: 100,
+};
+
 impl TokenApi {
     async fn mint(
         &self,
@@ -50,13 +61,48 @@ impl TokenApi {
 
 #[tonic::async_trait]
 impl TokenService for TokenApi {
+    /// The one call without a token: rate-limited per presented key and per source address,
+    /// and audited whether it succeeds or not (a failure on the platform's audit subject, since
+    /// the caller's tenant is unknown; the key appears only as a fingerprint).
     async fn exchange_api_key(
         &self,
         req: Request<pb::ExchangeApiKeyRequest>,
     ) -> Result<Response<pb::AccessToken>, Status> {
+        let call = Call::of(&req);
         let r = req.into_inner();
         validate::scopes("scopes", &r.scopes).map_err(Error::from)?;
-        let grant = self.0.api_keys.lookup(&r.api_key).await?;
+        let fingerprint = tokens::key_fingerprint(&r.api_key);
+        let scope = &self.0.limiter_scope;
+        for (bucket, limits) in [
+            (format!("{scope}xk:{fingerprint}"), EXCHANGE_PER_KEY),
+            (format!("{scope}xip:{}", call.source_ip), EXCHANGE_PER_ADDRESS),
+        ] {
+            if let keel_auth::Decision::Limited { retry_after } =
+                self.0.exchange_limiter.check(&bucket, limits).await
+            {
+                return Err(keel_runtime::status::resource_exhausted(
+                    "too many API key exchanges",
+                    retry_after,
+                ));
+            }
+        }
+        let grant = match self.0.api_keys.lookup(&r.api_key).await {
+            Ok(grant) => grant,
+            Err(e) => {
+                self.0
+                    .audit_as(
+                        "anonymous".into(),
+                        &call,
+                        keel_bus::audit::PLATFORM_TENANT,
+                        "api-key-exchange",
+                        format!("api-key/{fingerprint}"),
+                        keel_bus::audit::AuditResult::Failed,
+                        Some("unknown or revoked API key".into()),
+                    )
+                    .await;
+                return Err(e.into());
+            }
+        };
         let scopes = if r.scopes.is_empty() {
             grant.scopes.clone()
         } else if let Some(s) = r.scopes.iter().find(|s| !grant.scopes.contains(s)) {
@@ -67,10 +113,25 @@ impl TokenService for TokenApi {
         } else {
             r.scopes
         };
-        Ok(Response::new(
-            self.mint(&grant.account_id, &grant.tenant_id, scopes, DEFAULT_TTL_SECS)
-                .await?,
-        ))
+        let token = self
+            .mint(&grant.account_id, &grant.tenant_id, scopes, DEFAULT_TTL_SECS)
+            .await?;
+        let audit_tenant = match grant.tenant_id.as_str() {
+            "*" => keel_bus::audit::PLATFORM_TENANT,
+            t => t,
+        };
+        self.0
+            .audit_as(
+                format!("service:{}", grant.account_id),
+                &call,
+                audit_tenant,
+                "api-key-exchange",
+                format!("api-key/{}", grant.key_id),
+                keel_bus::audit::AuditResult::Success,
+                None,
+            )
+            .await;
+        Ok(Response::new(token))
     }
 
     async fn create_service_account(

@@ -349,3 +349,55 @@ async fn licenses_verify_offline_with_the_jwks_and_fail_on_one_changed_byte() {
     assert_eq!(as_token.code(), tonic::Code::Unauthenticated, "{as_token:?}");
     w.cleanup().await;
 }
+
+#[tokio::test]
+async fn api_key_exchanges_are_audited_and_rate_limited() {
+    let w = World::start().await;
+    let t = w.create(&slug(), "o@o.example").await;
+    w.tenant_token(&t.id, &["tenant:read"]).await;
+    let ok = eventually(
+        "a successful exchange audited on the tenant",
+        Duration::from_secs(10),
+        || async {
+            w.audit_of(&t.id)
+                .await
+                .into_iter()
+                .find(|r| r["action"] == "api-key-exchange" && r["result"] == "success")
+        },
+    )
+    .await;
+    assert!(ok["actor"].as_str().unwrap().starts_with("service:sa_"), "{ok}");
+
+    let unknown = format!("keel_{}", uuid::Uuid::new_v4().simple());
+    let e = w.exchange(&unknown).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    let failed = eventually(
+        "a failed exchange audited on the platform",
+        Duration::from_secs(10),
+        || async {
+            w.audit_of("_platform")
+                .await
+                .into_iter()
+                .find(|r| r["action"] == "api-key-exchange" && r["result"] == "failed")
+        },
+    )
+    .await;
+    assert!(
+        !failed.to_string().contains(&unknown),
+        "the key itself was recorded: {failed}"
+    );
+
+    // Guessing keys is throttled: one key 10/s (burst 20), one address 50/s (burst 100).
+    let mut limited = None;
+    for _ in 0..60 {
+        if let Err(e) = w.exchange(&unknown).await
+            && e.code() == tonic::Code::ResourceExhausted
+        {
+            limited = Some(e);
+            break;
+        }
+    }
+    let limited = limited.expect("60 rapid exchanges of one key were never limited");
+    assert!(limited.metadata().get("retry-after").is_some());
+    w.cleanup().await;
+}
