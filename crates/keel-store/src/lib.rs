@@ -32,6 +32,10 @@ pub use repository::{EventRepository, GroupCommit};
 /// The cqrs-es framework of an aggregate stored in Keel's event store.
 pub type Framework<A> = CqrsFramework<A, PersistedEventStore<EventRepository, A>>;
 
+/// The longest any statement of a service may run: a runaway query fails instead of holding a
+/// connection (and the locks it took) for ever.
+pub const STATEMENT_TIMEOUT: &str = "30s";
+
 /// One service's database: a connection pool whose `search_path` is the service's own schema.
 /// A service without aggregates (the timeline) uses only this: no `events` table.
 #[derive(Clone, Debug)]
@@ -55,7 +59,7 @@ impl Database {
             create_schema(&pool, schema).await?;
             pool.close().await;
         }
-        let options = base.options([("search_path", schema)]);
+        let options = base.options([("search_path", schema), ("statement_timeout", STATEMENT_TIMEOUT)]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))

@@ -439,3 +439,26 @@ async fn grouped_loads_give_each_caller_its_own_events() {
     }
     env.cleanup().await.unwrap();
 }
+
+#[tokio::test]
+async fn every_connection_has_a_statement_timeout() {
+    let env = TestEnv::new("store").await.unwrap();
+    let timeout: String = sqlx::query_scalar("SHOW statement_timeout")
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(timeout, keel_store::STATEMENT_TIMEOUT);
+    // What the setting does, with a shorter one in a transaction of its own.
+    let mut tx = env.store.pool().begin().await.unwrap();
+    sqlx::query("SET LOCAL statement_timeout = '50ms'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let e = sqlx::query("SELECT pg_sleep(1)")
+        .execute(&mut *tx)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("statement timeout"), "{e}");
+    tx.rollback().await.unwrap();
+    env.cleanup().await.unwrap();
+}
