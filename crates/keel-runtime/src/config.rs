@@ -157,16 +157,17 @@ impl Config {
     /// `--help` and `--version` print and exit 0; `--print-config` prints the redacted JSON and
     /// exits 0. Other problems are returned.
     pub fn load(service: &str) -> Result<Config> {
-        Config::load_with::<crate::settings::NoSettings>(service)
+        Ok(Config::load_with::<crate::settings::NoSettings>(service)?.0)
     }
 
-    /// As [`Config::load`] for a service with typed settings `S`: `--print-config` shows them
-    /// too (under `settings`), and bad settings are an error here, before anything starts.
-    pub fn load_with<S: crate::settings::Settings>(service: &str) -> Result<Config> {
+    /// As [`Config::load`] for a service with typed settings `S`, which it returns too:
+    /// `--print-config` shows them (under `settings`), and bad settings are an error here,
+    /// before anything starts.
+    pub fn load_with<S: crate::settings::Settings>(service: &str) -> Result<(Config, S)> {
         match Config::from_vars(service, std::env::args(), std::env::vars()) {
             Ok(ConfigOrPrint::Run(config)) => {
-                config.settings::<S>()?;
-                Ok(config)
+                let settings = config.settings::<S>()?;
+                Ok((config, settings))
             }
             Ok(ConfigOrPrint::Print(config)) => {
                 let settings = config.settings::<S>()?;

@@ -52,8 +52,7 @@ impl Service {
     /// As [`Service::from_env`] for a service with typed settings `S` (its `KEEL_<SERVICE>_*`
     /// variables), which `--print-config` shows too.
     pub fn from_env_with<S: crate::settings::Settings>(name: &str) -> anyhow::Result<(Service, S)> {
-        let config = Config::load_with::<S>(name)?;
-        let settings = config.settings::<S>()?;
+        let (config, settings) = Config::load_with::<S>(name)?;
         let guard = telemetry::init(&config)?;
         let mut service = Service::from_config(config)?;
         service._telemetry = guard;

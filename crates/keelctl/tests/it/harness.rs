@@ -15,9 +15,6 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
-/// base64 of 32 bytes of 42.
-const MASTER_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
-
 /// A keelctl run: exit code, stdout, stderr.
 #[derive(Debug)]
 pub struct Run {
@@ -41,24 +38,13 @@ pub struct World {
 
 impl World {
     pub async fn start() -> World {
-        Self::on(
-            Mesh::builder()
-                .tenant(&[("KEEL_MASTER_KEY", MASTER_KEY)])
-                .start()
-                .await,
-        )
+        Self::on(Mesh::builder().start().await)
     }
 
     /// A tenant service and a timeline indexer on the same bus namespace (each with its own
     /// schema); the indexer verifies tokens with the tenant service's JWKS.
     pub async fn with_timeline() -> World {
-        Self::on(
-            Mesh::builder()
-                .tenant(&[("KEEL_MASTER_KEY", MASTER_KEY)])
-                .timeline(&[])
-                .start()
-                .await,
-        )
+        Self::on(Mesh::builder().timeline(&[]).start().await)
     }
 
     fn on(e2e: Mesh) -> World {

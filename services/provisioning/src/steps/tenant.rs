@@ -1,7 +1,7 @@
 //! The remote steps: the tenant service's side of a run — confirm the tenant's state before a
 //! destructive plan, begin (PROVISIONING), license, activate (ACTIVE, once every local step
 //! checks ready), finalize a deletion. Each is idempotent because the client reads the tenant's
-//! status first; none has anything to undo.
+//! status first; none has anything to undo or to check.
 
 use async_trait::async_trait;
 use keel_proto::v1 as pb;
@@ -11,148 +11,86 @@ use super::{Step, StepContext, StepError, Systems};
 
 /// The remote steps, by the names the run plans use.
 pub fn all() -> Vec<Box<dyn Step>> {
-    vec![
-        Box::new(Confirm {
+    [
+        Remote::Confirm {
             name: "confirm-deleting",
             wanted: pb::TenantStatus::Deleting,
-        }),
-        Box::new(Confirm {
+        },
+        Remote::Confirm {
             name: "confirm-suspended",
             wanted: pb::TenantStatus::Suspended,
-        }),
-        Box::new(Begin),
-        Box::new(License),
-        Box::new(Activate),
-        Box::new(Finalize),
+        },
+        Remote::Begin,
+        Remote::License,
+        Remote::Activate,
+        Remote::Finalize,
     ]
+    .into_iter()
+    .map(|r| Box::new(r) as Box<dyn Step>)
+    .collect()
 }
 
-/// Refuses (permanently) to go on unless the tenant service says the tenant is `wanted`.
-struct Confirm {
-    name: &'static str,
-    wanted: pb::TenantStatus,
+enum Remote {
+    /// Refuses (permanently) to go on unless the tenant service says the tenant is `wanted`.
+    Confirm {
+        name: &'static str,
+        wanted: pb::TenantStatus,
+    },
+    Begin,
+    License,
+    /// A tenant becomes ACTIVE only when every local resource is there as it should be.
+    Activate,
+    Finalize,
 }
 
 #[async_trait]
-impl Step for Confirm {
+impl Step for Remote {
     fn name(&self) -> &'static str {
-        self.name
-    }
-
-    async fn apply(&self, sys: &Systems, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
-        let status = sys
-            .tenant
-            .status(&ctx.tenant_id, ctx.traceparent.as_deref())
-            .await?;
-        if status == self.wanted {
-            Ok(json!({ "status": status.as_str_name() }))
-        } else {
-            Err(StepError::Permanent(format!(
-                "the tenant service says the tenant is {}, not {}: refusing the run",
-                status.as_str_name(),
-                self.wanted.as_str_name()
-            )))
+        match self {
+            Remote::Confirm { name, .. } => name,
+            Remote::Begin => "begin",
+            Remote::License => "license",
+            Remote::Activate => "activate",
+            Remote::Finalize => "finalize",
         }
     }
 
-    async fn compensate(&self, _: &Systems, _: &StepContext) -> Result<Vec<String>, StepError> {
-        Ok(vec![])
-    }
-
-    async fn check(&self, _: &Systems, _: &StepContext) -> Result<bool, StepError> {
-        Ok(true)
-    }
-}
-
-struct Begin;
-struct License;
-struct Activate;
-struct Finalize;
-
-#[async_trait]
-impl Step for Begin {
-    fn name(&self) -> &'static str {
-        "begin"
-    }
-
     async fn apply(&self, sys: &Systems, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
-        sys.tenant
-            .begin(&ctx.tenant_id, ctx.traceparent.as_deref())
-            .await?;
-        Ok(json!({}))
-    }
-
-    async fn compensate(&self, _: &Systems, _: &StepContext) -> Result<Vec<String>, StepError> {
-        Ok(vec![])
-    }
-
-    async fn check(&self, _: &Systems, _: &StepContext) -> Result<bool, StepError> {
-        Ok(true)
-    }
-}
-
-#[async_trait]
-impl Step for License {
-    fn name(&self) -> &'static str {
-        "license"
-    }
-
-    async fn apply(&self, sys: &Systems, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
-        let id = sys
-            .tenant
-            .license(&ctx.tenant_id, &ctx.tier, ctx.traceparent.as_deref())
-            .await?;
-        Ok(json!({ "license_id": id }))
-    }
-
-    async fn compensate(&self, _: &Systems, _: &StepContext) -> Result<Vec<String>, StepError> {
-        Ok(vec![])
-    }
-
-    async fn check(&self, _: &Systems, _: &StepContext) -> Result<bool, StepError> {
-        Ok(true)
-    }
-}
-
-#[async_trait]
-impl Step for Activate {
-    fn name(&self) -> &'static str {
-        "activate"
-    }
-
-    /// A tenant becomes ACTIVE only when every local resource is there as it should be.
-    async fn apply(&self, sys: &Systems, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
-        for step in super::local() {
-            if !step.check(sys, ctx).await? {
-                return Err(StepError::Transient(format!("{} is not ready", step.name())));
+        let (tenant, tp) = (&ctx.tenant_id, ctx.traceparent.as_deref());
+        match self {
+            Remote::Confirm { wanted, .. } => {
+                let status = sys.tenant.status(tenant, tp).await?;
+                if status != *wanted {
+                    return Err(StepError::Permanent(format!(
+                        "the tenant service says the tenant is {}, not {}: refusing the run",
+                        status.as_str_name(),
+                        wanted.as_str_name()
+                    )));
+                }
+                Ok(json!({ "status": status.as_str_name() }))
+            }
+            Remote::Begin => {
+                sys.tenant.begin(tenant, tp).await?;
+                Ok(json!({}))
+            }
+            Remote::License => {
+                let id = sys.tenant.license(tenant, &ctx.tier, tp).await?;
+                Ok(json!({ "license_id": id }))
+            }
+            Remote::Activate => {
+                for step in super::local() {
+                    if !step.check(sys, ctx).await? {
+                        return Err(StepError::Transient(format!("{} is not ready", step.name())));
+                    }
+                }
+                sys.tenant.activate(tenant, tp).await?;
+                Ok(json!({}))
+            }
+            Remote::Finalize => {
+                sys.tenant.finalize_deletion(tenant, tp).await?;
+                Ok(json!({}))
             }
         }
-        sys.tenant
-            .activate(&ctx.tenant_id, ctx.traceparent.as_deref())
-            .await?;
-        Ok(json!({}))
-    }
-
-    async fn compensate(&self, _: &Systems, _: &StepContext) -> Result<Vec<String>, StepError> {
-        Ok(vec![])
-    }
-
-    async fn check(&self, _: &Systems, _: &StepContext) -> Result<bool, StepError> {
-        Ok(true)
-    }
-}
-
-#[async_trait]
-impl Step for Finalize {
-    fn name(&self) -> &'static str {
-        "finalize"
-    }
-
-    async fn apply(&self, sys: &Systems, ctx: &StepContext) -> Result<serde_json::Value, StepError> {
-        sys.tenant
-            .finalize_deletion(&ctx.tenant_id, ctx.traceparent.as_deref())
-            .await?;
-        Ok(json!({}))
     }
 
     async fn compensate(&self, _: &Systems, _: &StepContext) -> Result<Vec<String>, StepError> {

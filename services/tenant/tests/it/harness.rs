@@ -20,7 +20,7 @@ pub type Licenses = LicenseServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// base64 of 32 bytes of 42: tests know the master key, so they can forge tokens with the
 /// service's real signing key (expired, missing scope …).
-pub const MASTER_KEY: &str = "KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=";
+pub const MASTER_KEY: &str = keel_e2e::TEST_MASTER_KEY;
 
 pub struct World {
     pub e2e: E2e,
@@ -37,9 +37,9 @@ impl World {
         Self::start_with(HashMap::new()).await
     }
 
-    /// The tenant service alone on the shared test mesh, with `env` on top of the test master key.
-    pub async fn start_with(mut env: HashMap<String, String>) -> World {
-        env.insert("KEEL_MASTER_KEY".into(), MASTER_KEY.into());
+    /// The tenant service alone on the shared test mesh (with the mesh's test master key), `env`
+    /// on top.
+    pub async fn start_with(env: HashMap<String, String>) -> World {
         let vars: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let e2e = E2e::builder().tenant(&vars).start().await;
         let channel = e2e.proc(Part::Tenant).channel().await.unwrap();

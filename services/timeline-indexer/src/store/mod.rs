@@ -91,37 +91,28 @@ pub async fn insert_rows(conn: &mut PgConnection, table: &str, rows: &[&Timeline
     });
     qb.push(" ON CONFLICT (tenant_id, ts, event_id) DO NOTHING");
     qb.build().execute(&mut *conn).await?;
+    // What a row says about its tenant's policies (tier, suspension, legal hold): one upsert
+    // that changes only what the row sets.
     for r in rows {
-        if let Some(tier) = r.tier() {
-            sqlx::query(
-                "INSERT INTO tenant_policies (tenant_id, tier) VALUES ($1, $2) \
-                 ON CONFLICT (tenant_id) DO UPDATE SET tier = EXCLUDED.tier, updated_at = now()",
-            )
-            .bind(&r.tenant_id)
-            .bind(tier)
-            .execute(&mut *conn)
-            .await?;
+        let (tier, suspended, hold) = (r.tier(), r.suspends(), r.legal_hold());
+        if tier.is_none() && suspended.is_none() && hold.is_none() {
+            continue;
         }
-        if let Some(suspended) = r.suspends() {
-            sqlx::query(
-                "INSERT INTO tenant_policies (tenant_id, suspended) VALUES ($1, $2) \
-                 ON CONFLICT (tenant_id) DO UPDATE SET suspended = EXCLUDED.suspended, updated_at = now()",
-            )
-            .bind(&r.tenant_id)
-            .bind(suspended)
-            .execute(&mut *conn)
-            .await?;
-        }
-        if let Some(hold) = r.legal_hold() {
-            sqlx::query(
-                "INSERT INTO tenant_policies (tenant_id, legal_hold) VALUES ($1, $2) \
-                 ON CONFLICT (tenant_id) DO UPDATE SET legal_hold = EXCLUDED.legal_hold, updated_at = now()",
-            )
-            .bind(&r.tenant_id)
-            .bind(hold)
-            .execute(&mut *conn)
-            .await?;
-        }
+        sqlx::query(
+            "INSERT INTO tenant_policies (tenant_id, tier, suspended, legal_hold) \
+             VALUES ($1, $2, COALESCE($3, false), COALESCE($4, false)) \
+             ON CONFLICT (tenant_id) DO UPDATE SET \
+               tier = COALESCE($2, tenant_policies.tier), \
+               suspended = COALESCE($3, tenant_policies.suspended), \
+               legal_hold = COALESCE($4, tenant_policies.legal_hold), \
+               updated_at = now()",
+        )
+        .bind(&r.tenant_id)
+        .bind(tier)
+        .bind(suspended)
+        .bind(hold)
+        .execute(&mut *conn)
+        .await?;
     }
     Ok(())
 }
