@@ -110,6 +110,12 @@ impl TenantClient {
     }
 
     pub async fn status(&self, tenant_id: &str, tp: Option<&str>) -> Result<pb::TenantStatus, ClientError> {
+        let t = self.get(tenant_id, tp).await?;
+        Ok(pb::TenantStatus::try_from(t.status).unwrap_or(pb::TenantStatus::Unspecified))
+    }
+
+    /// The tenant as the tenant service, the source of truth, has it now.
+    pub async fn get(&self, tenant_id: &str, tp: Option<&str>) -> Result<pb::Tenant, ClientError> {
         let req = self
             .request(
                 pb::GetTenantRequest {
@@ -118,12 +124,11 @@ impl TenantClient {
                 tp,
             )
             .await?;
-        let t = TenantServiceClient::new(self.channel.clone())
+        Ok(TenantServiceClient::new(self.channel.clone())
             .get_tenant(req)
             .await
             .map_err(client_error)?
-            .into_inner();
-        Ok(pb::TenantStatus::try_from(t.status).unwrap_or(pb::TenantStatus::Unspecified))
+            .into_inner())
     }
 
     fn tenants(&self) -> TenantServiceClient<Channel> {

@@ -71,11 +71,13 @@ impl RunKind {
                 "license",
                 "activate",
             ]),
-            RunKind::TierChange => apply(&["quotas", "manifests", "license"]),
+            // A tier change or reactivation grants more: it too runs only when the tenant
+            // service agrees (the tier it asks for is the tenant's, the tenant is ACTIVE).
+            RunKind::TierChange => apply(&["confirm-tier", "quotas", "manifests", "license"]),
             // Destructive plans first confirm the tenant's state with the tenant service, the
             // source of truth: a forged or stale trigger cannot suspend or delete a live tenant.
             RunKind::Suspend => apply(&["confirm-suspended", "database", "quotas", "manifests"]),
-            RunKind::Reactivate => apply(&["database", "quotas", "manifests"]),
+            RunKind::Reactivate => apply(&["confirm-active", "database", "quotas", "manifests"]),
             RunKind::Delete => {
                 let mut plan = apply(&["confirm-deleting"]);
                 plan.extend(

@@ -185,6 +185,8 @@ fn a_permanent_failure_compensates_what_was_done_in_reverse_then_fails() {
 #[test]
 fn too_many_transient_failures_count_as_permanent() {
     let mut r = started(RunKind::TierChange);
+    // The tenant service agreed with the tier; then quotas keep failing.
+    succeed(&mut r, "confirm-tier");
     for attempt in 1..=MAX_ATTEMPTS {
         record(
             &mut r,
@@ -248,7 +250,7 @@ fn a_repeated_start_writes_nothing_and_finished_runs_refuse_records() {
 }
 
 #[test]
-fn destructive_plans_confirm_the_tenant_state_first() {
+fn destructive_and_granting_plans_confirm_the_tenant_state_first() {
     let first = |k: RunKind| k.plan().first().map(|p| (p.step.clone(), p.op));
     assert_eq!(
         first(RunKind::Delete),
@@ -257,6 +259,14 @@ fn destructive_plans_confirm_the_tenant_state_first() {
     assert_eq!(
         first(RunKind::Suspend),
         Some(("confirm-suspended".into(), Op::Apply))
+    );
+    assert_eq!(
+        first(RunKind::Reactivate),
+        Some(("confirm-active".into(), Op::Apply))
+    );
+    assert_eq!(
+        first(RunKind::TierChange),
+        Some(("confirm-tier".into(), Op::Apply))
     );
     assert_eq!(first(RunKind::Provision), Some(("begin".into(), Op::Apply)));
 }

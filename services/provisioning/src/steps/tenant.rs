@@ -20,6 +20,11 @@ pub fn all() -> Vec<Box<dyn Step>> {
             name: "confirm-suspended",
             wanted: pb::TenantStatus::Suspended,
         },
+        Remote::Confirm {
+            name: "confirm-active",
+            wanted: pb::TenantStatus::Active,
+        },
+        Remote::ConfirmTier,
         Remote::Begin,
         Remote::License,
         Remote::Activate,
@@ -36,6 +41,8 @@ enum Remote {
         name: &'static str,
         wanted: pb::TenantStatus,
     },
+    /// Refuses (permanently) unless the tenant service has the tenant at the run's tier.
+    ConfirmTier,
     Begin,
     License,
     /// A tenant becomes ACTIVE only when every local resource is there as it should be.
@@ -48,6 +55,7 @@ impl Step for Remote {
     fn name(&self) -> &'static str {
         match self {
             Remote::Confirm { name, .. } => name,
+            Remote::ConfirmTier => "confirm-tier",
             Remote::Begin => "begin",
             Remote::License => "license",
             Remote::Activate => "activate",
@@ -68,6 +76,18 @@ impl Step for Remote {
                     )));
                 }
                 Ok(json!({ "status": status.as_str_name() }))
+            }
+            Remote::ConfirmTier => {
+                let t = sys.tenant.get(tenant, tp).await?;
+                let tier = pb::Tier::try_from(t.tier).unwrap_or(pb::Tier::Unspecified);
+                let wanted = format!("TIER_{}", ctx.tier.to_ascii_uppercase());
+                if tier.as_str_name() != wanted {
+                    return Err(StepError::Permanent(format!(
+                        "the tenant service says the tenant is {}, not {wanted}: refusing the run",
+                        tier.as_str_name()
+                    )));
+                }
+                Ok(json!({ "tier": ctx.tier }))
             }
             Remote::Begin => {
                 sys.tenant.begin(tenant, tp).await?;

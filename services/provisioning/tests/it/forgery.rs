@@ -65,3 +65,67 @@ async fn a_forged_deletion_request_for_an_active_tenant_changes_nothing() {
     assert_eq!(mesh.status(&t.id).await, pb::TenantStatus::Active);
     mesh.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_forged_reactivation_of_a_suspended_tenant_restores_nothing() {
+    let mesh = Mesh::start("", false).await;
+    let t = mesh.create(&slug()).await;
+    mesh.wait_status(&t.id, pb::TenantStatus::Active, Duration::from_secs(60))
+        .await;
+    mesh.tenants()
+        .await
+        .suspend_tenant(pb::SuspendTenantRequest {
+            tenant: Some(crate::harness::by_id(&t.id)),
+            reason: "unpaid".into(),
+        })
+        .await
+        .unwrap();
+    let role = mesh.names(&t).role;
+    let can_login = || async {
+        sqlx::query_scalar::<_, bool>("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1")
+            .bind(&role)
+            .fetch_one(&mesh.pool)
+            .await
+            .unwrap()
+    };
+    eventually("role blocked", Duration::from_secs(60), || async {
+        (!can_login().await).then_some(())
+    })
+    .await;
+
+    let forged = Envelope::builder("tenant", "TenantReactivated", 1)
+        .tenant(&t.id)
+        .actor("user:mallory")
+        .aggregate("tenant", &t.id, 99)
+        .data(serde_json::json!({}))
+        .build()
+        .unwrap();
+    let subject = subjects::event(&mesh.bus.subject_prefix(), &t.id, "tenant", "TenantReactivated");
+    mesh.bus
+        .publish_envelope(subject, &forged)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let run = eventually(
+        "the forged reactivation refused",
+        Duration::from_secs(60),
+        || async {
+            let run = mesh
+                .provisioning()
+                .await
+                .get_status(pb::GetProvisioningStatusRequest {
+                    tenant_id: t.id.clone(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (run.kind == "reactivate" && run.status == "failed").then_some(run)
+        },
+    )
+    .await;
+    assert!(run.failure.contains("SUSPENDED"), "{}", run.failure);
+    assert!(!can_login().await, "the suspended tenant's role can log in again");
+    assert_eq!(mesh.status(&t.id).await, pb::TenantStatus::Suspended);
+    mesh.cleanup().await;
+}
