@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Makes sure PostgreSQL, NATS (with JetStream) and Redis run on 127.0.0.1 at their standard ports.
+# Makes sure PostgreSQL and Redis run on 127.0.0.1 at their standard ports, and Keel's own NATS
+# (JetStream, JWT auth) on 4333.
 # Installs a missing one with apt, starts a stopped one, leaves a running one alone, and says
 # what it did. Idempotent; safe to run before every `just up` / `just test`.
 set -euo pipefail
@@ -43,16 +44,28 @@ else
   say "database keel exists"
 fi
 
-# NATS with JetStream
-if listening 4222; then
-  say "nats already running on 4222"
+# Keel's own NATS with JetStream and decentralized JWT auth on 127.0.0.1:4333 (the machine's
+# open NATS on 4222, if any, is left alone). Its trust chain lives in $KEEL_NATS_HOME
+# (~/.local/state/keel/nats): one per machine user, shared by every checkout.
+KEEL_NATS_PORT=${KEEL_NATS_PORT:-4333}
+need_pkg nats-server nats-server
+root=$(cd "$(dirname "$0")/../.." && pwd)
+target=${CARGO_TARGET_DIR:-$root/target}
+(cd "$root" && cargo build -q -p keelctl --bin keelctl)
+nats_home=$("$target/debug/keelctl" nats home)
+before=$(cat "$nats_home/server.conf" 2>/dev/null | md5sum)
+conf=$("$target/debug/keelctl" nats init --port "$KEEL_NATS_PORT")
+if listening "$KEEL_NATS_PORT"; then
+  if [ "$before" != "$(md5sum < "$conf")" ] && [ -s "$nats_home/nats.pid" ]; then
+    say "keel nats configuration changed: reloading"
+    kill -HUP "$(cat "$nats_home/nats.pid")"
+  fi
+  say "keel nats already running on $KEEL_NATS_PORT"
 else
-  need_pkg nats-server nats-server
-  mkdir -p /var/lib/nats-server 2>/dev/null || true
-  say "starting nats-server with JetStream"
-  $SUDO start-stop-daemon --start --oknodo --background --exec "$(command -v nats-server)" -- \
-    -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log
-  wait_port 4222 nats
+  say "starting keel nats-server on $KEEL_NATS_PORT ($conf)"
+  start-stop-daemon --start --oknodo --background --make-pidfile --pidfile "$nats_home/nats.pid" \
+    --exec "$(command -v nats-server)" -- -c "$conf" -l "$nats_home/nats.log"
+  wait_port "$KEEL_NATS_PORT" "keel nats"
 fi
 
 # Redis
@@ -66,4 +79,4 @@ else
     --dir /var/lib/redis --logfile /var/log/redis/keel.log
   wait_port 6379 redis
 fi
-say "ready: postgresql 127.0.0.1:5432 (db keel), nats 127.0.0.1:4222 (JetStream), redis 127.0.0.1:6379"
+say "ready: postgresql 127.0.0.1:5432 (db keel), keel nats 127.0.0.1:$KEEL_NATS_PORT (JetStream, JWT auth; creds: keelctl nats creds), redis 127.0.0.1:6379"

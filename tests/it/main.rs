@@ -1,5 +1,6 @@
 //! Cross-service end-to-end tests: the whole mesh (tenant, provisioning, timeline) as real
 //! processes, spoken to the way a user would.
 
+mod nats_auth;
 mod secrets;
 mod trace;

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 pub mod mesh;
+use keel_bus::acl::Role;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -52,6 +53,18 @@ impl ServiceProc {
             .env(format!("KEEL_{upper}_HTTP_ADDR"), "127.0.0.1:0")
             .env("KEEL_LOG_FORMAT", "json")
             .env("KEEL_MASTER_KEY", TEST_MASTER_KEY)
+            .env(
+                "KEEL_NATS_CREDS",
+                keel_store::testing::nats_creds_file(&Role::Service(service.to_owned()), namespace),
+            )
+            .envs(if service == "provisioning" {
+                vec![(
+                    "KEEL_PROVISIONING_NATS_SIGNER_FILE".to_owned(),
+                    keel_store::testing::nats_signer_file().display().to_string(),
+                )]
+            } else {
+                vec![]
+            })
             .envs(env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -208,7 +221,7 @@ pub async fn drop_everything(token: &str) -> anyhow::Result<()> {
             .await?;
     }
     pool.close().await;
-    let client = async_nats::connect(keel_store::testing::nats_url()).await?;
+    let client = keel_store::testing::nats_admin().await?;
     let js = async_nats::jetstream::new(client);
     let mut names = js.stream_names();
     let mut doomed = Vec::new();

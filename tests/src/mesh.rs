@@ -101,7 +101,7 @@ impl MeshBuilder {
         let token = keel_store::testing::unique_token();
         let bootstrap = format!("boot-{}", uuid::Uuid::new_v4());
         let gitops = std::env::temp_dir().join(format!("keel-gitops-{token}"));
-        let bus = Bus::connect(&keel_store::testing::nats_url(), &token)
+        let bus = keel_store::testing::bus(&token)
             .await
             .expect("NATS for the test mesh");
         let pool = sqlx::postgres::PgPoolOptions::new()

@@ -4,6 +4,7 @@
 //!
 //! Start from [`Bus`].
 
+pub mod acl;
 pub mod audit;
 pub mod error;
 pub mod headers;
@@ -41,13 +42,22 @@ pub struct Outgoing {
 }
 
 impl Bus {
-    /// Connects to NATS at `url` with the given namespace (`""` or a subject-safe token).
-    pub async fn connect(url: &str, namespace: &str) -> Result<Self> {
-        let client = async_nats::ConnectOptions::new()
-            .name("keel")
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url)
+    /// Connects to NATS at `url` with the credentials file `creds`, in namespace `namespace`
+    /// (`""` or a subject-safe token).
+    pub async fn connect(url: &str, creds: Option<&std::path::Path>, namespace: &str) -> Result<Self> {
+        let client = keel_runtime::nats::connect(url, creds, "keel")
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        Self::new(client, namespace)
+    }
+
+    /// [`Bus::connect`] with credentials in memory.
+    pub async fn connect_with(
+        url: &str,
+        creds: &keel_runtime::nats::Credentials,
+        namespace: &str,
+    ) -> Result<Self> {
+        let client = keel_runtime::nats::connect_with(url, Some(creds), "keel")
             .await
             .map_err(|e| Error::Connect(e.to_string()))?;
         Self::new(client, namespace)

@@ -11,7 +11,8 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 
 const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/keel";
-const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// Keel's own NATS (`infra/local/nats.sh`), never the machine's open one on 4222.
+const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4333";
 const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 const DEFAULT_JWKS_TTL_SECS: u64 = 300;
@@ -60,6 +61,9 @@ pub struct Config {
     pub database_url: String,
     /// `KEEL_NATS_URL` / `--nats-url`.
     pub nats_url: String,
+    /// `KEEL_NATS_CREDS`: the service's NATS credentials file (user JWT + nkey seed), issued by
+    /// `keelctl nats creds`. Keel's NATS refuses connections without one.
+    pub nats_creds: Option<std::path::PathBuf>,
     /// `KEEL_REDIS_URL` / `--redis-url`.
     pub redis_url: String,
     /// `KEEL_<SERVICE>_GRPC_ADDR` / `--grpc-addr`; port 0 binds an ephemeral port.
@@ -249,6 +253,7 @@ impl Config {
             service: service.to_owned(),
             database_url: string(flags.database_url, "KEEL_DATABASE_URL", DEFAULT_DATABASE_URL),
             nats_url: string(flags.nats_url, "KEEL_NATS_URL", DEFAULT_NATS_URL),
+            nats_creds: trimmed("KEEL_NATS_CREDS").map(std::path::PathBuf::from),
             redis_url: string(flags.redis_url, "KEEL_REDIS_URL", DEFAULT_REDIS_URL),
             grpc_addr: addr(
                 flags.grpc_addr,

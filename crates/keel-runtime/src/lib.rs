@@ -28,6 +28,7 @@ pub mod error;
 pub mod grpc;
 pub mod health;
 pub mod metrics;
+pub mod nats;
 pub mod request_log;
 pub mod retry;
 mod service;

@@ -84,14 +84,14 @@ impl Service {
         self.shutdown.clone()
     }
 
-    /// A NATS client for `config.nats_url`, named `keel-<service>`.
+    /// A NATS client for `config.nats_url` with `config.nats_creds`, named `keel-<service>`.
     pub async fn connect_nats(&self) -> Result<async_nats::Client> {
-        async_nats::ConnectOptions::new()
-            .name(format!("keel-{}", self.config.service))
-            .connection_timeout(CONNECT_TIMEOUT)
-            .connect(self.config.nats_url.as_str())
-            .await
-            .map_err(|e| connect_error("nats", &self.config.nats_url, e))
+        crate::nats::connect(
+            &self.config.nats_url,
+            self.config.nats_creds.as_deref(),
+            &format!("keel-{}", self.config.service),
+        )
+        .await
     }
 
     /// A reconnecting Redis connection for `config.redis_url`.

@@ -3,9 +3,13 @@
 //! without seeing each other, and waits with deadlines instead of sleeps.
 
 use std::future::Future;
+use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use keel_bus::Bus;
+use keel_bus::acl::{self, Role};
+use keel_runtime::nats::authority::Authority;
 
 use crate::{Result, Store};
 
@@ -16,8 +20,66 @@ pub fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/keel".to_owned())
 }
 
+/// Keel's own NATS (`infra/local/services.sh` starts it on 4333 with JWT auth).
 pub fn nats_url() -> String {
-    std::env::var("KEEL_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+    std::env::var("KEEL_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4333".to_owned())
+}
+
+/// The local NATS trust chain (see `keel_bus::authority`), made by `infra/local/services.sh`.
+pub fn nats_authority() -> &'static Authority {
+    static AUTHORITY: OnceLock<Authority> = OnceLock::new();
+    AUTHORITY.get_or_init(|| {
+        let home = keel_runtime::nats::authority::default_home();
+        Authority::load(&home).unwrap_or_else(|e| {
+            panic!(
+                "no NATS trust chain in {} ({e}): run ./infra/local/services.sh",
+                home.display()
+            )
+        })
+    })
+}
+
+/// Credentials for `role` in namespace `ns`, written to a file of their own (0600); the path.
+pub fn nats_creds_file(role: &Role, ns: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join("keel-test-creds");
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(format!("{ns}-{}-{}.creds", acl::user_name(role), unique_token()));
+    let creds = acl::issue(nats_authority(), role, ns, Some(Duration::from_secs(24 * 3600)));
+    keel_runtime::nats::authority::write_private(&path, &creds.to_file()).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+/// The user-signing key file provisioning issues tenants' audit credentials with.
+pub fn nats_signer_file() -> PathBuf {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let path = std::env::temp_dir().join(format!("keel-test-signer-{}.json", unique_token()));
+        let signer = nats_authority().signer().unwrap_or_else(|e| panic!("{e}"));
+        keel_runtime::nats::authority::write_private(&path, &signer.to_file())
+            .unwrap_or_else(|e| panic!("{e}"));
+        path
+    })
+    .clone()
+}
+
+/// An admin connection to the test NATS (everything in the account).
+pub async fn nats_admin() -> Result<async_nats::Client> {
+    let creds = acl::issue(
+        nats_authority(),
+        &Role::Admin,
+        "",
+        Some(Duration::from_secs(24 * 3600)),
+    );
+    Ok(
+        keel_runtime::nats::connect_with(&nats_url(), Some(&creds), "keel-test-admin")
+            .await
+            .map_err(|e| keel_bus::Error::Connect(e.to_string()))?,
+    )
+}
+
+/// A bus in namespace `ns` over an admin connection.
+pub async fn bus(ns: &str) -> Result<Bus> {
+    Ok(Bus::new(nats_admin().await?, ns)?)
 }
 
 pub fn redis_url() -> String {
@@ -41,7 +103,7 @@ impl TestEnv {
         let token = unique_token();
         let schema = format!("test_{token}");
         let store = Store::connect_with(&database_url(), &schema, service, 32).await?;
-        let bus = Bus::connect(&nats_url(), &token).await?;
+        let bus = bus(&token).await?;
         bus.ensure_streams().await?;
         Ok(Self { token, store, bus })
     }

@@ -1,13 +1,12 @@
 //! `keelctl audit tail`: follow one tenant's audit records on NATS, live (core subscription) or
 //! from the start of the KEEL_AUDIT stream (ordered push consumer), until Ctrl-C.
 
-use std::time::Duration;
-
 use anyhow::Context;
-use async_nats::jetstream::consumer::{DeliverPolicy, push};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull, push};
 use clap::{Args, Subcommand};
 use futures::{Stream, StreamExt};
 use keel_bus::{Bus, StreamKind};
+use keel_proto::v1 as pb;
 use serde::Deserialize;
 
 use crate::output::{self, Format};
@@ -19,9 +18,13 @@ pub struct BusArgs {
         long,
         global = true,
         env = "KEEL_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
+        default_value = "nats://127.0.0.1:4333"
     )]
     pub nats_url: String,
+    /// NATS credentials file: a tenant's audit credentials (`keelctl audit creds`) or any
+    /// other the operator issued (`keelctl nats creds`).
+    #[arg(long, global = true, env = "KEEL_NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
     /// Bus namespace the services run with ("" in production).
     #[arg(long, global = true, env = "KEEL_BUS_PREFIX", default_value = "")]
     pub bus_prefix: String,
@@ -34,9 +37,23 @@ pub enum AuditCommand {
         /// Tenant id (not a slug): 1-64 of [A-Za-z0-9_-], no wildcards.
         #[arg(long, value_parser = tenant_token)]
         tenant: String,
-        /// Replay the tenant's records kept in the KEEL_AUDIT stream first, then follow.
-        #[arg(long)]
+        /// Replay the tenant's records kept in the KEEL_AUDIT stream first, then follow
+        /// (operator credentials: it creates a consumer).
+        #[arg(long, conflicts_with = "durable")]
         from_start: bool,
+        /// Pull from the tenant's durable consumer (`audit creds` names it) and acknowledge
+        /// each record: at-least-once delivery that resumes where the last reader stopped.
+        #[arg(long, value_parser = tenant_token)]
+        durable: Option<String>,
+    },
+    /// Issue NATS credentials for the tenant's audit subscribers and write them to a file.
+    Creds {
+        /// Tenant id (not a slug).
+        #[arg(long, value_parser = tenant_token)]
+        tenant: String,
+        /// The credentials file to write (0600).
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
 }
 
@@ -68,16 +85,41 @@ struct Record {
     reason: Option<String>,
 }
 
-pub async fn run(cmd: AuditCommand, bus: &BusArgs, format: Format) -> anyhow::Result<()> {
-    let AuditCommand::Tail { tenant, from_start } = cmd;
-    let client = async_nats::ConnectOptions::new()
-        .name("keelctl")
-        .connection_timeout(Duration::from_secs(5))
-        .connect(bus.nats_url.as_str())
+pub async fn run(
+    cmd: AuditCommand,
+    conn: &crate::client::ConnectionArgs,
+    bus: &BusArgs,
+    format: Format,
+) -> anyhow::Result<()> {
+    let (tenant, from_start, durable) = match cmd {
+        AuditCommand::Creds { tenant, out } => return creds(conn, &tenant, &out).await,
+        AuditCommand::Tail {
+            tenant,
+            from_start,
+            durable,
+        } => (tenant, from_start, durable),
+    };
+    let client = keel_runtime::nats::connect(&bus.nats_url, bus.nats_creds.as_deref(), "keelctl")
         .await
         .with_context(|| format!("cannot connect to NATS at {}", bus.nats_url))?;
     let bus = Bus::new(client, &bus.bus_prefix).context("--bus-prefix")?;
     let subject = keel_events::subjects::audit_tenant(&bus.subject_prefix(), &tenant);
+    if let Some(name) = durable {
+        let stream_name = bus.stream_name(StreamKind::Audit);
+        let consumer: async_nats::jetstream::consumer::Consumer<pull::Config> = bus
+            .jetstream()
+            .get_consumer_from_stream(&name, &stream_name)
+            .await
+            .with_context(|| format!("durable consumer {name} on {stream_name}"))?;
+        let messages = consumer.messages().await.context("consumer messages")?;
+        eprintln!("pulling {subject} from {stream_name}/{name} (Ctrl-C to stop)");
+        let payloads = messages.then(|m| async move {
+            let m = m.map_err(anyhow::Error::from)?;
+            m.ack().await.map_err(|e| anyhow::anyhow!("ack: {e}"))?;
+            Ok(m.message.payload.clone())
+        });
+        return follow(payloads, format).await;
+    }
     if from_start {
         let stream_name = bus.stream_name(StreamKind::Audit);
         let stream = bus
@@ -105,6 +147,48 @@ pub async fn run(cmd: AuditCommand, bus: &BusArgs, format: Format) -> anyhow::Re
         eprintln!("tailing {subject} (Ctrl-C to stop)");
         follow(subscriber.map(|m| Ok(m.payload)), format).await
     }
+}
+
+async fn creds(
+    conn: &crate::client::ConnectionArgs,
+    tenant: &str,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    let session = crate::client::Session::open(conn).await?;
+    let channel = crate::client::provisioning_channel(&conn.provisioning_addr).await?;
+    let mut client = pb::provisioning_service_client::ProvisioningServiceClient::with_interceptor(
+        channel,
+        session.bearer.clone(),
+    );
+    let issued = client
+        .issue_audit_credentials(pb::IssueAuditCredentialsRequest {
+            tenant_id: tenant.to_owned(),
+        })
+        .await?
+        .into_inner();
+    keel_runtime::nats::authority::write_private(out, &issued.creds)?;
+    let expires = issued
+        .expires_at
+        .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, 0))
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default();
+    eprintln!(
+        "wrote audit credentials for {tenant} to {} (expire {expires}); they read {} live and the durable consumer {} on {}",
+        out.display(),
+        issued.subject,
+        issued.consumer,
+        issued.stream
+    );
+    eprintln!(
+        "  keelctl audit tail --tenant {tenant} --nats-creds {}            # live",
+        out.display()
+    );
+    eprintln!(
+        "  keelctl audit tail --tenant {tenant} --nats-creds {} --durable {}   # at least once",
+        out.display(),
+        issued.consumer
+    );
+    Ok(())
 }
 
 async fn follow(

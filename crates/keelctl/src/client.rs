@@ -36,6 +36,14 @@ pub struct ConnectionArgs {
         default_value = "http://127.0.0.1:50054"
     )]
     pub timeline_addr: String,
+    /// gRPC address of the provisioning service (`audit creds`).
+    #[arg(
+        long,
+        global = true,
+        env = "KEEL_PROVISIONING_ADDR",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub provisioning_addr: String,
     /// Bearer access token (JWT). Takes precedence over --api-key.
     #[arg(long, global = true, env = "KEEL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -135,6 +143,12 @@ pub async fn timeline_channel(addr: &str) -> anyhow::Result<Channel> {
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     connect(endpoint, "timeline service", addr).await
+}
+
+/// The provisioning service.
+pub async fn provisioning_channel(addr: &str) -> anyhow::Result<Channel> {
+    let endpoint = endpoint(addr, "--provisioning-addr")?.timeout(Duration::from_secs(30));
+    connect(endpoint, "provisioning service", addr).await
 }
 
 fn endpoint(addr: &str, flag: &str) -> anyhow::Result<Endpoint> {

@@ -9,6 +9,7 @@ mod client;
 mod dev;
 mod license;
 mod member;
+mod nats;
 mod obs;
 mod output;
 mod tenant;
@@ -60,6 +61,11 @@ enum Command {
         #[command(subcommand)]
         command: license::LicenseCommand,
     },
+    /// Keel's NATS trust chain: keys, server config, credentials.
+    Nats {
+        #[command(subcommand)]
+        command: nats::NatsCommand,
+    },
     /// Audit records on NATS.
     Audit {
         #[command(subcommand)]
@@ -91,7 +97,8 @@ async fn main() -> ExitCode {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::License { command } => license::run(command, conn, format).await,
-        Command::Audit { command } => audit::run(command, &cli.bus, format)
+        Command::Nats { command } => nats::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Audit { command } => audit::run(command, conn, &cli.bus, format)
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Timeline(args) => timeline::run(args, conn, format)

@@ -10,12 +10,20 @@ use keel_proto::v1 as pb;
 use keel_proto::v1::provisioning_service_server::ProvisioningService;
 use tonic::{Request, Response, Status};
 
+use keel_bus::StreamKind;
+use keel_bus::acl::{self, Role};
+use keel_runtime::nats::authority::UserSigner;
+
 use crate::domain::{Run, RunStatus, StepStatus};
 use crate::error::Error;
+use crate::steps::ResourceNames;
 use crate::workers::saga::Executor;
 
 pub struct ProvisioningApi {
     pub executor: Arc<Executor>,
+    /// Issues tenants' audit credentials (None: not configured).
+    pub signer: Option<Arc<UserSigner>>,
+    pub creds_ttl: std::time::Duration,
 }
 
 fn ts(t: Option<DateTime<Utc>>) -> Option<prost_types::Timestamp> {
@@ -182,6 +190,75 @@ impl ProvisioningService for ProvisioningApi {
             page: Some(pb::PageInfo {
                 next_page_token: next,
             }),
+        }))
+    }
+
+    async fn issue_audit_credentials(
+        &self,
+        req: Request<pb::IssueAuditCredentialsRequest>,
+    ) -> Result<Response<pb::AuditCredentials>, Status> {
+        let tenant = req.get_ref().tenant_id.clone();
+        if !keel_events::subjects::is_valid_token(&tenant) {
+            return Err(invalid("tenant_id", "must be a tenant id"));
+        }
+        keel_auth::audit::authorize(
+            &self.executor.systems.bus,
+            "provisioning",
+            "audit-credentials",
+            &req,
+            scopes::TIMELINE_READ,
+            &tenant,
+        )
+        .await?;
+        let signer = self.signer.as_ref().ok_or_else(|| {
+            Status::from(Error::Precondition {
+                reason: "NO_NATS_SIGNER",
+                message: "this installation issues no NATS credentials (KEEL_PROVISIONING_NATS_SIGNER_FILE is unset)".into(),
+            })
+        })?;
+        let row: Option<(String, bool)> =
+            sqlx::query_as("SELECT slug, suspended FROM tenant_info WHERE tenant_id = $1")
+                .bind(&tenant)
+                .fetch_optional(self.executor.store.pool())
+                .await
+                .map_err(internal)?;
+        let (slug, suspended) = row.ok_or_else(|| Status::from(Error::NotFound("tenant")))?;
+        if suspended {
+            return Err(keel_runtime::status::permission_denied(
+                "TENANT_SUSPENDED",
+                "the tenant is suspended",
+            ));
+        }
+        let sys = &self.executor.systems;
+        let names = ResourceNames::new(&self.executor.prefix, &tenant, &slug, &sys.gitops_dir);
+        let stream = sys.bus.stream_name(StreamKind::Audit);
+        // Only a provisioned tenant has its consumer; credentials to nothing help no one.
+        sys.bus
+            .jetstream()
+            .get_consumer_from_stream::<async_nats::jetstream::consumer::pull::Config, _, _>(
+                &names.audit_consumer,
+                &stream,
+            )
+            .await
+            .map_err(|_| {
+                Status::from(Error::Precondition {
+                    reason: "NOT_PROVISIONED",
+                    message: "the tenant's audit consumer does not exist yet".into(),
+                })
+            })?;
+        let role = Role::TenantAudit {
+            tenant: tenant.clone(),
+            consumer: names.audit_consumer.clone(),
+        };
+        let creds = acl::issue_with(signer, &role, sys.bus.namespace(), Some(self.creds_ttl));
+        let expires = Utc::now() + chrono::Duration::from_std(self.creds_ttl).map_err(internal)?;
+        Ok(Response::new(pb::AuditCredentials {
+            tenant_id: tenant.clone(),
+            creds: creds.to_file(),
+            expires_at: ts(Some(expires)),
+            subject: keel_events::subjects::audit_tenant(&sys.bus.subject_prefix(), &tenant),
+            stream,
+            consumer: names.audit_consumer,
         }))
     }
 

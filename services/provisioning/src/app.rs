@@ -9,6 +9,7 @@ use cqrs_es::persist::PersistedEventStore;
 use keel_bus::StreamKind;
 use keel_proto::v1::provisioning_service_server::ProvisioningServiceServer;
 use keel_runtime::Service;
+use keel_runtime::nats::authority::UserSigner;
 use keel_service::Assembly;
 use keel_store::projection::ProjectionConfig;
 use keel_tenancy::TenantClient;
@@ -39,6 +40,12 @@ pub struct Settings {
     pub concurrency: usize,
     /// `KEEL_PROVISIONING_FAULTS`: fault injection for tests and drills, e.g. `database:2`.
     pub faults: String,
+    /// `KEEL_PROVISIONING_NATS_SIGNER_FILE`: the NATS user-signing key (`keelctl nats signer`)
+    /// that tenants' audit credentials are issued with; without it IssueAuditCredentials is
+    /// FAILED_PRECONDITION.
+    pub nats_signer_file: Option<PathBuf>,
+    /// `KEEL_PROVISIONING_AUDIT_CREDS_TTL_SECS`: how long issued audit credentials last.
+    pub audit_creds_ttl_secs: u64,
 }
 
 impl Default for Settings {
@@ -50,6 +57,8 @@ impl Default for Settings {
             resource_prefix: String::new(),
             concurrency: 64,
             faults: String::new(),
+            nats_signer_file: None,
+            audit_creds_ttl_secs: 24 * 3600,
         }
     }
 }
@@ -100,10 +109,24 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         Ok(())
     });
 
+    let signer = match &settings.nats_signer_file {
+        Some(path) => Some(Arc::new(
+            UserSigner::from_file(path).context("KEEL_PROVISIONING_NATS_SIGNER_FILE")?,
+        )),
+        None => None,
+    };
+    if !(60..=30 * 24 * 3600).contains(&settings.audit_creds_ttl_secs) {
+        anyhow::bail!("KEEL_PROVISIONING_AUDIT_CREDS_TTL_SECS must be between 60 and 2592000");
+    }
+    let api = ProvisioningApi {
+        executor,
+        signer,
+        creds_ttl: std::time::Duration::from_secs(settings.audit_creds_ttl_secs),
+    };
     let auth = mesh.auth(keel_auth::jwks::DEFAULT_URL).await;
     let router = mesh
         .grpc(auth, GRPC_SERVICES)
         .await?
-        .add_service(ProvisioningServiceServer::new(ProvisioningApi { executor }));
+        .add_service(ProvisioningServiceServer::new(api));
     mesh.serve(router, axum::Router::new()).await
 }

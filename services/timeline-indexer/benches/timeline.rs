@@ -34,7 +34,7 @@ use keel_proto::v1 as pb;
 use keel_proto::v1::tenant_service_client::TenantServiceClient;
 use keel_proto::v1::timeline_service_client::TimelineServiceClient;
 use keel_proto::v1::token_service_client::TokenServiceClient;
-use keel_store::testing::{database_url, nats_url, unique_token};
+use keel_store::testing::{database_url, unique_token};
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tonic::codegen::InterceptedService;
@@ -130,7 +130,7 @@ impl World {
         let binary = sibling_binary("keel-tenant")?;
         let tenant_schema = format!("bench_{namespace}_t");
         let tenant = ServiceProc::start(&binary, "tenant", &tenant_schema, &namespace, &env).await?;
-        let bus = Bus::connect(&nats_url(), &namespace).await?;
+        let bus = keel_store::testing::bus(&namespace).await?;
         bus.ensure_streams().await?;
         let timeline_schema = format!("bench_{namespace}_l");
         let options: PgConnectOptions = database_url().parse()?;

@@ -26,7 +26,9 @@ async fn postgres() -> sqlx::PgPool {
 }
 
 async fn nats() -> async_nats::Client {
-    async_nats::connect(NATS_URL).await.expect("local NATS")
+    keel_runtime::nats::connect(NATS_URL, Some(&nats_creds_file()), "readiness-test")
+        .await
+        .expect("local NATS")
 }
 
 async fn redis() -> redis::aio::ConnectionManager {

@@ -111,6 +111,7 @@ async fn connects_to_the_configured_dependencies() {
     let mut config = config();
     config.database_url = POSTGRES_URL.to_owned();
     config.nats_url = NATS_URL.to_owned();
+    config.nats_creds = Some(nats_creds_file());
     config.redis_url = REDIS_URL.to_owned();
     let rt = Service::from_config(config.clone()).unwrap();
     let health = Health::new()

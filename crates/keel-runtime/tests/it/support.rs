@@ -8,7 +8,26 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 pub const POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-pub const NATS_URL: &str = "nats://127.0.0.1:4222";
+/// Keel's own NATS (JWT auth), started by `infra/local/services.sh`.
+pub const NATS_URL: &str = "nats://127.0.0.1:4333";
+
+/// Admin credentials for the local Keel NATS, in a file of their own.
+pub fn nats_creds_file() -> std::path::PathBuf {
+    use keel_runtime::nats::authority::{Authority, Permissions, default_home, write_private};
+    let authority =
+        Authority::load(&default_home()).expect("the local NATS trust chain (run ./infra/local/services.sh)");
+    let creds = authority.user(
+        "runtime-test",
+        |_| Permissions::admin(),
+        Some(Duration::from_secs(3600)),
+    );
+    let path = std::env::temp_dir().join(format!(
+        "keel-runtime-test-{}.creds",
+        uuid::Uuid::new_v4().simple()
+    ));
+    write_private(&path, &creds.to_file()).expect("write creds");
+    path
+}
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Nothing listens on port 1.
 pub const CLOSED_REDIS_URL: &str = "redis://127.0.0.1:1";

@@ -24,6 +24,14 @@ pub async fn up(bin_dir: &Path, only: &[String], ready_timeout: Duration) -> any
         .iter()
         .filter(|s| only.is_empty() || only.iter().any(|o| o == s.name))
         .collect();
+    // Each service connects to Keel's NATS with credentials of its own (see keel_bus::acl).
+    let nats_home = keel_runtime::nats::authority::default_home();
+    let authority = crate::nats::authority(&nats_home)?;
+    let creds_dir = nats_home.join("creds");
+    std::fs::create_dir_all(&creds_dir).with_context(|| format!("creating {}", creds_dir.display()))?;
+    let signer_file = nats_home.join("signer.json");
+    keel_runtime::nats::authority::write_private(&signer_file, &authority.signer()?.to_file())?;
+    let namespace = std::env::var("KEEL_BUS_PREFIX").unwrap_or_default();
     let mut running = Vec::new();
     for spec in chosen {
         let path = bin_dir.join(spec.binary);
@@ -35,7 +43,16 @@ pub async fn up(bin_dir: &Path, only: &[String], ready_timeout: Duration) -> any
             );
             continue;
         }
-        let mut child = Command::new(&path)
+        let creds_file = creds_dir.join(format!("{}.creds", spec.name));
+        let role = keel_bus::acl::Role::Service(spec.name.to_owned());
+        let creds = keel_bus::acl::issue(&authority, &role, &namespace, None);
+        keel_runtime::nats::authority::write_private(&creds_file, &creds.to_file())?;
+        let mut command = Command::new(&path);
+        if spec.name == "provisioning" {
+            command.env("KEEL_PROVISIONING_NATS_SIGNER_FILE", &signer_file);
+        }
+        let mut child = command
+            .env("KEEL_NATS_CREDS", &creds_file)
             .env(
                 "KEEL_LOG_FORMAT",
                 std::env::var("KEEL_LOG_FORMAT").unwrap_or_else(|_| "pretty".into()),

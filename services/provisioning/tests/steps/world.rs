@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use keel_auth::MasterKey;
-use keel_bus::Bus;
 use keel_provisioning::steps::{ResourceNames, StepContext, Systems};
-use keel_store::testing::{database_url, nats_url, redis_url, unique_token};
+use keel_store::testing::{database_url, redis_url, unique_token};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub struct World {
@@ -39,7 +38,7 @@ impl World {
             .await
             .expect("connect to PostgreSQL");
 
-        let bus = Bus::connect(&nats_url(), &token).await.expect("connect to NATS");
+        let bus = keel_store::testing::bus(&token).await.expect("connect to NATS");
         bus.ensure_streams().await.expect("streams");
         let client = redis::Client::open(redis_url()).expect("redis url");
         let redis = redis::aio::ConnectionManager::new(client)
