@@ -49,9 +49,17 @@ pub fn announce(grpc: SocketAddr, http: SocketAddr) {
     }
 }
 
-/// A tonic server with the settings every Keel service uses.
+/// Most concurrent calls on one connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Most bytes of request headers (metadata) a call may carry.
+pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+
+/// A tonic server with the settings every Keel service uses: bounded streams per connection
+/// and header size (request bodies are bounded by tonic's 4 MiB decoding limit per message).
 pub fn grpc_server_builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

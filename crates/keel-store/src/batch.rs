@@ -51,6 +51,9 @@ pub(crate) struct Limits {
     pub in_flight: usize,
     /// A group stops growing at this weight (a single heavier request still runs, alone).
     pub max_weight: usize,
+    /// Requests waiting at most; one more is refused at once (the caller sees "overloaded",
+    /// retryable) instead of queueing without bound.
+    pub max_queued: usize,
 }
 
 /// The queue of one kind of request and the task that drains it.
@@ -102,7 +105,10 @@ impl<R: Grouped> Dispatcher<R> {
             tokio::spawn(dispatch(pool, rx, slots, queued, self.limits.max_weight));
             tx
         });
-        self.queued.fetch_add(1, Ordering::AcqRel);
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.limits.max_queued {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(overloaded(self.limits.max_queued));
+        }
         if let Err(mpsc::error::SendError(pending)) = queue.send(pending) {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             // The task is gone with the runtime that spawned it: run this request here, alone.
@@ -110,6 +116,13 @@ impl<R: Grouped> Dispatcher<R> {
         }
         outcome.await.unwrap_or_else(|_| Err(stopped()))
     }
+}
+
+/// The message callers (and `keel_store::Error::is_overload`) recognise.
+pub(crate) const OVERLOADED: &str = "the event store is overloaded";
+
+fn overloaded(limit: usize) -> PersistenceError {
+    PersistenceError::ConnectionError(format!("{OVERLOADED}: {limit} writes already wait").into())
 }
 
 fn stopped() -> PersistenceError {

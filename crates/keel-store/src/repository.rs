@@ -37,6 +37,9 @@ pub struct GroupCommit {
     pub loads_in_flight: usize,
     /// Most aggregates in one load statement.
     pub max_loads: usize,
+    /// Calls of each kind waiting for a statement at most; beyond, a call fails at once as
+    /// overloaded (retryable) rather than queueing without bound.
+    pub max_queued: usize,
 }
 
 impl Default for GroupCommit {
@@ -46,6 +49,7 @@ impl Default for GroupCommit {
             max_events: 512,
             loads_in_flight: 2,
             max_loads: 256,
+            max_queued: 10_000,
         }
     }
 }
@@ -67,10 +71,12 @@ impl EventRepository {
         let appends = Limits {
             in_flight: config.appends_in_flight,
             max_weight: config.max_events,
+            max_queued: config.max_queued,
         };
         let loads = Limits {
             in_flight: config.loads_in_flight,
             max_weight: config.max_loads,
+            max_queued: config.max_queued,
         };
         Self {
             appends: Arc::new(Dispatcher::new(pool.clone(), appends)),

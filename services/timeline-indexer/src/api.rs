@@ -20,11 +20,13 @@ use crate::domain::{Filter, TimeRange, query};
 use crate::error::{Error, Result};
 use crate::indexer::Indexer;
 use crate::store::read::{StoredRow, TailCursor};
+pub use crate::tails::TailSlots;
 
 pub const MAX_PAGE: u32 = 1000;
 pub const DEFAULT_PAGE: u32 = 100;
 const TAIL_BATCH: i64 = 500;
-const TAIL_IDLE: Duration = Duration::from_millis(50);
+/// After a wake-up that found nothing yet (an older transaction still open), read again soon.
+const TAIL_SOON: Duration = Duration::from_millis(25);
 
 pub struct TimelineApi {
     pub indexer: Arc<Indexer>,
@@ -32,57 +34,9 @@ pub struct TimelineApi {
     pub shutdown: CancellationToken,
     /// Open tails per tenant, capped at `max_tails_per_tenant`.
     pub tails: Arc<TailSlots>,
-}
-
-/// How often an open tail re-checks its tenant's state (its token's expiry is checked on every
-/// poll).
-const TAIL_RECHECK: Duration = Duration::from_secs(1);
-
-/// Open tails per tenant: one tenant cannot hold every connection of the service.
-#[derive(Debug)]
-pub struct TailSlots {
-    max: usize,
-    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
-}
-
-/// One open tail; its slot is given back when it is dropped.
-struct TailSlot {
-    slots: Arc<TailSlots>,
-    tenant: String,
-}
-
-impl TailSlots {
-    pub fn new(max: usize) -> Self {
-        Self {
-            max,
-            open: std::sync::Mutex::default(),
-        }
-    }
-
-    fn take(self: &Arc<Self>, tenant: &str) -> Option<TailSlot> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(tenant.to_owned()).or_default();
-        if *n >= self.max {
-            return None;
-        }
-        *n += 1;
-        Some(TailSlot {
-            slots: self.clone(),
-            tenant: tenant.to_owned(),
-        })
-    }
-}
-
-impl Drop for TailSlot {
-    fn drop(&mut self) {
-        let mut open = self.slots.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.tenant) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                open.remove(&self.tenant);
-            }
-        }
-    }
+    /// An idle tail reads again after this even without a wake-up (a lost notification; rows
+    /// held back by an older open transaction elsewhere) and re-checks its tenant's suspension.
+    pub tail_fallback: Duration,
 }
 
 fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -335,18 +289,22 @@ impl TimelineService for TimelineApi {
         let (tx, rx) = tokio::sync::mpsc::channel(TAIL_BATCH as usize);
         let (indexer, tenant_id, shutdown) =
             (self.indexer.clone(), r.tenant_id.clone(), self.shutdown.clone());
+        let fallback = self.tail_fallback;
         tokio::spawn(async move {
-            let _slot = slot;
-            let mut rechecked = tokio::time::Instant::now();
+            let expiry = tokio::time::Instant::now()
+                + Duration::from_secs(u64::try_from(expires - Utc::now().timestamp()).unwrap_or(0));
+            // Rows may be held back by an older open transaction: after a wake-up that found
+            // nothing, read again soon a few times before waiting long.
+            let mut soon = 0u8;
+            let mut check_policy = false;
             loop {
                 // Authorization holds for the life of the stream, not only its start.
                 if Utc::now().timestamp() >= expires {
                     let _ = tx.send(Err(Status::unauthenticated("token expired"))).await;
                     return;
                 }
-                if !operator && rechecked.elapsed() >= TAIL_RECHECK {
-                    rechecked = tokio::time::Instant::now();
-                    match indexer.store.tenant_suspended(&tenant_id).await {
+                if !operator && check_policy {
+                    match indexer.store.tail_tenant_suspended(&tenant_id).await {
                         Ok(false) => {}
                         Ok(true) => {
                             let denied = keel_runtime::status::permission_denied(
@@ -369,7 +327,7 @@ impl TimelineService for TimelineApi {
                         return;
                     }
                 };
-                let idle = rows.is_empty();
+                let (idle, full) = (rows.is_empty(), rows.len() as i64 >= TAIL_BATCH);
                 for row in rows {
                     cursor = TailCursor {
                         generation: cursor.generation,
@@ -384,12 +342,25 @@ impl TimelineService for TimelineApi {
                         return; // the client went away
                     }
                 }
-                if idle {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tx.closed() => return,
-                        () = tokio::time::sleep(TAIL_IDLE) => {}
-                    }
+                if full {
+                    continue; // more is waiting
+                }
+                if !idle {
+                    soon = 0;
+                }
+                let wait = if idle && soon > 0 {
+                    soon -= 1;
+                    TAIL_SOON
+                } else {
+                    fallback
+                };
+                check_policy = true;
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tx.closed() => return,
+                    () = slot.wake.notified() => soon = 8,
+                    () = tokio::time::sleep_until(expiry) => {}
+                    () = tokio::time::sleep(wait) => check_policy = wait == fallback,
                 }
             }
         });

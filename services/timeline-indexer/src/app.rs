@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use keel_proto::v1::timeline_service_server::TimelineServiceServer;
 use keel_runtime::Service;
 use keel_service::Assembly;
@@ -27,6 +29,12 @@ pub struct Settings {
     pub retention_interval_secs: u64,
     /// `KEEL_TIMELINE_MAX_TAILS_PER_TENANT`: open tails one tenant may hold at once.
     pub max_tails_per_tenant: usize,
+    /// `KEEL_TIMELINE_TAIL_POOL_SIZE`: PostgreSQL connections the open tails share (apart from
+    /// ingest's and queries').
+    pub tail_pool_size: u32,
+    /// `KEEL_TIMELINE_TAIL_FALLBACK_SECS`: an idle tail reads again after this many seconds
+    /// even without a wake-up from the projection.
+    pub tail_fallback_secs: u64,
 }
 
 impl Default for Settings {
@@ -35,6 +43,8 @@ impl Default for Settings {
             schema: "timeline".into(),
             retention_interval_secs: 3600,
             max_tails_per_tenant: 32,
+            tail_pool_size: 8,
+            tail_fallback_secs: 5,
         }
     }
 }
@@ -45,7 +55,17 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
     let db = mesh
         .database(&settings.schema, sqlx::migrate!("./migrations"))
         .await?;
-    let store = TimelineStore::open(db.pool().clone()).await?;
+    // Tails read on a pool of their own: ingest and queries keep their connections.
+    let tail_pool = keel_store::Database::connect(
+        &mesh.config().database_url,
+        &settings.schema,
+        settings.tail_pool_size,
+    )
+    .await
+    .context("the tails' database pool")?;
+    let store = TimelineStore::open(db.pool().clone())
+        .await?
+        .with_tail_pool(tail_pool.pool().clone());
 
     let malformed = IntCounterVec::new(
         Opts::new(
@@ -86,12 +106,23 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         report_lag(indexer.clone(), mesh.metrics(), mesh.stop_token()),
     );
 
+    let tails = Arc::new(TailSlots::new(settings.max_tails_per_tenant.max(1)));
+    mesh.spawn(
+        "tail notifications",
+        crate::tails::listen(
+            tail_pool.pool().clone(),
+            settings.schema.clone(),
+            tails.clone(),
+            mesh.stop_token(),
+        ),
+    );
     let auth = mesh.auth(keel_auth::jwks::DEFAULT_URL).await;
     let api = TimelineApi {
         indexer,
         bus: mesh.bus().clone(),
         shutdown: mesh.stop_token(),
-        tails: Arc::new(TailSlots::new(settings.max_tails_per_tenant.max(1))),
+        tails: tails.clone(),
+        tail_fallback: Duration::from_secs(settings.tail_fallback_secs.max(1)),
     };
     let router = mesh
         .grpc(auth, GRPC_SERVICES)

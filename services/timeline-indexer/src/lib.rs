@@ -12,3 +12,4 @@ pub mod error;
 pub mod indexer;
 pub mod projection;
 pub mod store;
+pub mod tails;

@@ -73,7 +73,18 @@ impl Projection for TimelineProjection {
 
     async fn apply_batch(&self, conn: &mut PgConnection, items: &[&TimelineRow]) -> Result<(), ApplyError> {
         let (table, _) = self.table.get();
-        insert_rows(conn, &table, items).await.map_err(|e| e.into_apply())
+        insert_rows(conn, &table, items)
+            .await
+            .map_err(|e| e.into_apply())?;
+        // Open tails of these tenants wake when (and only if) this transaction commits.
+        let mut tenants: Vec<&str> = items.iter().map(|r| r.tenant_id.as_str()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        sqlx::query("SELECT pg_notify('keel_tail_' || current_schema(), t) FROM unnest($1::text[]) AS t")
+            .bind(&tenants)
+            .execute(conn)
+            .await?;
+        Ok(())
     }
 
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ApplyError> {

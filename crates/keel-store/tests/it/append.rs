@@ -462,3 +462,61 @@ async fn every_connection_has_a_statement_timeout() {
     tx.rollback().await.unwrap();
     env.cleanup().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_write_beyond_the_queue_bound_fails_at_once_as_overloaded_and_the_queued_ones_commit() {
+    let env = TestEnv::new("store").await.unwrap();
+    let config = GroupCommit {
+        appends_in_flight: 1,
+        max_queued: 2,
+        ..GroupCommit::default()
+    };
+    let repo = EventRepository::with_group_commit(env.store.pool().clone(), config);
+    let batches = [events("q1", 1..=1), events("q2", 1..=1)];
+    let extra = events("q3", 1..=1);
+    let calls: Vec<Call<'_, ()>> = batches
+        .iter()
+        .map(|b| Box::pin(repo.persist::<Counter>(b, None)) as Call<'_, ()>)
+        .collect();
+    let blocker = {
+        let repo = repo.clone();
+        async move {
+            repo.persist::<Counter>(&[event("blocker", 1)], None)
+                .await
+                .unwrap()
+        }
+    };
+    let lock = hold_table(&env, "SHARE").await;
+    let blocked = tokio::spawn(blocker);
+    eventually(
+        "the blocker waits on the lock",
+        Duration::from_secs(10),
+        || async { (lock_waiters(&env).await == 1).then_some(()) },
+    )
+    .await;
+    let mut calls = calls;
+    for call in &mut calls {
+        assert!(
+            futures::poll!(call.as_mut()).is_pending(),
+            "queued behind the blocker"
+        );
+    }
+    // The queue is full: the third waiter is refused without waiting for the lock.
+    let refused = repo.persist::<Counter>(&extra, None).await;
+    match refused {
+        Err(PersistenceError::ConnectionError(e)) => assert!(e.to_string().contains("overloaded"), "{e}"),
+        other => panic!("expected an overload error, got {other:?}"),
+    }
+    lock.commit().await.unwrap();
+    blocked.await.unwrap();
+    for outcome in futures::future::join_all(calls).await {
+        outcome.unwrap();
+    }
+    assert_eq!(sequences(&env, "q1").await, vec![1]);
+    assert_eq!(
+        sequences(&env, "q3").await,
+        Vec::<i64>::new(),
+        "the refused write stored nothing"
+    );
+    env.cleanup().await.unwrap();
+}

@@ -66,7 +66,12 @@ impl World {
         let mut cmd = bare_keelctl(args, self.dir.path());
         cmd.env("KEEL_TENANT_ADDR", self.proc().grpc_url())
             .env("KEEL_API_KEY", &self.bootstrap)
-            .env("KEEL_BUS_PREFIX", &self.proc().namespace);
+            .env("KEEL_BUS_PREFIX", &self.proc().namespace)
+            // An operator's NATS credentials, for `audit tail --from-start`.
+            .env(
+                "KEEL_NATS_CREDS",
+                keel_store::testing::nats_creds_file(&keel_bus::acl::Role::Admin, ""),
+            );
         if self.e2e.has(Part::Timeline) {
             cmd.env("KEEL_TIMELINE_ADDR", self.e2e.proc(Part::Timeline).grpc_url());
         }
@@ -172,6 +177,7 @@ pub fn bare_keelctl(args: &[&str], dir: &Path) -> Command {
         .env_remove("KEEL_BOOTSTRAP_TOKEN")
         .env_remove("KEEL_TENANT_ADDR")
         .env_remove("KEEL_TIMELINE_ADDR")
+        .env_remove("KEEL_NATS_CREDS")
         .env("KEEL_NATS_URL", keel_store::testing::nats_url())
         .env_remove("KEEL_BUS_PREFIX")
         .stdin(Stdio::null())

@@ -164,6 +164,7 @@ pub async fn run(w: &World, n: usize) -> Result<Query> {
             .await?;
     let store = TimelineStore {
         pool: w.db.clone(),
+        tail_pool: w.db.clone(),
         live: Live::fixed(table, generation),
     };
     let now = Utc::now().duration_trunc(TimeDelta::hours(1))?;

@@ -40,6 +40,9 @@ impl Live {
 #[derive(Clone, Debug)]
 pub struct TimelineStore {
     pub pool: PgPool,
+    /// Open tails read here, so that a thousand of them never take ingest's or queries'
+    /// connections (the same pool as `pool` unless [`TimelineStore::with_tail_pool`]).
+    pub tail_pool: PgPool,
     pub live: Live,
 }
 
@@ -56,9 +59,16 @@ impl TimelineStore {
                 .await?;
         ddl::create_table(&mut conn, &table).await?;
         Ok(Self {
+            tail_pool: pool.clone(),
             pool,
             live: Live(Arc::new(RwLock::new((table, generation)))),
         })
+    }
+
+    /// Tails read on `pool` from now on.
+    pub fn with_tail_pool(mut self, pool: PgPool) -> Self {
+        self.tail_pool = pool;
+        self
     }
 }
 

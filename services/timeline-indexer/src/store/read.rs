@@ -67,7 +67,12 @@ pub struct TailCursor {
 
 /// Opens a reader transaction for `tenant`.
 pub async fn reader<'a>(store: &TimelineStore, tenant: &str) -> Result<Transaction<'a, Postgres>> {
-    let mut tx = store.pool.begin().await?;
+    reader_on(&store.pool, tenant).await
+}
+
+/// [`reader`] on a given pool (the tails').
+pub async fn reader_on<'a>(pool: &sqlx::PgPool, tenant: &str) -> Result<Transaction<'a, Postgres>> {
+    let mut tx = pool.begin().await?;
     sqlx::query("SET LOCAL ROLE keel_timeline_reader")
         .execute(&mut *tx)
         .await?;
@@ -178,10 +183,19 @@ impl TimelineStore {
     /// The position a tail "from now" starts after.
     /// Whether the tenant's timeline may no longer be tailed (suspended, or being deleted).
     pub async fn tenant_suspended(&self, tenant: &str) -> Result<bool> {
+        self.suspended_on(&self.pool, tenant).await
+    }
+
+    /// [`TimelineStore::tenant_suspended`], asked by an open tail (on the tails' pool).
+    pub async fn tail_tenant_suspended(&self, tenant: &str) -> Result<bool> {
+        self.suspended_on(&self.tail_pool, tenant).await
+    }
+
+    async fn suspended_on(&self, pool: &sqlx::PgPool, tenant: &str) -> Result<bool> {
         let suspended: Option<bool> =
             sqlx::query_scalar("SELECT suspended FROM tenant_policies WHERE tenant_id = $1")
                 .bind(tenant)
-                .fetch_optional(&self.pool)
+                .fetch_optional(pool)
                 .await?;
         Ok(suspended.unwrap_or(false))
     }
@@ -220,7 +234,7 @@ impl TimelineStore {
     ) -> Result<Vec<StoredRow>> {
         let (table, _) = self.live.get();
         ddl::check_name(&table)?;
-        let mut tx = reader(self, tenant).await?;
+        let mut tx = reader_on(&self.tail_pool, tenant).await?;
         let mut qb: QueryBuilder<Postgres> =
             QueryBuilder::new(format!("SELECT {COLUMNS} FROM {table} WHERE tenant_id = "));
         qb.push_bind(tenant.to_owned());

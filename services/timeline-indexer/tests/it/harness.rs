@@ -25,7 +25,12 @@ pub struct Mesh {
 
 impl Mesh {
     pub async fn start() -> Mesh {
-        let e2e = E2e::builder().timeline(&[]).start().await;
+        Self::start_with(&[]).await
+    }
+
+    /// [`Mesh::start`] with extra environment for the timeline.
+    pub async fn start_with(env: &[(&str, &str)]) -> Mesh {
+        let e2e = E2e::builder().timeline(env).start().await;
         Mesh {
             bus: e2e.bus.clone(),
             pool: e2e.pool_of(Part::Timeline).await,

@@ -196,3 +196,36 @@ async fn one_tenant_holds_at_most_n_tails_and_others_are_unaffected() {
     .await;
     mesh.cleanup().await;
 }
+
+/// New rows reach an open tail from the projection (PostgreSQL NOTIFY at commit), not by
+/// polling: with the fallback read an hour away, a tail still gets every row as it commits.
+#[tokio::test]
+async fn an_idle_tail_is_woken_by_the_projection_not_by_polling() {
+    let mesh = Mesh::start_with(&[("KEEL_TIMELINE_TAIL_FALLBACK_SECS", "3600")]).await;
+    let t = mesh.create_tenant(&slug()).await;
+    let reader = mesh.reader(&t.id).await;
+    let mut tl = mesh.timeline(&reader).await;
+    let mut stream = tl
+        .tail_timeline(pb::TailTimelineRequest {
+            tenant_id: t.id.clone(),
+            query: "kind:provisioning.*".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for round in 1..=3 {
+        let e = envelope(
+            &t.id,
+            "provisioning",
+            "StepSucceeded",
+            round,
+            json!({"round": round}),
+            None,
+        );
+        mesh.publish(&e).await;
+        let got = next(&mut stream).await.event.unwrap();
+        assert_eq!(got.event_id, e.id.to_string(), "round {round}");
+    }
+    mesh.cleanup().await;
+}
