@@ -21,12 +21,15 @@ pub fn channel(schema: &str) -> String {
     format!("keel_tail_{schema}")
 }
 
+/// Each tenant's open tails: (slot id, wake-up).
+type Open = HashMap<String, Vec<(u64, Arc<Notify>)>>;
+
 /// Open tails per tenant, each with its wake-up.
 #[derive(Debug)]
 pub struct TailSlots {
     pub max: usize,
     next: AtomicU64,
-    open: std::sync::Mutex<HashMap<String, Vec<(u64, Arc<Notify>)>>>,
+    open: std::sync::Mutex<Open>,
 }
 
 /// One open tail; its slot is given back when it is dropped.
@@ -47,7 +50,7 @@ impl TailSlots {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<(u64, Arc<Notify>)>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Open> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
