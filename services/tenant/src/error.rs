@@ -21,6 +21,8 @@ pub enum Error {
     Unauthenticated(&'static str),
     #[error("{0}")]
     Precondition(String),
+    #[error(transparent)]
+    Key(#[from] crate::tokens::KeyRefusal),
     #[error("configuration: {0}")]
     Config(String),
     #[error("encryption failed")]
@@ -86,6 +88,12 @@ impl From<Error> for Status {
             Error::Conflict => status::aborted(e.to_string(), std::time::Duration::from_millis(100)),
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::Precondition(m) => status::failed_precondition("PRECONDITION", m),
+            Error::Key(k) => match k {
+                crate::tokens::KeyRefusal::NotFound => status::not_found("API key", ""),
+                crate::tokens::KeyRefusal::LastOperatorKey => {
+                    status::failed_precondition("LAST_OPERATOR_KEY", k.to_string())
+                }
+            },
             internal => status::internal(&internal),
         }
     }
