@@ -56,6 +56,15 @@ impl From<keel_auth::seal::SealError> for Error {
     }
 }
 
+impl From<keel_store::Error> for Error {
+    fn from(e: keel_store::Error) -> Self {
+        match e {
+            keel_store::Error::Database(e) => Error::Database(e),
+            other => Error::Store(other.to_string()),
+        }
+    }
+}
+
 impl From<keel_auth::AuthError> for Error {
     fn from(e: keel_auth::AuthError) -> Self {
         Error::Store(format!("signing: {e}"))

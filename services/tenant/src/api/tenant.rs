@@ -10,6 +10,7 @@ use super::convert::{role_from_pb, role_to_pb, status_from_name, tenant_to_pb, t
 use super::{Call, Shared};
 use crate::domain::{TenantCommand, TenantError, page, validate};
 use crate::error::{Error, Result};
+use crate::reader::TenantRead;
 use crate::store::Reservation;
 
 pub struct TenantApi(pub Shared);
@@ -22,6 +23,15 @@ impl TenantApi {
     async fn tenant(&self, tenant_id: &str) -> Result<pb::Tenant, Status> {
         let (t, v) = self.0.load_existing(tenant_id).await?;
         Ok(tenant_to_pb(&t, v, self.0.tables.created_at(tenant_id).await?))
+    }
+
+    /// As [`TenantApi::tenant`], read under row-level security as the tenant's reader.
+    async fn tenant_as_reader(&self, tenant_id: &str) -> Result<pb::Tenant, Status> {
+        let mut read = TenantRead::begin(self.0.store.pool(), tenant_id).await?;
+        let (t, v) = read.tenant().await?;
+        let created_at = read.created_at().await?;
+        read.finish().await?;
+        Ok(tenant_to_pb(&t, v, created_at))
     }
 
     /// The common shape of a lifecycle call: resolve, authorize, execute, answer.
@@ -116,7 +126,7 @@ impl TenantService for TenantApi {
         self.0
             .authorize(&call, scopes::TENANT_READ, &tenant_id, "get")
             .await?;
-        Ok(Response::new(self.tenant(&tenant_id).await?))
+        Ok(Response::new(self.tenant_as_reader(&tenant_id).await?))
     }
 
     async fn list_tenants(
@@ -148,11 +158,17 @@ impl TenantService for TenantApi {
             principal.require(scopes::TENANT_READ, &principal.claims.tenant)?;
             Some(principal.claims.tenant.clone())
         };
-        let rows = self
-            .0
-            .tables
-            .list(only, status, after, i64::from(size) + 1)
-            .await?;
+        let limit = i64::from(size) + 1;
+        let rows = match only {
+            // One tenant's row: read as its reader, under row-level security.
+            Some(tenant) => {
+                let mut read = TenantRead::begin(self.0.store.pool(), &tenant).await?;
+                let rows = read.view(status, after, limit).await?;
+                read.finish().await?;
+                rows
+            }
+            None => self.0.tables.list(None, status, after, limit).await?,
+        };
         let more = rows.len() > size as usize;
         let tenants: Vec<pb::Tenant> = rows
             .into_iter()
@@ -376,8 +392,10 @@ impl TenantService for TenantApi {
         self.0
             .authorize(&call, scopes::TENANT_READ, &tenant_id, "member-list")
             .await?;
-        let (tenant, _) = self.0.load_existing(&tenant_id).await?;
-        let key = self.0.data_keys.get(&tenant_id).await?;
+        let mut read = TenantRead::begin(self.0.store.pool(), &tenant_id).await?;
+        let (tenant, _) = read.tenant().await?;
+        let key = read.data_key(&self.0.data_keys).await?;
+        read.finish().await?;
         let (members, next) = page::of_map(&tenant.members, after.as_deref(), size as usize);
         let members = members
             .into_iter()

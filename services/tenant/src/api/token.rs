@@ -12,6 +12,7 @@ use super::convert::timestamp;
 use super::{Call, Shared};
 use crate::domain::{Status as TenantStatus, TenantCommand, page, validate};
 use crate::error::Error;
+use crate::reader::TenantRead;
 use crate::tokens::{self, DEFAULT_TTL_SECS, KeyGrant, KeyRefusal, KeyRow, MAX_TTL_SECS};
 
 pub struct TokenApi(pub Shared);
@@ -377,8 +378,16 @@ impl TokenService for TokenApi {
             None => self.0.authorize_operator(&call, "*", "key-list").await?,
         }
         let limit = i64::from(size) + 1;
-        let rows =
-            tokens::ApiKeys::list(self.0.api_keys.pool(), tenant.as_deref(), after.as_deref(), limit).await?;
+        let rows = match &tenant {
+            // One tenant's keys: read as its reader, under row-level security.
+            Some(t) => {
+                let mut read = TenantRead::begin(self.0.store.pool(), t).await?;
+                let rows = read.api_keys(after.as_deref(), limit).await?;
+                read.finish().await?;
+                rows
+            }
+            None => tokens::ApiKeys::list(self.0.api_keys.pool(), None, after.as_deref(), limit).await?,
+        };
         let (rows, next) = page::of_rows(rows, size as usize, |k| &k.key_id);
         Ok(Response::new(pb::ListApiKeysResponse {
             keys: rows.into_iter().map(key_pb).collect(),

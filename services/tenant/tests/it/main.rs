@@ -4,6 +4,7 @@
 mod auth;
 mod harness;
 mod input;
+mod isolation;
 mod keys;
 mod lifecycle;
 mod logs;
