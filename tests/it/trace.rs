@@ -73,6 +73,7 @@ async fn a_created_tenant_becomes_active_under_one_trace_across_the_mesh() {
                     .trace_events(pb::TraceEventsRequest {
                         tenant_id: id,
                         trace_id: trace,
+                        page: None,
                     })
                     .await
                     .ok()?

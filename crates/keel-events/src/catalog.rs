@@ -79,6 +79,7 @@ pub static CATALOG: &[EventType] = &[
     event_type!("tenant", "LicenseIssued", 1),
     event_type!("tenant", "ServiceAccountCreated", 1),
     event_type!("tenant", "ApiKeyIssued", 1),
+    event_type!("tenant", "ApiKeyRevoked", 1),
     // provisioning: one saga run per tenant lifecycle event
     event_type!("provisioning", "ProvisioningStarted", 1),
     event_type!("provisioning", "StepStarted", 1),

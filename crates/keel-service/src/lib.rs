@@ -130,25 +130,39 @@ impl Assembly {
         schema: &str,
         migrator: sqlx::migrate::Migrator,
     ) -> anyhow::Result<Database> {
+        let db = self.connect(schema).await?;
+        self.migrate(&db, migrator).await?;
+        Ok(db)
+    }
+
+    async fn connect(&mut self, schema: &str) -> anyhow::Result<Database> {
         let db = Database::connect(&self.rt.config.database_url, schema, 16)
             .await
             .context("database")?;
-        db.migrate(migrator)
-            .await
-            .with_context(|| format!("{} migrations", self.name()))?;
         self.add_health(|h| h.with_postgres(db.pool().clone()));
         Ok(db)
     }
 
-    /// For a service with aggregates: its schema (as [`Assembly::database`]) and the event store
-    /// in it, with the outbox relay running until shutdown.
+    async fn migrate(&self, db: &Database, migrator: sqlx::migrate::Migrator) -> anyhow::Result<()> {
+        db.migrate(migrator)
+            .await
+            .with_context(|| format!("{} migrations", self.name()))
+    }
+
+    /// For a service with aggregates: its schema, the event store in it, then the service's own
+    /// `migrator` (after the event store's, so that its migrations may refer to `events`, e.g. to
+    /// put row-level security on it), with the outbox relay running until shutdown.
     pub async fn event_sourced(
         &mut self,
         schema: &str,
         migrator: sqlx::migrate::Migrator,
     ) -> anyhow::Result<(Database, Store)> {
-        let db = self.database(schema, migrator).await?;
-        let store = self.event_store(&db).await?;
+        let db = self.connect(schema).await?;
+        let store = Store::open(&db, &self.rt.config.service)
+            .await
+            .context("event store")?;
+        self.migrate(&db, migrator).await?;
+        self.spawn_relay(&store);
         Ok((db, store))
     }
 
@@ -157,9 +171,13 @@ impl Assembly {
         let store = Store::open(db, &self.rt.config.service)
             .await
             .context("event store")?;
-        let relay = Relay::spawn(&store, self.bus.clone(), self.stop_token());
-        self.spawn("relay", async move { Ok(relay.join().await?) });
+        self.spawn_relay(&store);
         Ok(store)
+    }
+
+    fn spawn_relay(&mut self, store: &Store) {
+        let relay = Relay::spawn(store, self.bus.clone(), self.stop_token());
+        self.spawn("relay", async move { Ok(relay.join().await?) });
     }
 
     /// Runs `projection` on `pool` from `config`'s stream until shutdown.

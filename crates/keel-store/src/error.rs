@@ -10,6 +10,16 @@ pub enum Error {
     Bus(#[from] keel_bus::Error),
     #[error("invalid schema name {0:?}: use [a-z_][a-z0-9_]{{0,62}}")]
     InvalidSchema(String),
+    #[error("invalid role name {0:?}: use [a-z_][a-z0-9_]{{0,62}}")]
+    InvalidName(String),
+    #[error("a reader needs one tenant id, not {0:?}")]
+    InvalidTenant(String),
+    #[error("event {sequence} of {aggregate_id} cannot be read: {reason}")]
+    Decode {
+        aggregate_id: String,
+        sequence: i64,
+        reason: String,
+    },
     #[error("event metadata lacks {0}")]
     MissingMetadata(&'static str),
     #[error("event {event_id} cannot be enveloped: {reason}")]
@@ -27,6 +37,9 @@ impl Error {
             Error::Bus(e) => e.is_retryable(),
             Error::Migrate(_)
             | Error::InvalidSchema(_)
+            | Error::InvalidName(_)
+            | Error::InvalidTenant(_)
+            | Error::Decode { .. }
             | Error::MissingMetadata(_)
             | Error::Envelope { .. } => false,
             Error::Projection { .. } => true,

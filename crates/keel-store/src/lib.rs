@@ -15,6 +15,7 @@ pub mod metadata;
 pub mod projection;
 pub mod relay;
 pub mod repository;
+pub mod rls;
 #[cfg(feature = "testing")]
 pub mod testing;
 

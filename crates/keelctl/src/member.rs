@@ -17,8 +17,19 @@ pub enum MemberCommand {
         #[arg(long, value_enum)]
         role: RoleArg,
     },
-    /// List a tenant's members.
-    List { tenant: String },
+    /// List a tenant's members, in id order.
+    List {
+        tenant: String,
+        /// 1-500 (server default 50).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=500))]
+        page_size: Option<u32>,
+        /// Continue from a previous page.
+        #[arg(long, conflicts_with = "all")]
+        page_token: Option<String>,
+        /// Follow page tokens until every member is listed.
+        #[arg(long)]
+        all: bool,
+    },
     /// Remove a member (the last owner cannot be removed).
     Remove {
         tenant: String,
@@ -79,6 +90,8 @@ impl From<pb::Member> for MemberView {
 #[derive(Serialize)]
 struct MemberList {
     members: Vec<MemberView>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    next_page_token: String,
 }
 
 #[derive(Serialize)]
@@ -106,18 +119,41 @@ pub async fn run(cmd: MemberCommand, conn: &ConnectionArgs, format: Format) -> a
             })
             .await?
         }
-        MemberCommand::List { tenant } => {
-            let members = api
-                .list_members(pb::ListMembersRequest {
-                    tenant: Some(tenant_ref(&tenant)),
-                })
-                .await?
-                .into_inner()
-                .members;
-            let mut list = MemberList {
-                members: members.into_iter().map(MemberView::from).collect(),
+        MemberCommand::List {
+            tenant,
+            page_size,
+            page_token,
+            all,
+        } => {
+            let mut members = Vec::new();
+            let mut token = page_token.unwrap_or_default();
+            loop {
+                let resp = api
+                    .list_members(pb::ListMembersRequest {
+                        tenant: Some(tenant_ref(&tenant)),
+                        page: Some(pb::PageRequest {
+                            page_size: page_size.unwrap_or(0),
+                            page_token: token.clone(),
+                        }),
+                    })
+                    .await?
+                    .into_inner();
+                members.extend(resp.members.into_iter().map(MemberView::from));
+                let next = resp.page.map(|p| p.next_page_token).unwrap_or_default();
+                // A server handing back the same token would loop forever.
+                anyhow::ensure!(
+                    next.is_empty() || next != token,
+                    "the service repeated a page token"
+                );
+                token = next;
+                if !all || token.is_empty() {
+                    break;
+                }
+            }
+            let list = MemberList {
+                members,
+                next_page_token: token,
             };
-            list.members.sort_by(|a, b| a.id.cmp(&b.id));
             return print_list(list, format);
         }
         MemberCommand::Remove { tenant, member } => {
@@ -159,5 +195,9 @@ fn print_list(list: MemberList, format: Format) -> anyhow::Result<()> {
     for m in list.members {
         table.row(vec![m.id, or_dash(Some(&m.email)), m.role]);
     }
-    output::emit(&table.render())
+    output::emit(&table.render())?;
+    if !list.next_page_token.is_empty() {
+        eprintln!("more members: --page-token {} (or --all)", list.next_page_token);
+    }
+    Ok(())
 }

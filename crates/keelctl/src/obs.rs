@@ -10,6 +10,9 @@ use crate::output::{self, Format, Table, or_dash};
 use crate::timeline::view::{self, EventView};
 use crate::timeline::{Api, call};
 
+/// Events per TraceEvents call (the timeline's maximum page).
+const TRACE_PAGE: u32 = 1000;
+
 #[derive(Subcommand)]
 pub enum ObsCommand {
     /// The events of one trace, across services, with offsets from the first (+0ms, +12ms…).
@@ -42,15 +45,34 @@ pub async fn run(cmd: ObsCommand, conn: &ConnectionArgs, format: Format) -> anyh
     let ObsCommand::Trace { trace_id, tenant } = cmd;
     let mut api = Api::connect(conn).await?;
     let tenant_id = api.tenant_id(&tenant).await?;
-    let resp = api
-        .timeline
-        .trace_events(call(pb::TraceEventsRequest {
-            tenant_id,
-            trace_id: trace_id.clone(),
-        }))
-        .await?
-        .into_inner();
-    let events: Vec<EventView> = resp.events.into_iter().map(EventView::from).collect();
+    // The whole trace: every page, in causal order.
+    let mut events: Vec<EventView> = Vec::new();
+    let mut token = String::new();
+    loop {
+        let resp = api
+            .timeline
+            .trace_events(call(pb::TraceEventsRequest {
+                tenant_id: tenant_id.clone(),
+                trace_id: trace_id.clone(),
+                page: Some(pb::PageRequest {
+                    page_size: TRACE_PAGE,
+                    page_token: token.clone(),
+                }),
+            }))
+            .await?
+            .into_inner();
+        events.extend(resp.events.into_iter().map(EventView::from));
+        let next = resp.page.map(|p| p.next_page_token).unwrap_or_default();
+        // A server handing back the same token would loop forever.
+        anyhow::ensure!(
+            next.is_empty() || next != token,
+            "the service repeated a page token"
+        );
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
     let start = events.first().and_then(|e| e.time);
     let events = events
         .into_iter()

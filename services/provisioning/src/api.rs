@@ -90,10 +90,49 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Error::internal(e).into()
 }
 
+/// The NOLOGIN role of the provisioning service's tenant-scoped reads (migration
+/// `20261210300001_row_level_security.sql`).
+pub const READER_ROLE: &str = "keel_provisioning_reader";
+
+/// (run id, kind) of a tenant's runs, newest first.
+type RunRow = (String, String);
+
 impl ProvisioningApi {
     async fn run_pb(&self, run_id: &str, tenant_id: &str, kind: &str) -> Result<pb::ProvisioningRun, Status> {
         let run = self.executor.load(run_id).await.map_err(internal)?;
         Ok(run_to_pb(&run, run_id, tenant_id, kind))
+    }
+
+    /// Up to `limit` runs of `tenant` (after the run id `after`) with their state, read in one
+    /// transaction as the tenant's reader: row-level security shows it nothing of another tenant.
+    async fn tenant_runs(
+        &self,
+        tenant: &str,
+        after: Option<String>,
+        limit: i64,
+    ) -> Result<Vec<pb::ProvisioningRun>, Status> {
+        let mut tx = keel_store::rls::reader(self.executor.store.pool(), READER_ROLE, tenant)
+            .await
+            .map_err(internal)?;
+        let rows: Vec<RunRow> = sqlx::query_as(
+            "SELECT run_id, kind FROM run_requests WHERE tenant_id = $1 \
+             AND ($2::text IS NULL OR run_id < $2) ORDER BY run_id DESC LIMIT $3",
+        )
+        .bind(tenant)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(internal)?;
+        let mut runs = Vec::with_capacity(rows.len());
+        for (run_id, kind) in &rows {
+            let (run, _) = keel_store::rls::load::<Run>(&mut tx, run_id)
+                .await
+                .map_err(internal)?;
+            runs.push(run_to_pb(&run, run_id, tenant, kind));
+        }
+        tx.commit().await.map_err(internal)?;
+        Ok(runs)
     }
 }
 
@@ -116,14 +155,22 @@ impl ProvisioningService for ProvisioningApi {
             &tenant,
         )
         .await?;
-        let row: Option<(String, String)> =
+        // Read as the tenant's reader: its latest request and the run's events, nothing else.
+        let mut tx = keel_store::rls::reader(self.executor.store.pool(), READER_ROLE, &tenant)
+            .await
+            .map_err(internal)?;
+        let row: Option<RunRow> =
             sqlx::query_as("SELECT run_id, kind FROM run_requests WHERE tenant_id = $1 ORDER BY requested_at DESC, run_id DESC LIMIT 1")
                 .bind(&tenant)
-                .fetch_optional(self.executor.store.pool())
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(internal)?;
         let (run_id, kind) = row.ok_or_else(|| Status::from(Error::NotFound("provisioning run")))?;
-        Ok(Response::new(self.run_pb(&run_id, &tenant, &kind).await?))
+        let (run, _) = keel_store::rls::load::<Run>(&mut tx, &run_id)
+            .await
+            .map_err(internal)?;
+        tx.commit().await.map_err(internal)?;
+        Ok(Response::new(run_to_pb(&run, &run_id, &tenant, &kind)))
     }
 
     async fn list_runs(
@@ -165,21 +212,29 @@ impl ProvisioningService for ProvisioningApi {
                 .and_then(|b| String::from_utf8(b).ok());
             Some(raw.ok_or_else(|| invalid("page.page_token", "is not a token this service issued"))?)
         };
-        let rows: Vec<(String, String, String)> = sqlx::query_as(
-            "SELECT run_id, tenant_id, kind FROM run_requests WHERE ($1::text IS NULL OR tenant_id = $1) \
-             AND ($2::text IS NULL OR run_id < $2) ORDER BY run_id DESC LIMIT $3",
-        )
-        .bind(tenant)
-        .bind(after)
-        .bind(i64::from(size) + 1)
-        .fetch_all(self.executor.store.pool())
-        .await
-        .map_err(internal)?;
-        let more = rows.len() > size as usize;
-        let mut runs = Vec::new();
-        for (run_id, tenant_id, kind) in rows.iter().take(size as usize) {
-            runs.push(self.run_pb(run_id, tenant_id, kind).await?);
-        }
+        let limit = i64::from(size) + 1;
+        let mut runs = match tenant {
+            Some(tenant) => self.tenant_runs(&tenant, after, limit).await?,
+            // Every tenant's runs: operator-wide, as the service's own login.
+            None => {
+                let rows: Vec<(String, String, String)> = sqlx::query_as(
+                    "SELECT run_id, tenant_id, kind FROM run_requests WHERE ($1::text IS NULL OR run_id < $1) \
+                     ORDER BY run_id DESC LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(self.executor.store.pool())
+                .await
+                .map_err(internal)?;
+                let mut runs = Vec::with_capacity(rows.len());
+                for (run_id, tenant_id, kind) in &rows {
+                    runs.push(self.run_pb(run_id, tenant_id, kind).await?);
+                }
+                runs
+            }
+        };
+        let more = runs.len() > size as usize;
+        runs.truncate(size as usize);
         let next = if more {
             runs.last().map(|r| B64URL.encode(&r.run_id)).unwrap_or_default()
         } else {

@@ -97,10 +97,19 @@ impl DataKeys {
 
     /// The tenant's key, or `None` once it has been destroyed.
     pub async fn get(&self, tenant_id: &str) -> Result<Option<DataKey>> {
+        self.get_on(&self.pool, tenant_id).await
+    }
+
+    /// As [`DataKeys::get`], read on `conn` (a tenant's reader transaction).
+    pub async fn get_on<'c, E: sqlx::PgExecutor<'c>>(
+        &self,
+        conn: E,
+        tenant_id: &str,
+    ) -> Result<Option<DataKey>> {
         let row: Option<(String, Vec<u8>)> =
             sqlx::query_as("SELECT key_id, wrapped_key FROM tenant_data_keys WHERE tenant_id = $1")
                 .bind(tenant_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(conn)
                 .await?;
         let Some((key_id, wrapped)) = row else {
             return Ok(None);

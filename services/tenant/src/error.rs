@@ -21,6 +21,8 @@ pub enum Error {
     Unauthenticated(&'static str),
     #[error("{0}")]
     Precondition(String),
+    #[error(transparent)]
+    Key(#[from] crate::tokens::KeyRefusal),
     #[error("configuration: {0}")]
     Config(String),
     #[error("encryption failed")]
@@ -50,6 +52,15 @@ impl From<keel_auth::seal::SealError> for Error {
         match e {
             keel_auth::seal::SealError::BadKey(m) => Error::Config(m),
             _ => Error::Crypto,
+        }
+    }
+}
+
+impl From<keel_store::Error> for Error {
+    fn from(e: keel_store::Error) -> Self {
+        match e {
+            keel_store::Error::Database(e) => Error::Database(e),
+            other => Error::Store(other.to_string()),
         }
     }
 }
@@ -86,6 +97,12 @@ impl From<Error> for Status {
             Error::Conflict => status::aborted(e.to_string(), std::time::Duration::from_millis(100)),
             Error::Unauthenticated(m) => Status::unauthenticated(m),
             Error::Precondition(m) => status::failed_precondition("PRECONDITION", m),
+            Error::Key(k) => match k {
+                crate::tokens::KeyRefusal::NotFound => status::not_found("API key", ""),
+                crate::tokens::KeyRefusal::LastOperatorKey => {
+                    status::failed_precondition("LAST_OPERATOR_KEY", k.to_string())
+                }
+            },
             internal => status::internal(&internal),
         }
     }

@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod projection;
+pub mod reader;
 pub mod signing;
 pub mod store;
 pub mod tokens;

@@ -30,10 +30,18 @@ impl TenantTables {
 
     /// When the tenant was created (its reservation), if it was.
     pub async fn created_at(&self, tenant_id: &str) -> Result<Option<DateTime<Utc>>> {
+        Self::created_at_on(&self.pool, tenant_id).await
+    }
+
+    /// As [`TenantTables::created_at`], read on `conn` (a tenant's reader transaction).
+    pub async fn created_at_on<'c, E: sqlx::PgExecutor<'c>>(
+        conn: E,
+        tenant_id: &str,
+    ) -> Result<Option<DateTime<Utc>>> {
         Ok(
             sqlx::query_scalar("SELECT created_at FROM tenant_creates WHERE tenant_id = $1")
                 .bind(tenant_id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(conn)
                 .await?,
         )
     }
@@ -85,6 +93,17 @@ impl TenantTables {
         after: Option<String>,
         limit: i64,
     ) -> Result<Vec<ViewRow>> {
+        Self::list_on(&self.pool, only, status, after, limit).await
+    }
+
+    /// As [`TenantTables::list`], read on `conn` (a tenant's reader transaction for one tenant).
+    pub async fn list_on<'c, E: sqlx::PgExecutor<'c>>(
+        conn: E,
+        only: Option<String>,
+        status: Option<String>,
+        after: Option<String>,
+        limit: i64,
+    ) -> Result<Vec<ViewRow>> {
         Ok(sqlx::query_as(
             "SELECT tenant_id, slug, name, tier, status, status_reason, created_at, version FROM tenants_view \
              WHERE ($1::text IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR tenant_id > $3) \
@@ -94,7 +113,7 @@ impl TenantTables {
         .bind(status)
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(conn)
         .await?)
     }
 }

@@ -19,7 +19,7 @@ use crate::domain::filter::invalid;
 use crate::domain::{Filter, TimeRange, query};
 use crate::error::{Error, Result};
 use crate::indexer::Indexer;
-use crate::store::read::{StoredRow, TailCursor};
+use crate::store::read::{StoredRow, TailCursor, TraceKey};
 pub use crate::tails::TailSlots;
 
 pub const MAX_PAGE: u32 = 1000;
@@ -132,6 +132,49 @@ fn parse_page_token(t: &str) -> Result<Option<(DateTime<Utc>, Uuid)>> {
     Ok(Some((ts, id.parse().map_err(|_| bad())?)))
 }
 
+fn trace_token(k: TraceKey) -> String {
+    B64URL.encode(format!(
+        "{}:{}:{}",
+        k.ts.timestamp_micros(),
+        k.sequence,
+        k.event_id
+    ))
+}
+
+fn parse_trace_token(t: &str) -> Result<Option<TraceKey>> {
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Error::from(invalid("page.page_token", "is not a token this service issued"));
+    if t.len() > 256 {
+        return Err(bad());
+    }
+    let raw = String::from_utf8(B64URL.decode(t).map_err(|_| bad())?).map_err(|_| bad())?;
+    let mut parts = raw.splitn(3, ':');
+    let mut next = || parts.next().ok_or_else(bad);
+    let ts = next()?
+        .parse::<i64>()
+        .ok()
+        .and_then(|m| Utc.timestamp_micros(m).single())
+        .ok_or_else(bad)?;
+    let sequence = next()?.parse::<u64>().map_err(|_| bad())?;
+    let event_id = next()?.parse::<Uuid>().map_err(|_| bad())?;
+    Ok(Some(TraceKey {
+        ts,
+        sequence,
+        event_id,
+    }))
+}
+
+/// A request's page size: 0 is the default, above `MAX_PAGE` is refused naming the field.
+fn page_size(page: &pb::PageRequest) -> Result<u32> {
+    match page.page_size {
+        0 => Ok(DEFAULT_PAGE),
+        s if s <= MAX_PAGE => Ok(s),
+        _ => Err(invalid("page.page_size", format!("must be at most {MAX_PAGE}")).into()),
+    }
+}
+
 fn cursor_token(c: TailCursor) -> String {
     B64URL.encode(format!("{}:{}:{}", c.generation, c.tx_id, c.seq))
 }
@@ -179,15 +222,7 @@ impl TimelineService for TimelineApi {
         let range = TimeRange::new(from, to, last, Utc::now()).map_err(Error::from)?;
         let filter = filter_of(r.filter.as_ref(), &r.query)?;
         let page = r.page.clone().unwrap_or_default();
-        let size = match page.page_size {
-            0 => DEFAULT_PAGE,
-            s if s <= MAX_PAGE => s,
-            _ => {
-                return Err(
-                    Error::from(invalid("page.page_size", format!("must be at most {MAX_PAGE}"))).into(),
-                );
-            }
-        };
+        let size = page_size(&page)?;
         let after = parse_page_token(&page.page_token)?;
         self.authorize(&req, &r.tenant_id, "timeline-query").await?;
         let rows = self
@@ -239,14 +274,26 @@ impl TimelineService for TimelineApi {
         Filter::default()
             .set_trace("trace_id", &r.trace_id)
             .map_err(Error::from)?;
+        let page = r.page.clone().unwrap_or_default();
+        let size = page_size(&page)?;
+        let after = parse_trace_token(&page.page_token)?;
         self.authorize(&req, &r.tenant_id, "timeline-trace").await?;
         let rows = self
             .indexer
             .store
-            .trace(&r.tenant_id, &r.trace_id, i64::from(MAX_PAGE))
+            .trace(&r.tenant_id, &r.trace_id, after, i64::from(size) + 1)
             .await?;
+        let more = rows.len() > size as usize;
+        let rows = &rows[..rows.len().min(size as usize)];
+        let next = match rows.last() {
+            Some(last) if more => trace_token(TraceKey::of(last)),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::TraceEventsResponse {
             events: rows.iter().map(|r| to_pb(r, false)).collect(),
+            page: Some(pb::PageInfo {
+                next_page_token: next,
+            }),
         }))
     }
 
@@ -393,6 +440,24 @@ mod tests {
         assert!(parse_cursor("nope").is_err());
         assert!(parse_page_token("!!").is_err());
         assert_eq!(parse_page_token("").unwrap(), None);
+        let k = TraceKey {
+            ts: Utc.timestamp_micros(1_764_000_000_123_456).unwrap(),
+            sequence: u64::MAX,
+            event_id: Uuid::now_v7(),
+        };
+        assert_eq!(parse_trace_token(&trace_token(k)).unwrap(), Some(k));
+        assert_eq!(parse_trace_token("").unwrap(), None);
+        for bad in [
+            "!!".to_owned(),
+            B64URL.encode("1:2"),
+            B64URL.encode("x:1:00000000-0000-0000-0000-000000000000"),
+            B64URL.encode("1:-1:00000000-0000-0000-0000-000000000000"),
+            B64URL.encode("1:1:not-a-uuid"),
+            "A".repeat(4096),
+        ] {
+            let e = parse_trace_token(&bad).unwrap_err();
+            assert!(e.to_string().contains("page.page_token"), "{bad}: {e}");
+        }
     }
 
     #[test]

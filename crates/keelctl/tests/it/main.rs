@@ -7,3 +7,4 @@ mod input;
 mod license;
 mod tenant;
 mod timeline;
+mod token;

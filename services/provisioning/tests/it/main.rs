@@ -4,5 +4,6 @@
 mod failures;
 mod forgery;
 mod harness;
+mod isolation;
 mod lifecycle;
 mod projection;

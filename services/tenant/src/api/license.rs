@@ -10,6 +10,7 @@ use super::convert::{tier_to_pb, timestamp};
 use super::{Call, Core, Shared};
 use crate::domain::{TenantCommand, TenantError, Tier};
 use crate::error::Error;
+use crate::reader::TenantRead;
 use keel_tenancy::license::LicenseClaims;
 
 pub struct LicenseApi(pub Shared);
@@ -79,13 +80,9 @@ impl LicenseService for LicenseApi {
         self.0
             .authorize(&call, scopes::LICENSE_READ, &tenant_id, "license-get")
             .await?;
-        let row: Option<(String, String)> = sqlx::query_as(
-            "SELECT license_id, jwt FROM licenses WHERE tenant_id = $1 ORDER BY issued_at DESC LIMIT 1",
-        )
-        .bind(&tenant_id)
-        .fetch_optional(self.0.store.pool())
-        .await
-        .map_err(Error::from)?;
+        let mut read = TenantRead::begin(self.0.store.pool(), &tenant_id).await?;
+        let row = read.license().await?;
+        read.finish().await?;
         let (id, jwt) = row.ok_or(Error::NotFound("license"))?;
         let jwks = self.0.signing.jwks().await?;
         // Our own licenses always verify unless their key has aged out of the JWKS.

@@ -227,6 +227,15 @@ impl Core {
         Ok((t, v))
     }
 
+    /// Runs a command without auditing it: for calls that audit the outcome themselves, on
+    /// their own resource (a key revocation audits `api-key/<id>`).
+    pub async fn record(&self, call: &Call, tenant_id: &str, command: TenantCommand) -> Result<()> {
+        self.cqrs
+            .execute_with_metadata(tenant_id, command, call.metadata(tenant_id).into_map())
+            .await
+            .map_err(Error::from)
+    }
+
     /// Runs a command and audits its outcome.
     pub async fn execute(
         &self,

@@ -1,7 +1,5 @@
 //! TenantService: lifecycle and members.
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use keel_auth::scopes;
 use keel_bus::audit::AuditResult;
 use keel_proto::v1 as pb;
@@ -10,18 +8,30 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{role_from_pb, role_to_pb, status_from_name, tenant_to_pb, tier_from_pb};
 use super::{Call, Shared};
-use crate::domain::{TenantCommand, TenantError, validate};
+use crate::domain::{TenantCommand, TenantError, page, validate};
 use crate::error::{Error, Result};
+use crate::reader::TenantRead;
 use crate::store::Reservation;
 
 pub struct TenantApi(pub Shared);
 
+/// Page sizes of ListTenants and ListMembers: default 50, at most 500.
+const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 500;
 
 impl TenantApi {
     async fn tenant(&self, tenant_id: &str) -> Result<pb::Tenant, Status> {
         let (t, v) = self.0.load_existing(tenant_id).await?;
         Ok(tenant_to_pb(&t, v, self.0.tables.created_at(tenant_id).await?))
+    }
+
+    /// As [`TenantApi::tenant`], read under row-level security as the tenant's reader.
+    async fn tenant_as_reader(&self, tenant_id: &str) -> Result<pb::Tenant, Status> {
+        let mut read = TenantRead::begin(self.0.store.pool(), tenant_id).await?;
+        let (t, v) = read.tenant().await?;
+        let created_at = read.created_at().await?;
+        read.finish().await?;
+        Ok(tenant_to_pb(&t, v, created_at))
     }
 
     /// The common shape of a lifecycle call: resolve, authorize, execute, answer.
@@ -96,26 +106,6 @@ impl TenantApi {
     }
 }
 
-fn page_token(last: &str) -> String {
-    B64URL.encode(last.as_bytes())
-}
-
-fn parse_page_token(token: &str) -> Result<Option<String>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let invalid = || validate::Invalid {
-        field: "page.page_token",
-        reason: "is not a token this service issued".into(),
-    };
-    let bytes = B64URL.decode(token).map_err(|_| invalid())?;
-    let id = String::from_utf8(bytes).map_err(|_| invalid())?;
-    if !keel_events::subjects::is_valid_token(&id) {
-        return Err(invalid().into());
-    }
-    Ok(Some(id))
-}
-
 #[tonic::async_trait]
 impl TenantService for TenantApi {
     async fn create_tenant(
@@ -136,7 +126,7 @@ impl TenantService for TenantApi {
         self.0
             .authorize(&call, scopes::TENANT_READ, &tenant_id, "get")
             .await?;
-        Ok(Response::new(self.tenant(&tenant_id).await?))
+        Ok(Response::new(self.tenant_as_reader(&tenant_id).await?))
     }
 
     async fn list_tenants(
@@ -147,9 +137,9 @@ impl TenantService for TenantApi {
         let principal = call.principal()?;
         let r = req.get_ref();
         let page = r.page.clone().unwrap_or_default();
-        let size =
-            validate::page_size("page.page_size", page.page_size, 50, MAX_PAGE).map_err(Error::from)?;
-        let after = parse_page_token(&page.page_token)?;
+        let size = validate::page_size(page::SIZE_FIELD, page.page_size, DEFAULT_PAGE, MAX_PAGE)
+            .map_err(Error::from)?;
+        let after = page::parse_token(&page.page_token).map_err(Error::from)?;
         let status = match pb::TenantStatus::try_from(r.status) {
             Ok(pb::TenantStatus::Unspecified) => None,
             Ok(s) => Some(s.as_str_name().trim_start_matches("TENANT_STATUS_").to_owned()),
@@ -168,11 +158,17 @@ impl TenantService for TenantApi {
             principal.require(scopes::TENANT_READ, &principal.claims.tenant)?;
             Some(principal.claims.tenant.clone())
         };
-        let rows = self
-            .0
-            .tables
-            .list(only, status, after, i64::from(size) + 1)
-            .await?;
+        let limit = i64::from(size) + 1;
+        let rows = match only {
+            // One tenant's row: read as its reader, under row-level security.
+            Some(tenant) => {
+                let mut read = TenantRead::begin(self.0.store.pool(), &tenant).await?;
+                let rows = read.view(status, after, limit).await?;
+                read.finish().await?;
+                rows
+            }
+            None => self.0.tables.list(None, status, after, limit).await?,
+        };
         let more = rows.len() > size as usize;
         let tenants: Vec<pb::Tenant> = rows
             .into_iter()
@@ -195,7 +191,7 @@ impl TenantService for TenantApi {
             })
             .collect();
         let next = if more {
-            tenants.last().map(|t| page_token(&t.id)).unwrap_or_default()
+            tenants.last().map(|t| page::token(&t.id)).unwrap_or_default()
         } else {
             String::new()
         };
@@ -384,18 +380,25 @@ impl TenantService for TenantApi {
         req: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
         let call = Call::of(&req);
+        let r = req.get_ref();
+        let paging = r.page.clone().unwrap_or_default();
+        let size = validate::page_size(page::SIZE_FIELD, paging.page_size, DEFAULT_PAGE, MAX_PAGE)
+            .map_err(Error::from)?;
+        let after = page::parse_token(&paging.page_token).map_err(Error::from)?;
         let tenant_id = self
             .0
-            .resolve(&call, req.get_ref().tenant.as_ref(), scopes::TENANT_READ)
+            .resolve(&call, r.tenant.as_ref(), scopes::TENANT_READ)
             .await?;
         self.0
             .authorize(&call, scopes::TENANT_READ, &tenant_id, "member-list")
             .await?;
-        let (tenant, _) = self.0.load_existing(&tenant_id).await?;
-        let key = self.0.data_keys.get(&tenant_id).await?;
-        let members = tenant
-            .members
-            .iter()
+        let mut read = TenantRead::begin(self.0.store.pool(), &tenant_id).await?;
+        let (tenant, _) = read.tenant().await?;
+        let key = read.data_key(&self.0.data_keys).await?;
+        read.finish().await?;
+        let (members, next) = page::of_map(&tenant.members, after.as_deref(), size as usize);
+        let members = members
+            .into_iter()
             .map(|(id, m)| pb::Member {
                 id: id.clone(),
                 tenant_id: tenant_id.clone(),
@@ -407,7 +410,12 @@ impl TenantService for TenantApi {
                 role: role_to_pb(m.role) as i32,
             })
             .collect();
-        Ok(Response::new(pb::ListMembersResponse { members }))
+        Ok(Response::new(pb::ListMembersResponse {
+            members,
+            page: Some(pb::PageInfo {
+                next_page_token: next,
+            }),
+        }))
     }
 
     async fn change_member_role(

@@ -6,10 +6,14 @@ use keel_proto::v1 as pb;
 use keel_proto::v1::token_service_server::TokenService;
 use tonic::{Request, Response, Status};
 
+use keel_bus::audit::{AuditResult, PLATFORM_TENANT};
+
+use super::convert::timestamp;
 use super::{Call, Shared};
-use crate::domain::{Status as TenantStatus, TenantCommand, validate};
+use crate::domain::{Status as TenantStatus, TenantCommand, page, validate};
 use crate::error::Error;
-use crate::tokens::{self, DEFAULT_TTL_SECS, KeyGrant, MAX_TTL_SECS};
+use crate::reader::TenantRead;
+use crate::tokens::{self, DEFAULT_TTL_SECS, KeyGrant, KeyRefusal, KeyRow, MAX_TTL_SECS};
 
 pub struct TokenApi(pub Shared);
 
@@ -23,6 +27,29 @@ const EXCHANGE_PER_ADDRESS: keel_auth::TierLimits = keel_auth::TierLimits {
     per_second: 50,
     burst: 100,
 };
+
+/// Page sizes of ListApiKeys: default 50, at most 500.
+const DEFAULT_KEY_PAGE: u32 = 50;
+const MAX_KEY_PAGE: u32 = 500;
+
+/// The audit subject of a key's tenant (`*`: the platform's).
+fn audit_tenant(tenant_id: &str) -> &str {
+    match tenant_id {
+        "*" => PLATFORM_TENANT,
+        t => t,
+    }
+}
+
+fn key_pb(k: KeyRow) -> pb::ApiKey {
+    pb::ApiKey {
+        key_id: k.key_id,
+        account_id: k.account_id,
+        tenant_id: k.tenant_id,
+        scopes: k.scopes,
+        created_at: Some(timestamp(k.created_at)),
+        revoked_at: k.revoked_at.map(timestamp),
+    }
+}
 
 impl TokenApi {
     async fn mint(
@@ -254,6 +281,207 @@ impl TokenService for TokenApi {
             )
             .await;
         Ok(Response::new(token))
+    }
+
+    async fn create_operator_key(
+        &self,
+        req: Request<pb::CreateOperatorKeyRequest>,
+    ) -> Result<Response<pb::ServiceAccountCreated>, Status> {
+        let call = Call::of(&req);
+        let r = req.into_inner();
+        validate::account_name("name", &r.name).map_err(Error::from)?;
+        validate::scopes("scopes", &r.scopes).map_err(Error::from)?;
+        if !r.scopes.iter().any(|s| s == scopes::OPERATOR) {
+            return Err(Error::from(validate::Invalid {
+                field: "scopes",
+                reason: "an operator key needs the operator scope".into(),
+            })
+            .into());
+        }
+        self.0
+            .authorize_operator(&call, "*", "operator-key-create")
+            .await?;
+        // No escalation: an operator grants only scopes it holds itself.
+        let principal = call.principal()?;
+        if let Some(s) = r.scopes.iter().find(|s| !principal.claims.scopes.contains(s)) {
+            return Err(keel_runtime::status::permission_denied(
+                "MISSING_SCOPE",
+                format!("missing scope {s}"),
+            ));
+        }
+        let grant = KeyGrant {
+            key_id: format!("key_{}", uuid::Uuid::now_v7().simple()),
+            account_id: format!("sa_op-{}", r.name),
+            tenant_id: "*".into(),
+            scopes: r.scopes,
+        };
+        let secret = tokens::new_api_key();
+        let resource = format!("api-key/{}", grant.key_id);
+        if let Err(e) = self.0.api_keys.store(&grant, &secret).await {
+            self.0
+                .audit(
+                    &call,
+                    "*",
+                    "operator-key-create",
+                    resource,
+                    AuditResult::Failed,
+                    Some(e.to_string()),
+                )
+                .await;
+            return Err(e.into());
+        }
+        self.0
+            .audit(
+                &call,
+                "*",
+                "operator-key-create",
+                resource,
+                AuditResult::Success,
+                None,
+            )
+            .await;
+        Ok(Response::new(pb::ServiceAccountCreated {
+            account_id: grant.account_id,
+            key_id: grant.key_id,
+            api_key: secret,
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        req: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let call = Call::of(&req);
+        let r = req.into_inner();
+        let paging = r.page.unwrap_or_default();
+        let size = validate::page_size(page::SIZE_FIELD, paging.page_size, DEFAULT_KEY_PAGE, MAX_KEY_PAGE)
+            .map_err(Error::from)?;
+        let after = page::parse_token(&paging.page_token).map_err(Error::from)?;
+        let principal = call.principal()?;
+        // Whose keys: the named tenant's, else every key for an operator and the caller's own
+        // tenant's for anyone else.
+        let tenant = match r.tenant {
+            Some(ref reference) => Some(
+                self.0
+                    .resolve(&call, Some(reference), scopes::TOKEN_ISSUE)
+                    .await?,
+            ),
+            None if principal.is_operator() => None,
+            None => Some(principal.claims.tenant.clone()),
+        };
+        match &tenant {
+            Some(t) => {
+                self.0
+                    .authorize(&call, scopes::TOKEN_ISSUE, t, "key-list")
+                    .await?
+            }
+            None => self.0.authorize_operator(&call, "*", "key-list").await?,
+        }
+        let limit = i64::from(size) + 1;
+        let rows = match &tenant {
+            // One tenant's keys: read as its reader, under row-level security.
+            Some(t) => {
+                let mut read = TenantRead::begin(self.0.store.pool(), t).await?;
+                let rows = read.api_keys(after.as_deref(), limit).await?;
+                read.finish().await?;
+                rows
+            }
+            None => tokens::ApiKeys::list(self.0.api_keys.pool(), None, after.as_deref(), limit).await?,
+        };
+        let (rows, next) = page::of_rows(rows, size as usize, |k| &k.key_id);
+        Ok(Response::new(pb::ListApiKeysResponse {
+            keys: rows.into_iter().map(key_pb).collect(),
+            page: Some(pb::PageInfo {
+                next_page_token: next,
+            }),
+        }))
+    }
+
+    /// Audited like ExchangeApiKey: every outcome, on the key's tenant (the platform's for an
+    /// operator key), the key named by its id. A key the caller may not see is NOT_FOUND, audited
+    /// on the caller's own tenant exactly like an unknown key.
+    async fn revoke_api_key(
+        &self,
+        req: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::ApiKey>, Status> {
+        let call = Call::of(&req);
+        let r = req.into_inner();
+        validate::token("key_id", &r.key_id).map_err(Error::from)?;
+        let principal = call.principal()?;
+        let resource = format!("api-key/{}", r.key_id);
+        let found = self.0.api_keys.get(&r.key_id).await?;
+        let visible = |k: &KeyRow| {
+            principal.is_operator() || (k.tenant_id != "*" && k.tenant_id == principal.claims.tenant)
+        };
+        let Some(key) = found.filter(visible) else {
+            self.0
+                .audit(
+                    &call,
+                    &principal.claims.tenant,
+                    "key-revoke",
+                    resource,
+                    AuditResult::Failed,
+                    Some("unknown API key".into()),
+                )
+                .await;
+            return Err(Error::from(KeyRefusal::NotFound).into());
+        };
+        if key.tenant_id == "*" {
+            self.0.authorize_operator(&call, "*", "key-revoke").await?;
+        } else {
+            self.0
+                .authorize(&call, scopes::TOKEN_ISSUE, &key.tenant_id, "key-revoke")
+                .await?;
+        }
+        let tenant = audit_tenant(&key.tenant_id).to_owned();
+        let (row, newly) = match self.0.api_keys.revoke(&key.key_id).await? {
+            Ok(done) => done,
+            Err(refusal) => {
+                self.0
+                    .audit(
+                        &call,
+                        &tenant,
+                        "key-revoke",
+                        resource,
+                        AuditResult::Failed,
+                        Some(refusal.to_string()),
+                    )
+                    .await;
+                return Err(Error::from(refusal).into());
+            }
+        };
+        // A tenant's key: its history records the revocation too. Idempotent, so a retry after a
+        // failure here records it then.
+        if row.tenant_id != "*" {
+            let command = TenantCommand::RevokeApiKey {
+                account_id: row.account_id.clone(),
+                key_id: row.key_id.clone(),
+            };
+            if let Err(e) = self.0.record(&call, &row.tenant_id, command).await {
+                self.0
+                    .audit(
+                        &call,
+                        &tenant,
+                        "key-revoke",
+                        resource,
+                        AuditResult::Failed,
+                        Some(format!("key revoked, not yet recorded: {e}")),
+                    )
+                    .await;
+                return Err(e.into());
+            }
+        }
+        self.0
+            .audit(
+                &call,
+                &tenant,
+                "key-revoke",
+                resource,
+                AuditResult::Success,
+                (!newly).then(|| "already revoked".to_owned()),
+            )
+            .await;
+        Ok(Response::new(key_pb(row)))
     }
 
     async fn rotate_signing_key(

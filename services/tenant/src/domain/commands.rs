@@ -56,4 +56,10 @@ pub enum TenantCommand {
         account_id: String,
         key_id: String,
     },
+    /// Records that a key of the tenant's account was revoked (the key table already refuses
+    /// it); nothing when the key is unknown to the tenant or already recorded as revoked.
+    RevokeApiKey {
+        account_id: String,
+        key_id: String,
+    },
 }

@@ -61,6 +61,10 @@ pub enum TenantEvent {
         account_id: String,
         key_id: String,
     },
+    ApiKeyRevoked {
+        account_id: String,
+        key_id: String,
+    },
 }
 
 impl DomainEvent for TenantEvent {
@@ -82,6 +86,7 @@ impl DomainEvent for TenantEvent {
             TenantEvent::LicenseIssued { .. } => "LicenseIssued",
             TenantEvent::ServiceAccountCreated { .. } => "ServiceAccountCreated",
             TenantEvent::ApiKeyIssued { .. } => "ApiKeyIssued",
+            TenantEvent::ApiKeyRevoked { .. } => "ApiKeyRevoked",
         };
         name.to_owned()
     }

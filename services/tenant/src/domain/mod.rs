@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod error;
 pub mod events;
+pub mod page;
 pub mod tenant;
 pub mod validate;
 

@@ -77,6 +77,9 @@ pub struct Account {
     pub name: String,
     pub scopes: Vec<String>,
     pub key_ids: Vec<String>,
+    /// Keys of `key_ids` recorded as revoked.
+    #[serde(default)]
+    pub revoked_key_ids: Vec<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -249,6 +252,18 @@ impl Tenant {
                 }
                 vec![E::ApiKeyIssued { account_id, key_id }]
             }
+            C::RevokeApiKey { account_id, key_id } => {
+                // Whatever the status: a key can always be taken away.
+                if self.status == Absent {
+                    return Err(TenantError::NotFound);
+                }
+                match self.accounts.get(&account_id) {
+                    Some(a) if a.key_ids.contains(&key_id) && !a.revoked_key_ids.contains(&key_id) => {
+                        vec![E::ApiKeyRevoked { account_id, key_id }]
+                    }
+                    _ => vec![],
+                }
+            }
         };
         Ok(events)
     }
@@ -356,12 +371,18 @@ impl Aggregate for Tenant {
                         name,
                         scopes,
                         key_ids: vec![],
+                        revoked_key_ids: vec![],
                     },
                 );
             }
             E::ApiKeyIssued { account_id, key_id } => {
                 if let Some(a) = self.accounts.get_mut(&account_id) {
                     a.key_ids.push(key_id);
+                }
+            }
+            E::ApiKeyRevoked { account_id, key_id } => {
+                if let Some(a) = self.accounts.get_mut(&account_id) {
+                    a.revoked_key_ids.push(key_id);
                 }
             }
         }

@@ -297,6 +297,82 @@ fn service_account_names_are_unique_and_keys_need_an_account() {
         .then_expect_error(TenantError::AccountNotFound);
 }
 
+fn with_key() -> Vec<TenantEvent> {
+    let mut events = active();
+    events.extend([
+        TenantEvent::ServiceAccountCreated {
+            account_id: "sa1".into(),
+            name: "ci".into(),
+            scopes: vec!["tenant:read".into()],
+        },
+        TenantEvent::ApiKeyIssued {
+            account_id: "sa1".into(),
+            key_id: "key1".into(),
+        },
+    ]);
+    events
+}
+
+fn revoke(account: &str, key: &str) -> TenantCommand {
+    TenantCommand::RevokeApiKey {
+        account_id: account.into(),
+        key_id: key.into(),
+    }
+}
+
+#[test]
+fn revoking_a_key_is_recorded_once() {
+    F::with(())
+        .given(with_key())
+        .when(revoke("sa1", "key1"))
+        .then_expect_events(vec![TenantEvent::ApiKeyRevoked {
+            account_id: "sa1".into(),
+            key_id: "key1".into(),
+        }]);
+    let mut revoked = with_key();
+    revoked.push(TenantEvent::ApiKeyRevoked {
+        account_id: "sa1".into(),
+        key_id: "key1".into(),
+    });
+    F::with(())
+        .given(revoked)
+        .when(revoke("sa1", "key1"))
+        .then_expect_events(vec![]);
+}
+
+#[test]
+fn revoking_works_in_any_status_but_records_only_keys_the_tenant_issued() {
+    for extra in [
+        vec![TenantEvent::TenantSuspended { reason: "x".into() }],
+        vec![
+            TenantEvent::TenantDeletionRequested {},
+            TenantEvent::TenantDeleted {},
+        ],
+    ] {
+        let mut events = with_key();
+        events.extend(extra);
+        F::with(())
+            .given(events)
+            .when(revoke("sa1", "key1"))
+            .then_expect_events(vec![TenantEvent::ApiKeyRevoked {
+                account_id: "sa1".into(),
+                key_id: "key1".into(),
+            }]);
+    }
+    F::with(())
+        .given(with_key())
+        .when(revoke("sa1", "key-of-someone-else"))
+        .then_expect_events(vec![]);
+    F::with(())
+        .given(with_key())
+        .when(revoke("sa9", "key1"))
+        .then_expect_events(vec![]);
+    F::with(())
+        .given_no_previous_events()
+        .when(revoke("sa1", "key1"))
+        .then_expect_error(TenantError::NotFound);
+}
+
 #[test]
 fn every_event_is_in_the_catalog() {
     let samples = {
@@ -335,6 +411,10 @@ fn every_event_is_in_the_catalog() {
                 scopes: vec![],
             },
             TenantEvent::ApiKeyIssued {
+                account_id: "a".into(),
+                key_id: "k".into(),
+            },
+            TenantEvent::ApiKeyRevoked {
                 account_id: "a".into(),
                 key_id: "k".into(),
             },

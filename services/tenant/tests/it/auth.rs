@@ -72,6 +72,7 @@ async fn a_token_of_tenant_a_cannot_read_or_change_tenant_b_and_that_is_audited(
         .tenants(&w.operator)
         .list_members(pb::ListMembersRequest {
             tenant: Some(by_id(&b.id)),
+            page: None,
         })
         .await
         .unwrap()

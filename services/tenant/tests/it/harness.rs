@@ -53,6 +53,17 @@ impl World {
         }
     }
 
+    /// Stops the service and starts it again on the same schema and bus namespace with `env`
+    /// (on top of the mesh's); clients made afterwards reach the new process.
+    pub async fn restart(&mut self, env: &[(&str, &str)]) {
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.e2e.restart(Part::Tenant, Some(env)).await;
+        self.channel = self.e2e.proc(Part::Tenant).channel().await.unwrap();
+    }
+
     /// The tenant service's process (ports, logs).
     pub fn proc(&self) -> &ServiceProc {
         self.e2e.proc(Part::Tenant)

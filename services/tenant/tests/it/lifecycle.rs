@@ -242,6 +242,7 @@ async fn members_roles_and_the_last_owner() {
     let members = api
         .list_members(pb::ListMembersRequest {
             tenant: Some(by_id(&t.id)),
+            page: None,
         })
         .await
         .unwrap()
@@ -274,6 +275,7 @@ async fn members_roles_and_the_last_owner() {
     let members = api
         .list_members(pb::ListMembersRequest {
             tenant: Some(by_id(&t.id)),
+            page: None,
         })
         .await
         .unwrap()
@@ -284,6 +286,73 @@ async fn members_roles_and_the_last_owner() {
         (members[0].email.as_str(), members[0].role),
         ("dev@acme.example", pb::Role::Owner as i32)
     );
+    w.cleanup().await;
+}
+
+#[tokio::test]
+async fn list_members_pages_in_id_order() {
+    let w = World::start().await;
+    let t = w.create(&slug(), "owner@acme.example").await;
+    let mut api = w.tenants(&w.operator);
+    for i in 0..4 {
+        api.invite_member(pb::InviteMemberRequest {
+            tenant: Some(by_id(&t.id)),
+            email: format!("m{i}@acme.example"),
+            role: pb::Role::Viewer as i32,
+        })
+        .await
+        .unwrap();
+    }
+    let list = |size: u32, token: String| pb::ListMembersRequest {
+        tenant: Some(by_id(&t.id)),
+        page: Some(pb::PageRequest {
+            page_size: size,
+            page_token: token,
+        }),
+    };
+    let all = api
+        .list_members(list(0, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.members.len(), 5);
+    assert_eq!(
+        all.page.unwrap().next_page_token,
+        "",
+        "one default page holds five"
+    );
+    let (mut seen, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let r = api
+            .list_members(list(2, token.clone()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.members.len() <= 2);
+        seen.extend(r.members.into_iter().map(|m| m.id));
+        pages += 1;
+        token = r.page.unwrap().next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    assert_eq!(seen, sorted, "members come in id order");
+    let expected: Vec<String> = all.members.into_iter().map(|m| m.id).collect();
+    assert_eq!((seen, pages), (expected, 3));
+    for (req, field) in [
+        (list(501, String::new()), "page.page_size"),
+        (list(u32::MAX, String::new()), "page.page_size"),
+        (list(2, "!!garbage".into()), "page.page_token"),
+        (list(2, "A".repeat(100_000)), "page.page_token"),
+    ] {
+        let e = api.list_members(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{field}");
+        assert!(e.message().starts_with(&format!("{field}:")), "{}", e.message());
+        let bad = tonic_types::StatusExt::get_details_bad_request(&e).unwrap();
+        assert_eq!(bad.field_violations[0].field, field);
+    }
     w.cleanup().await;
 }
 

@@ -4,6 +4,8 @@
 mod auth;
 mod harness;
 mod input;
+mod isolation;
+mod keys;
 mod lifecycle;
 mod logs;
 mod projection;

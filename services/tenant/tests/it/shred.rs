@@ -18,6 +18,7 @@ async fn after_deletion_no_member_email_can_be_recovered_from_the_event_store() 
     let members = api
         .list_members(pb::ListMembersRequest {
             tenant: Some(by_id(&t.id)),
+            page: None,
         })
         .await
         .unwrap()
@@ -73,6 +74,7 @@ async fn after_deletion_no_member_email_can_be_recovered_from_the_event_store() 
     let members = api
         .list_members(pb::ListMembersRequest {
             tenant: Some(by_id(&t.id)),
+            page: None,
         })
         .await
         .unwrap()

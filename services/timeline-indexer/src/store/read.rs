@@ -57,6 +57,33 @@ fn row(r: &PgRow) -> Result<StoredRow> {
     })
 }
 
+/// The producer's aggregate sequence of a row (0 for audit records), the second key of a trace;
+/// numeric, since an envelope's sequence is a u64.
+const TRACE_SEQUENCE: &str = "COALESCE((stored->>'sequence')::numeric, 0)";
+
+/// Where a trace page ends: the (ts, sequence, event id) of its last row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceKey {
+    pub ts: DateTime<Utc>,
+    pub sequence: u64,
+    pub event_id: Uuid,
+}
+
+impl TraceKey {
+    /// The key of `row` in trace order.
+    pub fn of(row: &StoredRow) -> Self {
+        Self {
+            ts: row.ts,
+            sequence: row
+                .stored
+                .get("sequence")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            event_id: row.event_id,
+        }
+    }
+}
+
 /// Where a tail stands: after (tx_id, seq) of generation `generation`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TailCursor {
@@ -162,17 +189,33 @@ impl TimelineStore {
         r.as_ref().map(row).transpose()
     }
 
-    /// One trace in causal order: time, then the producer's aggregate sequence.
-    pub async fn trace(&self, tenant: &str, trace_id: &str, limit: i64) -> Result<Vec<StoredRow>> {
+    /// One trace in causal order: time, then the producer's aggregate sequence, then the event
+    /// id (stable across rebuilds, unlike `seq`); `after` is the [`TraceKey`] of the last row of
+    /// the previous page.
+    pub async fn trace(
+        &self,
+        tenant: &str,
+        trace_id: &str,
+        after: Option<TraceKey>,
+        limit: i64,
+    ) -> Result<Vec<StoredRow>> {
         let (table, _) = self.live.get();
         ddl::check_name(&table)?;
         let mut tx = reader(self, tenant).await?;
+        let (ts, sequence, event_id) = match after {
+            Some(k) => (Some(k.ts), k.sequence.to_string(), Some(k.event_id)),
+            None => (None, "0".to_owned(), None),
+        };
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM {table} WHERE tenant_id = $1 AND trace_id = $2 \
-             ORDER BY ts, COALESCE((stored->>'sequence')::bigint, 0), seq LIMIT $3"
+             AND ($3::timestamptz IS NULL OR (ts, {TRACE_SEQUENCE}, event_id) > ($3, $4::text::numeric, $5)) \
+             ORDER BY ts, {TRACE_SEQUENCE}, event_id LIMIT $6"
         ))
         .bind(tenant)
         .bind(trace_id)
+        .bind(ts)
+        .bind(sequence)
+        .bind(event_id)
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;

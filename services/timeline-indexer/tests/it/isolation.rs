@@ -98,6 +98,7 @@ async fn tenant_events_reach_the_timeline_and_tenants_never_see_each_other() {
                 .trace_events(pb::TraceEventsRequest {
                     tenant_id: id,
                     trace_id: trace_b.into(),
+                    page: None,
                 })
                 .await
                 .ok()?;
@@ -135,6 +136,7 @@ async fn tenant_events_reach_the_timeline_and_tenants_never_see_each_other() {
         .trace_events(pb::TraceEventsRequest {
             tenant_id: a.id.clone(),
             trace_id: trace_b.into(),
+            page: None,
         })
         .await
         .unwrap()
@@ -144,6 +146,7 @@ async fn tenant_events_reach_the_timeline_and_tenants_never_see_each_other() {
         .trace_events(pb::TraceEventsRequest {
             tenant_id: b.id.clone(),
             trace_id: trace_b.into(),
+            page: None,
         })
         .await
         .unwrap_err();

@@ -112,23 +112,41 @@ async fn queries_filter_page_and_trace() {
         "pages skipped or repeated rows while new events arrived"
     );
 
-    // One trace, in causal order; and one event with its digest and stored envelope.
+    // One trace, in causal order, whole and in pages of 2 (the last page has no next token);
+    // and one event with its digest and stored envelope.
+    let expected: Vec<String> = published[..5].iter().map(|e| e.id.to_string()).collect();
     let tr = tl
         .trace_events(pb::TraceEventsRequest {
             tenant_id: t.id.clone(),
             trace_id: trace.into(),
+            page: None,
         })
         .await
         .unwrap()
         .into_inner();
     let ids: Vec<String> = tr.events.iter().map(|e| e.event_id.clone()).collect();
-    assert_eq!(
-        ids,
-        published[..5]
-            .iter()
-            .map(|e| e.id.to_string())
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(ids, expected);
+    assert_eq!(tr.page.unwrap().next_page_token, "");
+    let (mut paged, mut token, mut pages) = (Vec::new(), String::new(), 0);
+    loop {
+        let r = tl
+            .trace_events(pb::TraceEventsRequest {
+                tenant_id: t.id.clone(),
+                trace_id: trace.into(),
+                page: page(2, &token),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.events.len() <= 2);
+        paged.extend(r.events.into_iter().map(|e| e.event_id));
+        pages += 1;
+        token = r.page.unwrap().next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!((paged, pages), (expected, 3));
     let one = tl
         .get_event(pb::GetEventRequest {
             tenant_id: t.id.clone(),
@@ -275,5 +293,24 @@ async fn bad_filters_and_query_syntax_are_invalid_argument_naming_the_problem() 
         .await
         .unwrap_err();
     assert!(e.message().starts_with("event_id:"));
+    let trace = |page| pb::TraceEventsRequest {
+        tenant_id: t.id.clone(),
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        page,
+    };
+    for (req, expected) in [
+        (trace(page(1001, "")), "page.page_size:"),
+        (trace(page(u32::MAX, "")), "page.page_size:"),
+        (trace(page(10, "garbage")), "page.page_token:"),
+        (trace(page(10, &"QUFB".repeat(1000))), "page.page_token:"),
+    ] {
+        let e = tl.trace_events(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{expected}");
+        assert!(
+            e.message().starts_with(expected),
+            "expected {expected:?}, got {:?}",
+            e.message()
+        );
+    }
     mesh.cleanup().await;
 }
