@@ -53,7 +53,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
 (cd "$root" && cargo build -q -p keelctl --bin keelctl)
 nats_home=$("$target/debug/keelctl" nats home)
-before=$(cat "$nats_home/server.conf" 2>/dev/null | md5sum)
+before=$({ cat "$nats_home/server.conf" 2>/dev/null || true; } | md5sum)
 conf=$("$target/debug/keelctl" nats init --port "$KEEL_NATS_PORT")
 if listening "$KEEL_NATS_PORT"; then
   if [ "$before" != "$(md5sum < "$conf")" ] && [ -s "$nats_home/nats.pid" ]; then
