@@ -54,6 +54,7 @@ impl ServiceProc {
             .env(format!("KEEL_{upper}_HTTP_ADDR"), "127.0.0.1:0")
             .env("KEEL_LOG_FORMAT", "json")
             .env("KEEL_MASTER_KEY", TEST_MASTER_KEY)
+            .env("KEEL_TLS_DIR", keel_store::testing::tls_dir())
             .env(
                 "KEEL_NATS_CREDS",
                 keel_store::testing::nats_creds_file(&Role::Service(service.to_owned()), namespace),
@@ -115,8 +116,19 @@ impl ServiceProc {
         })
     }
 
+    /// The gRPC URL (`https://`: every test process serves TLS with the test CA).
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc)
+        format!("https://{}", self.grpc)
+    }
+
+    /// The HTTP base URL (`https://`).
+    pub fn http_url(&self) -> String {
+        format!("https://{}", self.http)
+    }
+
+    /// `GET path` on the process's HTTP port, over TLS: the status and body.
+    pub async fn http_get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        Ok(keel_runtime::tls::http_get(&keel_store::testing::tls_client(), self.http, path).await?)
     }
 
     /// Everything the process wrote to stderr (its logs) so far.
@@ -124,8 +136,10 @@ impl ServiceProc {
         self.logs.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
+    /// A channel as a token-bearing client: trusts the test CA, presents no certificate.
     pub async fn channel(&self) -> anyhow::Result<tonic::transport::Channel> {
-        Ok(tonic::transport::Endpoint::from_shared(self.grpc_url())?
+        Ok(keel_store::testing::tls_client()
+            .endpoint(&self.grpc_url(), "grpc url")?
             .connect()
             .await?)
     }

@@ -181,7 +181,7 @@ impl Mesh {
             ("KEEL_TENANT_ADDR", tenant.grpc_url()),
             (
                 "KEEL_JWKS_URL",
-                format!("http://{}/.well-known/jwks.json", tenant.http),
+                format!("{}/.well-known/jwks.json", tenant.http_url()),
             ),
         ]));
         if part == Part::Provisioning {

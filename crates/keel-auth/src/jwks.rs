@@ -29,7 +29,7 @@ const MAX_REFRESH_EVERY: Duration = Duration::from_secs(60);
 /// Responses larger than this are not key sets.
 const MAX_JWKS_BYTES: usize = 256 * 1024;
 
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
 enum Source {
     Static,
@@ -47,10 +47,8 @@ struct State {
     last_forced: Option<Instant>,
 }
 
-/// A cached JWK set fetched over plain HTTP (no TLS) from the tenant service.
-/// Where the tenant service publishes the JWKS with local defaults.
-pub const DEFAULT_URL: &str = keel_runtime::config::DEFAULT_JWKS_URL;
-
+/// A cached JWK set fetched from the tenant service: over HTTPS against the mesh CA, or over
+/// plain HTTP in plaintext mode (`KEEL_TLS_INSECURE=true`).
 pub struct JwksCache {
     source: Source,
     ttl: Duration,
@@ -78,10 +76,32 @@ impl std::fmt::Debug for JwksCache {
 
 impl JwksCache {
     /// A cache of the set at `url` (`http://…/.well-known/jwks.json`), usable for `ttl` after the
-    /// last successful fetch. Fetches lazily, on first use.
+    /// last successful fetch, fetched over plain HTTP. Fetches lazily, on first use.
     pub fn new(url: impl Into<String>, ttl: Duration) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(FETCH_TIMEOUT));
+        Self::with_tls(url, ttl, None)
+    }
+
+    /// As [`JwksCache::new`]; with `tls` the URL must be `https://` and the server's
+    /// certificate must chain to the roots of `tls` (plain `http://` is refused).
+    pub fn with_tls(url: impl Into<String>, ttl: Duration, tls: Option<Arc<rustls::ClientConfig>>) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(FETCH_TIMEOUT));
+        http.enforce_http(false);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let connector = match tls {
+            Some(config) => builder.with_tls_config((*config).clone()).https_only(),
+            None => builder
+                .with_tls_config(
+                    rustls::ClientConfig::builder_with_provider(keel_runtime::tls::provider())
+                        .with_safe_default_protocol_versions()
+                        .unwrap_or_else(|_| unreachable!("ring supports the default protocol versions"))
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                )
+                .https_or_http(),
+        }
+        .enable_http1()
+        .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).build(connector);
         Self::build(
             Source::Http {
@@ -93,11 +113,20 @@ impl JwksCache {
         )
     }
 
-    /// The mesh's cache: `config.jwks_url` (`KEEL_JWKS_URL`, else `default_url`), TTL
-    /// `config.jwks_ttl_secs`. Every service builds its cache this way (in `keel-service`).
-    pub fn from_config(config: &keel_runtime::Config, default_url: &str) -> Self {
-        let url = config.jwks_url.clone().unwrap_or_else(|| default_url.to_owned());
-        Self::new(url, Duration::from_secs(config.jwks_ttl_secs))
+    /// The mesh's cache: `config.jwks_url` (`KEEL_JWKS_URL`, else `own`, else the local tenant
+    /// service's), TTL `config.jwks_ttl_secs`, over the process's TLS. Every service builds its
+    /// cache this way (in `keel-service`).
+    pub fn from_config(
+        config: &keel_runtime::Config,
+        tls: &keel_runtime::Tls,
+        own: Option<&str>,
+    ) -> keel_runtime::Result<Self> {
+        let client = tls.http_client()?;
+        Ok(Self::with_tls(
+            config.jwks_url_or(own),
+            Duration::from_secs(config.jwks_ttl_secs),
+            client,
+        ))
     }
 
     /// A cache that always serves `set` and never fetches; for tests and offline tools.

@@ -16,9 +16,11 @@ const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4333";
 const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 const DEFAULT_SHUTDOWN_TIMEOUT_SECS: u64 = 30;
 const DEFAULT_JWKS_TTL_SECS: u64 = 300;
-const DEFAULT_TENANT_ADDR: &str = "http://127.0.0.1:50051";
-/// The local tenant service's JWKS endpoint, used when `KEEL_JWKS_URL` is not set.
-pub const DEFAULT_JWKS_URL: &str = "http://127.0.0.1:8081/.well-known/jwks.json";
+/// The local tenant service's gRPC address, without its scheme (`https://` with TLS).
+const DEFAULT_TENANT_HOST: &str = "127.0.0.1:50051";
+/// The local tenant service's JWKS endpoint, without its scheme; used when `KEEL_JWKS_URL` is
+/// not set.
+pub const DEFAULT_JWKS_HOST_PATH: &str = "127.0.0.1:8081/.well-known/jwks.json";
 
 /// How log lines are rendered.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -86,11 +88,15 @@ pub struct Config {
     /// `KEEL_BOOTSTRAP_TOKEN`: the operator API key the tenant service installs at start, and
     /// the key other services fall back to for calling it.
     pub bootstrap_token: Option<String>,
-    /// `KEEL_TENANT_ADDR`: the tenant service's gRPC URL, for services that call it.
+    /// `KEEL_TENANT_ADDR`: the tenant service's gRPC URL, for services that call it
+    /// (default `https://127.0.0.1:50051`, `http://` in plaintext mode).
     pub tenant_addr: String,
     /// `KEEL_JWKS_URL`: where token-verifying keys are fetched; `None` means the local tenant
-    /// service's (`http://127.0.0.1:8081/.well-known/jwks.json`, or the tenant service's own).
+    /// service's (`https://127.0.0.1:8081/.well-known/jwks.json`, or the tenant service's own).
     pub jwks_url: Option<String>,
+    /// `KEEL_TLS_DIR` / `KEEL_TLS_CA` / `KEEL_TLS_CERT` / `KEEL_TLS_KEY`, or
+    /// `KEEL_TLS_INSECURE=true`: TLS of every listener and client (see [`crate::tls`]).
+    pub tls: crate::tls::TlsSetting,
     /// `KEEL_JWKS_TTL_SECS`: how long fetched keys verify tokens while the endpoint is down.
     pub jwks_ttl_secs: u64,
     /// Every other `KEEL_<SERVICE>_*` variable, keyed by the lower-cased rest of its name; a
@@ -248,6 +254,7 @@ impl Config {
             None => DEFAULT_JWKS_TTL_SECS,
         };
         let trimmed = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let tls = crate::tls::TlsSetting::resolve(service, &env)?;
 
         let config = Config {
             service: service.to_owned(),
@@ -287,9 +294,11 @@ impl Config {
                 (None, None) => None,
             },
             bootstrap_token: trimmed("KEEL_BOOTSTRAP_TOKEN"),
-            tenant_addr: trimmed("KEEL_TENANT_ADDR").unwrap_or_else(|| DEFAULT_TENANT_ADDR.to_owned()),
+            tenant_addr: trimmed("KEEL_TENANT_ADDR")
+                .unwrap_or_else(|| format!("{}://{DEFAULT_TENANT_HOST}", tls.scheme())),
             jwks_url: trimmed("KEEL_JWKS_URL"),
             jwks_ttl_secs,
+            tls,
             extra: BTreeMap::new(),
         };
         Ok(if flags.print_config {
@@ -312,6 +321,15 @@ impl Config {
             ConfigOrPrint::Run(c) | ConfigOrPrint::Print(c) => c.extra = extra,
         }
         Ok(resolved)
+    }
+
+    /// Where this service fetches token-verifying keys: `KEEL_JWKS_URL`, else `own` (the tenant
+    /// service passes its own endpoint), else the local tenant service's.
+    pub fn jwks_url_or(&self, own: Option<&str>) -> String {
+        self.jwks_url.clone().unwrap_or_else(|| match own {
+            Some(url) => url.to_owned(),
+            None => format!("{}://{DEFAULT_JWKS_HOST_PATH}", self.tls.scheme()),
+        })
     }
 
     /// A service's own setting from `extra`, e.g. `setting("jwks_ttl")` for

@@ -32,6 +32,9 @@ pub enum Error {
     /// The encoded file descriptor set handed to reflection is invalid.
     #[error("gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// TLS material could not be loaded or used.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A dependency (postgres, nats, redis) could not be reached.
     #[error("connect to {dependency}: {message}")]
     Connect {

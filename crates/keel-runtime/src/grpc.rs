@@ -15,6 +15,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
+use crate::tls::Tls;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -55,8 +56,17 @@ pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 
 /// A tonic server with the settings every Keel service uses: bounded streams per connection
-/// and header size (request bodies are bounded by tonic's 4 MiB decoding limit per message).
-pub fn grpc_server_builder() -> tonic::transport::Server {
+/// and header size (request bodies are bounded by tonic's 4 MiB decoding limit per message),
+/// over `tls` (plaintext when it is [`Tls::insecure`]).
+pub fn grpc_server_builder(tls: &Tls) -> Result<tonic::transport::Server> {
+    let server = plain_server_builder();
+    Ok(match tls.grpc_server() {
+        Some(config) => server.tls_config(config)?,
+        None => server,
+    })
+}
+
+fn plain_server_builder() -> tonic::transport::Server {
     tonic::transport::Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)

@@ -18,7 +18,7 @@
 //!     .grpc_health_and_reflection(FILE_DESCRIPTOR_SET, &["keel.v1.TenantService"])
 //!     .await?;
 //! // Health and reflection v1 + v1alpha; then .add_service(TenantServiceServer::new(api))
-//! let router = introspection.add_to(&mut keel_runtime::grpc::grpc_server_builder())?;
+//! let router = introspection.add_to(&mut rt.grpc_server()?)?;
 //! rt.serve(router, health, axum::Router::new()).await
 //! # }
 //! ```
@@ -36,6 +36,7 @@ pub mod settings;
 pub mod shutdown;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::{Config, ConfigOrPrint, LogFormat};
 pub use error::{Error, Result};
@@ -47,3 +48,4 @@ pub use service::Service;
 pub use settings::{NoSettings, Settings};
 pub use shutdown::Shutdown;
 pub use telemetry::TelemetryGuard;
+pub use tls::{Tls, TlsSetting};

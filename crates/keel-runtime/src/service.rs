@@ -16,6 +16,7 @@ use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::shutdown::Shutdown;
 use crate::telemetry::{self, TelemetryGuard};
+use crate::tls::Tls;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -30,6 +31,7 @@ pub struct Service {
     shutdown: Shutdown,
     grpc_health: HealthReporter,
     grpc_services: Arc<Mutex<Vec<String>>>,
+    tls: Tls,
     _telemetry: TelemetryGuard,
 }
 
@@ -63,8 +65,20 @@ impl Service {
 
     /// A service around an already resolved `config`, touching no process-wide state: no
     /// logger, no signal handlers. For tests, and for binaries that set those up themselves.
+    ///
+    /// Loads the TLS material: without it (and without `KEEL_TLS_INSECURE=true`) no service
+    /// starts, naming the settings; plaintext logs a warning.
     pub fn from_config(config: Config) -> anyhow::Result<Service> {
+        let tls = Tls::from_setting(&config.tls)?;
+        if !tls.is_on() {
+            tracing::warn!(
+                event = "tls.insecure",
+                "KEEL_TLS_INSECURE is set: gRPC, HTTP and the JWKS fetch run in plaintext; \
+                 anyone on the network can read and forge calls"
+            );
+        }
         Ok(Service {
+            tls,
             config,
             metrics: Metrics::new().context("creating the metrics registry")?,
             shutdown: Shutdown::new(),
@@ -72,6 +86,16 @@ impl Service {
             grpc_services: Arc::default(),
             _telemetry: TelemetryGuard::default(),
         })
+    }
+
+    /// The process's TLS material (or plaintext), for its listeners and its clients.
+    pub fn tls(&self) -> &Tls {
+        &self.tls
+    }
+
+    /// A gRPC server builder over this service's TLS (see [`grpc::grpc_server_builder`]).
+    pub fn grpc_server(&self) -> Result<tonic::transport::Server> {
+        grpc::grpc_server_builder(&self.tls)
     }
 
     /// The metrics registry (clones share it).
@@ -221,11 +245,18 @@ impl Service {
             outcome.context("gRPC server")
         };
         let app = health::router(health, self.metrics()).merge(extra_http);
+        let http_tls = self.tls.http_server()?;
         let http = async {
-            let outcome = axum::serve(http_listener, app)
-                .with_graceful_shutdown(grpc_done.clone().cancelled_owned())
-                .await
-                .map_err(|e| Error::io(format!("HTTP server on {http_addr}"), e));
+            let stop = grpc_done.clone().cancelled_owned();
+            let outcome = match http_tls {
+                Some(config) => {
+                    let listener = crate::tls::listener::TlsListener::new(http_listener, config)
+                        .map_err(|e| Error::io(format!("TLS listener on {http_addr}"), e))?;
+                    axum::serve(listener, app).with_graceful_shutdown(stop).await
+                }
+                None => axum::serve(http_listener, app).with_graceful_shutdown(stop).await,
+            }
+            .map_err(|e| Error::io(format!("HTTP server on {http_addr}"), e));
             self.shutdown.trigger();
             outcome.context("HTTP server")
         };

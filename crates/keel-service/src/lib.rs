@@ -6,7 +6,7 @@
 //! let mut mesh = keel_service::Assembly::start(rt).await?;        // NATS, streams, listeners
 //! let (db, store) =                                                // schema, migrations,
 //!     mesh.event_sourced("billing", sqlx::migrate::Migrator::DEFAULT).await?; // store + relay
-//! let auth = mesh.auth(keel_auth::jwks::DEFAULT_URL).await;        // JWKS, rate limits, auth.degraded
+//! let auth = mesh.auth(None).await?;                               // JWKS, rate limits, auth.degraded
 //! let router = mesh.grpc(auth, &["keel.v1.MeterService"]).await?;  // health + reflection v1/v1alpha
 //! mesh.serve(router, axum::Router::new()).await                     // serve, drain, join workers
 //! # }
@@ -230,11 +230,16 @@ impl Assembly {
         self.health = f(health);
     }
 
-    /// Token verification against the JWKS (`KEEL_JWKS_URL`, else `default_jwks_url`), the
-    /// tier table's rate limits in Redis, and `auth.degraded` / `auth.recovered` audit records
-    /// whenever verification falls back to cached keys.
-    pub async fn auth(&mut self, default_jwks_url: &str) -> AuthConfig {
-        let jwks = Arc::new(JwksCache::from_config(&self.rt.config, default_jwks_url));
+    /// Token verification against the JWKS (`KEEL_JWKS_URL`, else `own_jwks_url`, else the
+    /// local tenant service's) fetched over the service's TLS, the tier table's rate limits in
+    /// Redis, and `auth.degraded` / `auth.recovered` audit records whenever verification falls
+    /// back to cached keys.
+    pub async fn auth(&mut self, own_jwks_url: Option<&str>) -> anyhow::Result<AuthConfig> {
+        let jwks = Arc::new(JwksCache::from_config(
+            &self.rt.config,
+            self.rt.tls(),
+            own_jwks_url,
+        )?);
         let reporter = degraded::report(
             jwks.clone(),
             self.bus.clone(),
@@ -245,13 +250,28 @@ impl Assembly {
             reporter.await;
             Ok(())
         });
-        AuthConfig::standard(
+        Ok(AuthConfig::standard(
             jwks,
             &self.rt.config.redis_url,
             self.metrics(),
             keel_tenancy::tier::auth_limits,
         )
-        .await
+        .await)
+    }
+
+    /// The process's TLS material, for clients of other services.
+    pub fn tls(&self) -> &keel_runtime::Tls {
+        self.rt.tls()
+    }
+
+    /// This service's own HTTP base URL (`https://127.0.0.1:<port>` with TLS): an unspecified
+    /// bind address is reached on loopback, which the local certificates cover.
+    pub fn http_url(&self) -> String {
+        let mut addr = self.http_addr;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        }
+        format!("{}://{addr}", self.rt.tls().scheme())
     }
 
     /// A gRPC server with the request log, `auth`, health and reflection (v1 and v1alpha) for
@@ -261,7 +281,9 @@ impl Assembly {
             .rt
             .grpc_health_and_reflection(keel_proto::FILE_DESCRIPTOR_SET, services)
             .await?;
-        let mut server = keel_runtime::grpc::grpc_server_builder()
+        let mut server = self
+            .rt
+            .grpc_server()?
             .layer(RequestLogLayer::new(
                 self.rt.config.service.clone(),
                 self.metrics(),

@@ -82,6 +82,43 @@ pub async fn bus(ns: &str) -> Result<Bus> {
     Ok(Bus::new(nats_admin().await?, ns)?)
 }
 
+/// The test mesh's TLS directory: a local CA and every service's certificate (made once per
+/// machine user, safe under parallel test processes). Service processes get it as
+/// `KEEL_TLS_DIR`.
+pub fn tls_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("keel-test-tls-{}", user_id()));
+        keel_runtime::tls::local::ensure(&dir, keel_runtime::tls::local::SERVICES)
+            .unwrap_or_else(|e| panic!("test TLS material in {}: {e}", dir.display()));
+        dir
+    })
+    .clone()
+}
+
+fn user_id() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "user".into())
+}
+
+/// A token-bearing client's TLS: trusts the test CA, presents no certificate.
+pub fn tls_client() -> keel_runtime::Tls {
+    keel_runtime::Tls::client_of(&tls_dir().join(keel_runtime::tls::local::CA_CERT))
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A service's TLS: the test CA and `service`'s certificate (for mTLS calls).
+pub fn tls_service(service: &str) -> keel_runtime::Tls {
+    let dir = tls_dir();
+    keel_runtime::Tls::load(
+        &dir.join(keel_runtime::tls::local::CA_CERT),
+        Some((
+            &dir.join(keel_runtime::tls::local::cert_file(service)),
+            &dir.join(keel_runtime::tls::local::key_file(service)),
+        )),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 pub fn redis_url() -> String {
     std::env::var("KEEL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
 }

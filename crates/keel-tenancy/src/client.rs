@@ -13,7 +13,7 @@ use keel_proto::v1::license_service_client::LicenseServiceClient;
 use keel_proto::v1::tenant_service_client::TenantServiceClient;
 use keel_proto::v1::token_service_client::TokenServiceClient;
 use tokio::sync::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 /// What went wrong calling the tenant service, and whether trying again can help.
@@ -59,11 +59,13 @@ fn tenant_ref(id: &str) -> Option<pb::TenantRef> {
 }
 
 impl TenantClient {
-    /// A lazily connecting client of the tenant service at `url` using `api_key` (an operator or
-    /// service key exchanged for short-lived tokens).
-    pub fn new(url: &str, api_key: String) -> Result<Arc<Self>, ClientError> {
-        let channel = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| ClientError::Permanent(format!("tenant service address {url:?}: {e}")))?
+    /// A lazily connecting client of the tenant service at `url` (`KEEL_TENANT_ADDR`) over
+    /// `tls` (the calling service's certificate is presented: mTLS), using `api_key` (an
+    /// operator or service key exchanged for short-lived tokens).
+    pub fn new(url: &str, tls: &keel_runtime::Tls, api_key: String) -> Result<Arc<Self>, ClientError> {
+        let channel = tls
+            .endpoint(url, "KEEL_TENANT_ADDR")
+            .map_err(|e| ClientError::Permanent(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(15))
             .connect_lazy();

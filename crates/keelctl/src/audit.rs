@@ -155,7 +155,7 @@ async fn creds(
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
     let session = crate::client::Session::open(conn).await?;
-    let channel = crate::client::provisioning_channel(&conn.provisioning_addr).await?;
+    let channel = crate::client::provisioning_channel(conn).await?;
     let mut client = pb::provisioning_service_client::ProvisioningServiceClient::with_interceptor(
         channel,
         session.bearer.clone(),

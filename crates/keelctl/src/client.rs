@@ -13,10 +13,13 @@ use keel_proto::v1::tenant_service_client::TenantServiceClient;
 use keel_proto::v1::token_service_client::TokenServiceClient;
 use tonic::codegen::InterceptedService;
 use tonic::metadata::{Ascii, MetadataValue};
+use keel_runtime::Tls;
 use tonic::transport::{Channel, Endpoint};
 
 /// Where `just up` leaves the generated bootstrap operator key.
 const BOOTSTRAP_TOKEN_FILE: &str = ".keel/bootstrap-token";
+/// Where `just up` leaves the local CA certificate.
+pub const LOCAL_CA_FILE: &str = ".keel/tls/ca.pem";
 
 #[derive(Args, Clone, Debug)]
 pub struct ConnectionArgs {
@@ -25,7 +28,7 @@ pub struct ConnectionArgs {
         long,
         global = true,
         env = "KEEL_TENANT_ADDR",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "https://127.0.0.1:50051"
     )]
     pub addr: String,
     /// gRPC address of the timeline service (`timeline`, `obs`).
@@ -33,7 +36,7 @@ pub struct ConnectionArgs {
         long,
         global = true,
         env = "KEEL_TIMELINE_ADDR",
-        default_value = "http://127.0.0.1:50054"
+        default_value = "https://127.0.0.1:50054"
     )]
     pub timeline_addr: String,
     /// gRPC address of the provisioning service (`audit creds`).
@@ -41,9 +44,16 @@ pub struct ConnectionArgs {
         long,
         global = true,
         env = "KEEL_PROVISIONING_ADDR",
-        default_value = "http://127.0.0.1:50052"
+        default_value = "https://127.0.0.1:50052"
     )]
     pub provisioning_addr: String,
+    /// CA certificate (PEM) the services' certificates must chain to. Default: the local CA
+    /// `just up` made, .keel/tls/ca.pem in the current directory.
+    #[arg(long, global = true, env = "KEEL_TLS_CA", value_name = "PEM")]
+    pub ca: Option<std::path::PathBuf>,
+    /// Talk plaintext (http:// addresses) to a mesh started with KEEL_TLS_INSECURE=true.
+    #[arg(long, global = true, env = "KEEL_TLS_INSECURE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub insecure: bool,
     /// Bearer access token (JWT). Takes precedence over --api-key.
     #[arg(long, global = true, env = "KEEL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -98,6 +108,7 @@ impl Clients {
 pub struct Session {
     pub bearer: Bearer,
     addr: String,
+    tls: Tls,
     tenant: Option<Channel>,
 }
 
@@ -111,6 +122,7 @@ impl Session {
         let mut session = Self {
             bearer: Bearer(None),
             addr: args.addr.clone(),
+            tls: tls(args)?,
             tenant: None,
         };
         let token = match given {
@@ -129,7 +141,7 @@ impl Session {
         if let Some(channel) = &self.tenant {
             return Ok(channel.clone());
         }
-        let endpoint = endpoint(&self.addr, "--addr")?.timeout(Duration::from_secs(30));
+        let endpoint = endpoint(&self.tls, &self.addr, "--addr")?.timeout(Duration::from_secs(30));
         let channel = connect(endpoint, "tenant service", &self.addr).await?;
         self.tenant = Some(channel.clone());
         Ok(channel)
@@ -138,22 +150,42 @@ impl Session {
 
 /// The timeline service. No per-channel request timeout (a tail streams for as long as the user
 /// wants; unary calls set their own); HTTP/2 pings notice a server that went away mid-tail.
-pub async fn timeline_channel(addr: &str) -> anyhow::Result<Channel> {
-    let endpoint = endpoint(addr, "--timeline-addr")?
+pub async fn timeline_channel(conn: &ConnectionArgs) -> anyhow::Result<Channel> {
+    let addr = &conn.timeline_addr;
+    let endpoint = endpoint(&tls(conn)?, addr, "--timeline-addr")?
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     connect(endpoint, "timeline service", addr).await
 }
 
 /// The provisioning service.
-pub async fn provisioning_channel(addr: &str) -> anyhow::Result<Channel> {
-    let endpoint = endpoint(addr, "--provisioning-addr")?.timeout(Duration::from_secs(30));
+pub async fn provisioning_channel(conn: &ConnectionArgs) -> anyhow::Result<Channel> {
+    let addr = &conn.provisioning_addr;
+    let endpoint = endpoint(&tls(conn)?, addr, "--provisioning-addr")?.timeout(Duration::from_secs(30));
     connect(endpoint, "provisioning service", addr).await
 }
 
-fn endpoint(addr: &str, flag: &str) -> anyhow::Result<Endpoint> {
-    Ok(Endpoint::from_shared(addr.to_owned())
-        .map_err(|_| tonic::Status::invalid_argument(format!("{flag}: not a URL: {addr}")))?
+/// `--insecure`: plaintext; else the CA of `--ca`, else the local one `just up` made.
+fn tls(args: &ConnectionArgs) -> anyhow::Result<Tls> {
+    if args.insecure {
+        return Ok(Tls::insecure());
+    }
+    let ca = match &args.ca {
+        Some(path) => path.clone(),
+        None if Path::new(LOCAL_CA_FILE).is_file() => LOCAL_CA_FILE.into(),
+        None => bail!(
+            "no CA certificate to check the services against: pass --ca <PEM> (KEEL_TLS_CA), \
+             run from the checkout where `just up` wrote {LOCAL_CA_FILE}, or --insecure for a \
+             plaintext mesh"
+        ),
+    };
+    Tls::client_of(&ca).map_err(|e| anyhow::anyhow!("--ca: {e}"))
+}
+
+fn endpoint(tls: &Tls, addr: &str, flag: &str) -> anyhow::Result<Endpoint> {
+    Ok(tls
+        .endpoint(addr, flag)
+        .map_err(|e| tonic::Status::invalid_argument(e.to_string()))?
         .connect_timeout(Duration::from_secs(5)))
 }
 

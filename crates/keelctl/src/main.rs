@@ -14,6 +14,7 @@ mod obs;
 mod output;
 mod tenant;
 mod timeline;
+mod tls;
 mod token;
 
 use std::process::ExitCode;
@@ -66,6 +67,11 @@ enum Command {
         #[command(subcommand)]
         command: nats::NatsCommand,
     },
+    /// The local CA and service certificates (TLS everywhere).
+    Tls {
+        #[command(subcommand)]
+        command: tls::TlsCommand,
+    },
     /// Audit records on NATS.
     Audit {
         #[command(subcommand)]
@@ -98,6 +104,7 @@ async fn main() -> ExitCode {
             .map(|()| ExitCode::SUCCESS),
         Command::License { command } => license::run(command, conn, format).await,
         Command::Nats { command } => nats::run(command).map(|()| ExitCode::SUCCESS),
+        Command::Tls { command } => tls::run(command).map(|()| ExitCode::SUCCESS),
         Command::Audit { command } => audit::run(command, conn, &cli.bus, format)
             .await
             .map(|()| ExitCode::SUCCESS),

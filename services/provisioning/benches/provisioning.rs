@@ -83,7 +83,7 @@ async fn main() -> anyhow::Result<()> {
         ("KEEL_TENANT_ADDR".to_owned(), tenant.grpc_url()),
         (
             "KEEL_JWKS_URL".to_owned(),
-            format!("http://{}/.well-known/jwks.json", tenant.http),
+            format!("{}/.well-known/jwks.json", tenant.http_url()),
         ),
         (
             "KEEL_PROVISIONING_GITOPS_DIR".to_owned(),

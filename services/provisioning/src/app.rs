@@ -87,7 +87,7 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         redis: mesh.redis().await?,
         gitops_dir: settings.gitops_dir.clone(),
         master: mesh.master_key().clone(),
-        tenant: TenantClient::new(&mesh.config().tenant_addr, api_key)?,
+        tenant: TenantClient::new(&mesh.config().tenant_addr, mesh.tls(), api_key)?,
     };
     let executor = Arc::new(Executor {
         cqrs: store.framework(()),
@@ -123,7 +123,7 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         signer,
         creds_ttl: std::time::Duration::from_secs(settings.audit_creds_ttl_secs),
     };
-    let auth = mesh.auth(keel_auth::jwks::DEFAULT_URL).await;
+    let auth = mesh.auth(None).await?;
     let router = mesh
         .grpc(auth, GRPC_SERVICES)
         .await?

@@ -349,8 +349,12 @@ async fn measure(b: &Bench, w: &World) -> Result<()> {
     let create = b.rows(CREATE, &all, |_, i| w.create(i)).await;
 
     // Auth alone: the same tokens, a JwksCache on the same endpoint, a limiter on the same Redis.
-    let jwks_url = format!("http://{}/.well-known/jwks.json", w.proc.http);
-    let jwks = Arc::new(JwksCache::new(jwks_url, Duration::from_secs(300)));
+    let jwks_url = format!("{}/.well-known/jwks.json", w.proc.http_url());
+    let jwks = Arc::new(JwksCache::with_tls(
+        jwks_url,
+        Duration::from_secs(300),
+        keel_store::testing::tls_client().http_client()?,
+    ));
     let limiter = Arc::new(RateLimiter::connect(&redis_url()).await);
     let layer = AuthLayer::new(AuthConfig::new(jwks).with_limiter(limiter, keel_tenancy::tier::auth_limits));
     if let Some(code) = authenticate(&layer, &w.operator)().await {

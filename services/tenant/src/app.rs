@@ -145,10 +145,10 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
     mesh.project(db.pool().clone(), TenantsView, view);
 
     // The tenant service verifies against its own JWKS endpoint unless told otherwise.
-    let own_jwks = format!("http://{}/.well-known/jwks.json", mesh.http_addr());
+    let own_jwks = format!("{}/.well-known/jwks.json", mesh.http_url());
     let auth = mesh
-        .auth(&own_jwks)
-        .await
+        .auth(Some(&own_jwks))
+        .await?
         .with_public_path("/keel.v1.TokenService/ExchangeApiKey");
     let router = mesh
         .grpc(auth, GRPC_SERVICES)

@@ -206,7 +206,7 @@ impl World {
         let env = HashMap::from([
             (
                 "KEEL_JWKS_URL".to_owned(),
-                format!("http://{}/.well-known/jwks.json", self.tenant.http),
+                format!("{}/.well-known/jwks.json", self.tenant.http_url()),
             ),
             ("KEEL_LOG".to_owned(), "warn".to_owned()),
         ]);

@@ -116,7 +116,7 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
             mesh.stop_token(),
         ),
     );
-    let auth = mesh.auth(keel_auth::jwks::DEFAULT_URL).await;
+    let auth = mesh.auth(None).await?;
     let api = TimelineApi {
         indexer,
         bus: mesh.bus().clone(),

@@ -3,3 +3,4 @@
 mod readiness;
 mod service;
 mod support;
+mod tls;

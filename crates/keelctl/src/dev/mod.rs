@@ -32,6 +32,9 @@ pub struct ServiceSpec {
     pub http_port: u16,
 }
 
+/// Where `keelctl dev up` keeps the local CA and service certificates.
+pub const TLS_DIR: &str = ".keel/tls";
+
 pub const SERVICES: &[ServiceSpec] = &[
     ServiceSpec {
         name: "tenant",

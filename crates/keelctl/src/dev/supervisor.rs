@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -32,6 +31,27 @@ pub async fn up(bin_dir: &Path, only: &[String], ready_timeout: Duration) -> any
     let signer_file = nats_home.join("signer.json");
     keel_runtime::nats::authority::write_private(&signer_file, &authority.signer()?.to_file())?;
     let namespace = std::env::var("KEEL_BUS_PREFIX").unwrap_or_default();
+    // TLS everywhere: a local CA and a certificate per service in .keel/tls, unless the
+    // environment names TLS material of its own or asks for plaintext.
+    let insecure = std::env::var("KEEL_TLS_INSECURE").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"));
+    let own_tls = std::env::var_os("KEEL_TLS_DIR").is_some() || std::env::var_os("KEEL_TLS_CA").is_some();
+    let tls_dir = std::path::PathBuf::from(super::TLS_DIR);
+    if !insecure && !own_tls {
+        let made = keel_runtime::tls::local::ensure(&tls_dir, keel_runtime::tls::local::SERVICES)?;
+        if made.ca {
+            println!("[dev] made a local CA and service certificates in {}", tls_dir.display());
+        }
+    }
+    let probe_tls = if insecure {
+        println!("[dev] KEEL_TLS_INSECURE is set: the mesh runs plaintext");
+        keel_runtime::Tls::insecure()
+    } else {
+        let ca = std::env::var_os("KEEL_TLS_CA")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("KEEL_TLS_DIR").map(|d| Path::new(&d).join(keel_runtime::tls::local::CA_CERT)))
+            .unwrap_or_else(|| tls_dir.join(keel_runtime::tls::local::CA_CERT));
+        keel_runtime::Tls::client_of(&ca)?
+    };
     let mut running = Vec::new();
     for spec in chosen {
         let path = bin_dir.join(spec.binary);
@@ -50,6 +70,9 @@ pub async fn up(bin_dir: &Path, only: &[String], ready_timeout: Duration) -> any
         let mut command = Command::new(&path);
         if spec.name == "provisioning" {
             command.env("KEEL_PROVISIONING_NATS_SIGNER_FILE", &signer_file);
+        }
+        if !insecure && !own_tls {
+            command.env("KEEL_TLS_DIR", std::path::absolute(&tls_dir)?);
         }
         let mut child = command
             .env("KEEL_NATS_CREDS", &creds_file)
@@ -84,10 +107,12 @@ pub async fn up(bin_dir: &Path, only: &[String], ready_timeout: Duration) -> any
         );
     }
     for r in &mut running {
-        wait_ready(r, ready_timeout).await?;
+        wait_ready(r, &probe_tls, ready_timeout).await?;
         println!(
-            "[dev] {:<12} ready on http://127.0.0.1:{}/readyz",
-            r.spec.name, r.spec.http_port
+            "[dev] {:<12} ready on {}://127.0.0.1:{}/readyz",
+            r.spec.name,
+            probe_tls.scheme(),
+            r.spec.http_port
         );
     }
     println!("[dev] mesh is up ({} services). Ctrl-C stops it.", running.len());
@@ -131,14 +156,15 @@ async fn prefix(name: &'static str, stream: impl AsyncRead + Unpin) {
     }
 }
 
-async fn wait_ready(r: &mut Running, timeout: Duration) -> anyhow::Result<()> {
+async fn wait_ready(r: &mut Running, tls: &keel_runtime::Tls, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(50);
     loop {
         if let Ok(Some(status)) = r.child.try_wait() {
             bail!("{} exited during start-up ({status})", r.spec.name);
         }
-        if http_status(r.spec.http_port, "/readyz").await == Some(200) {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], r.spec.http_port));
+        if matches!(keel_runtime::tls::http_get(tls, addr, "/readyz").await, Ok((200, _))) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -151,22 +177,4 @@ async fn wait_ready(r: &mut Running, timeout: Duration) -> anyhow::Result<()> {
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(500));
     }
-}
-
-/// A minimal HTTP/1.0 GET: enough for a readiness probe, no client library needed.
-async fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut s = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(("127.0.0.1", port)))
-        .await
-        .ok()?
-        .ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut buf = vec![0u8; 64];
-    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf))
-        .await
-        .ok()?
-        .ok()?;
-    let head = std::str::from_utf8(&buf[..n]).ok()?;
-    head.split_whitespace().nth(1)?.parse().ok()
 }

@@ -97,7 +97,7 @@ pub struct Api {
 impl Api {
     pub async fn connect(conn: &ConnectionArgs) -> anyhow::Result<Self> {
         let session = Session::open(conn).await?;
-        let channel = client::timeline_channel(&conn.timeline_addr).await?;
+        let channel = client::timeline_channel(conn).await?;
         Ok(Self {
             timeline: TimelineServiceClient::with_interceptor(channel, session.bearer.clone()),
             session,

@@ -65,6 +65,10 @@ impl World {
     pub fn keelctl(&self, args: &[&str]) -> Command {
         let mut cmd = bare_keelctl(args, self.dir.path());
         cmd.env("KEEL_TENANT_ADDR", self.proc().grpc_url())
+            .env(
+                "KEEL_TLS_CA",
+                keel_store::testing::tls_dir().join(keel_runtime::tls::local::CA_CERT),
+            )
             .env("KEEL_API_KEY", &self.bootstrap)
             .env("KEEL_BUS_PREFIX", &self.proc().namespace)
             // An operator's NATS credentials, for `audit tail --from-start`.
@@ -139,23 +143,11 @@ impl World {
         api.mark_provisioned(req()).await.unwrap();
     }
 
-    /// GET /.well-known/jwks.json with a plain HTTP/1.0 request: the body.
+    /// GET /.well-known/jwks.json over TLS: the body.
     pub async fn jwks(&self) -> String {
-        let mut s = tokio::net::TcpStream::connect(self.proc().http).await.unwrap();
-        s.write_all(b"GET /.well-known/jwks.json HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = String::new();
-        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        let (head, body) = buf.split_once("\r\n\r\n").unwrap();
-        assert!(
-            head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-            "{head}"
-        );
-        body.to_owned()
+        let (status, body) = self.proc().http_get("/.well-known/jwks.json").await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        body
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -178,6 +170,8 @@ pub fn bare_keelctl(args: &[&str], dir: &Path) -> Command {
         .env_remove("KEEL_TENANT_ADDR")
         .env_remove("KEEL_TIMELINE_ADDR")
         .env_remove("KEEL_NATS_CREDS")
+        .env_remove("KEEL_TLS_CA")
+        .env_remove("KEEL_TLS_INSECURE")
         .env("KEEL_NATS_URL", keel_store::testing::nats_url())
         .env_remove("KEEL_BUS_PREFIX")
         .stdin(Stdio::null())

@@ -144,18 +144,7 @@ impl World {
 
     /// GET on the service's HTTP port: (status, body).
     pub async fn http_get(&self, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.proc().http).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.unwrap();
-        let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((&buf, ""));
-        (
-            head.split_whitespace().nth(1).unwrap().parse().unwrap(),
-            body.to_owned(),
-        )
+        self.proc().http_get(path).await.unwrap()
     }
 
     pub async fn event_count(&self) -> i64 {
