@@ -3,4 +3,5 @@
 
 mod nats_auth;
 mod secrets;
+mod tls;
 mod trace;

@@ -254,7 +254,7 @@ impl Config {
             None => DEFAULT_JWKS_TTL_SECS,
         };
         let trimmed = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-        let tls = crate::tls::TlsSetting::resolve(service, &env)?;
+        let tls = crate::tls::TlsSetting::resolve(service, env)?;
 
         let config = Config {
             service: service.to_owned(),

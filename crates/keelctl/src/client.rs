@@ -11,9 +11,9 @@ use keel_proto::v1 as pb;
 use keel_proto::v1::license_service_client::LicenseServiceClient;
 use keel_proto::v1::tenant_service_client::TenantServiceClient;
 use keel_proto::v1::token_service_client::TokenServiceClient;
+use keel_runtime::Tls;
 use tonic::codegen::InterceptedService;
 use tonic::metadata::{Ascii, MetadataValue};
-use keel_runtime::Tls;
 use tonic::transport::{Channel, Endpoint};
 
 /// Where `just up` leaves the generated bootstrap operator key.

@@ -28,10 +28,16 @@ pub fn run(command: TlsCommand) -> anyhow::Result<()> {
             };
             let made = keel_runtime::tls::local::ensure(&dir, &names)?;
             if made.ca {
-                println!("made a CA in {}", dir.join(keel_runtime::tls::local::CA_CERT).display());
+                println!(
+                    "made a CA in {}",
+                    dir.join(keel_runtime::tls::local::CA_CERT).display()
+                );
             }
             for name in &made.issued {
-                println!("issued {}", dir.join(keel_runtime::tls::local::cert_file(name)).display());
+                println!(
+                    "issued {}",
+                    dir.join(keel_runtime::tls::local::cert_file(name)).display()
+                );
             }
             if !made.ca && made.issued.is_empty() {
                 println!("{} is complete", dir.display());

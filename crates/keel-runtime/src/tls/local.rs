@@ -73,9 +73,17 @@ fn leaf_params(name: &str) -> Result<CertificateParams> {
         "::1".to_owned(),
     ];
     let mut params = CertificateParams::new(sans).map_err(fail)?;
-    params.distinguished_name.push(DnType::CommonName, format!("keel-{name}"));
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("keel-{name}"));
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     params.use_authority_key_identifier_extension = true;
     params.not_before = time_from_now(-1);
     params.not_after = time_from_now(VALID_DAYS);
@@ -107,7 +115,11 @@ impl Lock {
         let path = dir.join(".lock");
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
-            match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
                 Ok(_) => return Ok(Lock(path)),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     let stale = std::fs::metadata(&path)
@@ -190,12 +202,21 @@ mod tests {
         assert_eq!(first.issued, ["tenant", "timeline"]);
         let ca = std::fs::read(dir.join(CA_CERT)).unwrap();
         let again = ensure(&dir, &["tenant", "timeline", "billing"]).unwrap();
-        assert_eq!(again, Made { ca: false, issued: vec!["billing".into()] });
+        assert_eq!(
+            again,
+            Made {
+                ca: false,
+                issued: vec!["billing".into()]
+            }
+        );
         assert_eq!(std::fs::read(dir.join(CA_CERT)).unwrap(), ca, "the CA is kept");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.join(key_file("billing"))).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.join(key_file("billing")))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         // A certificate issued by the re-created issuer chains to the stored CA.

@@ -32,7 +32,11 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum TlsSetting {
     /// `KEEL_TLS_DIR` (`ca.pem`, `<service>.pem`, `<service>-key.pem`) or `KEEL_TLS_CA`,
     /// `KEEL_TLS_CERT`, `KEEL_TLS_KEY` (each overriding the directory's file).
-    Files { ca: PathBuf, cert: PathBuf, key: PathBuf },
+    Files {
+        ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+    },
     /// `KEEL_TLS_INSECURE=true`: plaintext everywhere.
     Insecure,
     /// Nothing configured: the service refuses to start, naming the settings.
@@ -245,7 +249,8 @@ impl Tls {
             value: url.to_owned(),
             reason,
         };
-        let endpoint = Endpoint::from_shared(url.to_owned()).map_err(|e| bad_url(format!("not a URL: {e}")))?;
+        let endpoint =
+            Endpoint::from_shared(url.to_owned()).map_err(|e| bad_url(format!("not a URL: {e}")))?;
         let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
         match (&self.0, scheme.as_deref()) {
             (Some(m), Some("https")) => {
@@ -272,9 +277,14 @@ impl Tls {
 /// the status code and body (at most 1 MiB). Does not follow redirects.
 pub async fn http_get(tls: &Tls, addr: std::net::SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, path: &str) -> std::io::Result<(u16, String)> {
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-            .await?;
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+        mut s: S,
+        path: &str,
+    ) -> std::io::Result<(u16, String)> {
+        s.write_all(
+            format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
         let mut buf = Vec::new();
         s.take(1 << 20).read_to_end(&mut buf).await?;
         let text = String::from_utf8_lossy(&buf);
@@ -293,7 +303,9 @@ pub async fn http_get(tls: &Tls, addr: std::net::SocketAddr, path: &str) -> std:
             None => exchange(tcp, path).await,
             Some(config) => {
                 let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
-                let stream = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+                let stream = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await?;
                 exchange(stream, path).await
             }
         }
@@ -327,13 +339,19 @@ mod tests {
             }
         );
         let err = Tls::from_setting(&s).unwrap_err().to_string();
-        assert!(err.contains("KEEL_TLS_DIR") && err.contains("KEEL_TLS_INSECURE"), "{err}");
+        assert!(
+            err.contains("KEEL_TLS_DIR") && err.contains("KEEL_TLS_INSECURE"),
+            "{err}"
+        );
     }
 
     #[test]
     fn a_directory_names_the_services_files_and_single_files_override_it() {
-        let s = TlsSetting::resolve("billing-meter", env(&[("KEEL_TLS_DIR", "/t"), ("KEEL_TLS_CA", "/ca.pem")]))
-            .unwrap();
+        let s = TlsSetting::resolve(
+            "billing-meter",
+            env(&[("KEEL_TLS_DIR", "/t"), ("KEEL_TLS_CA", "/ca.pem")]),
+        )
+        .unwrap();
         assert_eq!(
             s,
             TlsSetting::Files {
@@ -362,7 +380,9 @@ mod tests {
     fn endpoints_must_match_the_mode() {
         let plain = Tls::insecure();
         assert!(plain.endpoint("http://127.0.0.1:1", "KEEL_TENANT_ADDR").is_ok());
-        let err = plain.endpoint("https://127.0.0.1:1", "KEEL_TENANT_ADDR").unwrap_err();
+        let err = plain
+            .endpoint("https://127.0.0.1:1", "KEEL_TENANT_ADDR")
+            .unwrap_err();
         assert!(err.to_string().contains("KEEL_TENANT_ADDR"), "{err}");
         assert!(plain.endpoint("not a url", "X").is_err());
 
@@ -374,7 +394,9 @@ mod tests {
         )
         .unwrap();
         assert!(tls.endpoint("https://127.0.0.1:1", "X").is_ok());
-        let err = tls.endpoint("http://127.0.0.1:1", "KEEL_TENANT_ADDR").unwrap_err();
+        let err = tls
+            .endpoint("http://127.0.0.1:1", "KEEL_TENANT_ADDR")
+            .unwrap_err();
         assert!(err.to_string().contains("https://"), "{err}");
         assert!(tls.grpc_server().is_some());
         assert!(tls.http_server().unwrap().is_some());

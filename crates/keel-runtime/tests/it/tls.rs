@@ -17,7 +17,10 @@ use crate::support::*;
 const LIMIT: Duration = Duration::from_secs(10);
 
 fn ca_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("keel-runtime-tls-{name}-{}", uuid::Uuid::new_v4().simple()));
+    let dir = std::env::temp_dir().join(format!(
+        "keel-runtime-tls-{name}-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     local::ensure(&dir, &["tenant", "timeline"]).unwrap();
     dir
 }
@@ -60,7 +63,8 @@ async fn serves_tls_to_clients_of_its_ca_only() {
     keel_runtime::telemetry::init_for_tests();
     let dir = ca_dir("mesh");
     let other = ca_dir("other");
-    let rt = Service::from_config(config(vec![("KEEL_TLS_DIR".into(), dir.display().to_string())]).unwrap()).unwrap();
+    let rt = Service::from_config(config(vec![("KEEL_TLS_DIR".into(), dir.display().to_string())]).unwrap())
+        .unwrap();
     assert!(rt.tls().is_on());
     let introspection = rt
         .grpc_health_and_reflection(tonic_health::pb::FILE_DESCRIPTOR_SET, &[HEALTH_SERVICE])
@@ -81,24 +85,38 @@ async fn serves_tls_to_clients_of_its_ca_only() {
 
     // A token-bearing client: only the CA.
     let client = Tls::client_of(&ca(&dir)).unwrap();
-    assert_eq!(health_of(&client, &https).await, Ok(ServingStatus::Serving as i32));
+    assert_eq!(
+        health_of(&client, &https).await,
+        Ok(ServingStatus::Serving as i32)
+    );
     // A service calling another: presents its own certificate (mTLS).
     let service = Tls::load(
         &ca(&dir),
-        Some((&dir.join(local::cert_file("timeline")), &dir.join(local::key_file("timeline")))),
+        Some((
+            &dir.join(local::cert_file("timeline")),
+            &dir.join(local::key_file("timeline")),
+        )),
     )
     .unwrap();
-    assert_eq!(health_of(&service, &https).await, Ok(ServingStatus::Serving as i32));
+    assert_eq!(
+        health_of(&service, &https).await,
+        Ok(ServingStatus::Serving as i32)
+    );
     // HTTPS for /livez, /readyz, /metrics.
-    let (status, body) = keel_runtime::tls::http_get(&client, http_addr, "/livez").await.unwrap();
+    let (status, body) = keel_runtime::tls::http_get(&client, http_addr, "/livez")
+        .await
+        .unwrap();
     assert_eq!((status, body.as_str()), (200, "ok"));
 
     // Plaintext is refused on both ports.
     let plain = health_of(&Tls::insecure(), &format!("http://{grpc_addr}")).await;
     assert!(plain.is_err(), "a plaintext gRPC client got through: {plain:?}");
-    let plain_http = tokio::time::timeout(LIMIT, keel_runtime::tls::http_get(&Tls::insecure(), http_addr, "/livez"))
-        .await
-        .expect("the HTTPS port answers a plaintext request at once");
+    let plain_http = tokio::time::timeout(
+        LIMIT,
+        keel_runtime::tls::http_get(&Tls::insecure(), http_addr, "/livez"),
+    )
+    .await
+    .expect("the HTTPS port answers a plaintext request at once");
     assert!(
         !matches!(plain_http, Ok((200, _))),
         "a plaintext HTTP client got through: {plain_http:?}"
@@ -110,15 +128,25 @@ async fn serves_tls_to_clients_of_its_ca_only() {
         refused.to_lowercase().contains("certificate") || refused.contains("invalid peer"),
         "{refused}"
     );
-    assert!(keel_runtime::tls::http_get(&stranger, http_addr, "/livez").await.is_err());
+    assert!(
+        keel_runtime::tls::http_get(&stranger, http_addr, "/livez")
+            .await
+            .is_err()
+    );
     // A client certificate from another CA is refused by the server even though the client
     // trusts the server.
     let forged = Tls::load(
         &ca(&dir),
-        Some((&other.join(local::cert_file("timeline")), &other.join(local::key_file("timeline")))),
+        Some((
+            &other.join(local::cert_file("timeline")),
+            &other.join(local::key_file("timeline")),
+        )),
     )
     .unwrap();
-    assert!(health_of(&forged, &https).await.is_err(), "a foreign client certificate was accepted");
+    assert!(
+        health_of(&forged, &https).await.is_err(),
+        "a foreign client certificate was accepted"
+    );
 
     shutdown.trigger();
     within(LIMIT, "drained shutdown", served).await.unwrap().unwrap();
@@ -128,13 +156,20 @@ async fn serves_tls_to_clients_of_its_ca_only() {
 
 #[test]
 fn a_service_without_tls_material_does_not_start_naming_the_settings() {
-    let err = Service::from_config(config(vec![]).unwrap()).unwrap_err().to_string();
-    assert!(err.contains("KEEL_TLS_DIR") && err.contains("KEEL_TLS_INSECURE"), "{err}");
+    let err = Service::from_config(config(vec![]).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("KEEL_TLS_DIR") && err.contains("KEEL_TLS_INSECURE"),
+        "{err}"
+    );
     let missing = std::env::temp_dir().join("keel-no-such-tls-dir");
-    let err = Service::from_config(
-        config(vec![("KEEL_TLS_DIR".into(), missing.display().to_string())]).unwrap(),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("KEEL_TLS_CA") && err.contains("keel-no-such-tls-dir"), "{err}");
+    let err =
+        Service::from_config(config(vec![("KEEL_TLS_DIR".into(), missing.display().to_string())]).unwrap())
+            .unwrap_err()
+            .to_string();
+    assert!(
+        err.contains("KEEL_TLS_CA") && err.contains("keel-no-such-tls-dir"),
+        "{err}"
+    );
 }

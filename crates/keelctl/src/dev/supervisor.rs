@@ -33,13 +33,17 @@ pub async fn up(bin_dir: &Path, only: &[String], ready_timeout: Duration) -> any
     let namespace = std::env::var("KEEL_BUS_PREFIX").unwrap_or_default();
     // TLS everywhere: a local CA and a certificate per service in .keel/tls, unless the
     // environment names TLS material of its own or asks for plaintext.
-    let insecure = std::env::var("KEEL_TLS_INSECURE").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"));
+    let insecure =
+        std::env::var("KEEL_TLS_INSECURE").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"));
     let own_tls = std::env::var_os("KEEL_TLS_DIR").is_some() || std::env::var_os("KEEL_TLS_CA").is_some();
     let tls_dir = std::path::PathBuf::from(super::TLS_DIR);
     if !insecure && !own_tls {
         let made = keel_runtime::tls::local::ensure(&tls_dir, keel_runtime::tls::local::SERVICES)?;
         if made.ca {
-            println!("[dev] made a local CA and service certificates in {}", tls_dir.display());
+            println!(
+                "[dev] made a local CA and service certificates in {}",
+                tls_dir.display()
+            );
         }
     }
     let probe_tls = if insecure {
@@ -48,7 +52,10 @@ pub async fn up(bin_dir: &Path, only: &[String], ready_timeout: Duration) -> any
     } else {
         let ca = std::env::var_os("KEEL_TLS_CA")
             .map(std::path::PathBuf::from)
-            .or_else(|| std::env::var_os("KEEL_TLS_DIR").map(|d| Path::new(&d).join(keel_runtime::tls::local::CA_CERT)))
+            .or_else(|| {
+                std::env::var_os("KEEL_TLS_DIR")
+                    .map(|d| Path::new(&d).join(keel_runtime::tls::local::CA_CERT))
+            })
             .unwrap_or_else(|| tls_dir.join(keel_runtime::tls::local::CA_CERT));
         keel_runtime::Tls::client_of(&ca)?
     };
@@ -164,7 +171,10 @@ async fn wait_ready(r: &mut Running, tls: &keel_runtime::Tls, timeout: Duration)
             bail!("{} exited during start-up ({status})", r.spec.name);
         }
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], r.spec.http_port));
-        if matches!(keel_runtime::tls::http_get(tls, addr, "/readyz").await, Ok((200, _))) {
+        if matches!(
+            keel_runtime::tls::http_get(tls, addr, "/readyz").await,
+            Ok((200, _))
+        ) {
             return Ok(());
         }
         if Instant::now() > deadline {

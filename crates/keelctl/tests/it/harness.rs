@@ -12,7 +12,7 @@ use keel_proto::v1 as pb;
 use keel_proto::v1::tenant_service_client::TenantServiceClient;
 use keel_proto::v1::token_service_client::TokenServiceClient;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
 /// A keelctl run: exit code, stdout, stderr.

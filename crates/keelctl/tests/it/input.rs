@@ -73,14 +73,33 @@ async fn missing_credentials_and_unreachable_service_exit_1() {
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(run.stderr.contains("--ca"), "{run:?}");
 
-    let run = bare(&["tenant", "list", "--addr", "http://127.0.0.1:1", "--api-key", "k", "--insecure"]).await;
+    let run = bare(&[
+        "tenant",
+        "list",
+        "--addr",
+        "http://127.0.0.1:1",
+        "--api-key",
+        "k",
+        "--insecure",
+    ])
+    .await;
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(run.stderr.starts_with("error: UNAVAILABLE: "), "{run:?}");
 
     // A plaintext address without --insecure is refused before anything is sent.
     let ca = keel_store::testing::tls_dir().join(keel_runtime::tls::local::CA_CERT);
     let ca = ca.to_str().unwrap();
-    let run = bare(&["tenant", "list", "--addr", "http://127.0.0.1:1", "--api-key", "k", "--ca", ca]).await;
+    let run = bare(&[
+        "tenant",
+        "list",
+        "--addr",
+        "http://127.0.0.1:1",
+        "--api-key",
+        "k",
+        "--ca",
+        ca,
+    ])
+    .await;
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(run.stderr.contains("https://"), "{run:?}");
 }

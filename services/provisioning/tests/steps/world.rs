@@ -58,7 +58,12 @@ impl World {
             gitops_dir: gitops.path().to_owned(),
             master,
             // The step tests drive local steps only; nothing answers here.
-            tenant: keel_tenancy::TenantClient::new("http://127.0.0.1:1", &keel_runtime::Tls::insecure(), "unused".into()).unwrap(),
+            tenant: keel_tenancy::TenantClient::new(
+                "http://127.0.0.1:1",
+                &keel_runtime::Tls::insecure(),
+                "unused".into(),
+            )
+            .unwrap(),
         };
         Self {
             token,

@@ -195,7 +195,10 @@ async fn jwks_outage_serves_cached_keys_within_ttl_then_fails_then_recovers() {
         .route("/jwks.json", axum::routing::get(jwks_proxy))
         .with_state(proxy.clone());
     // Over TLS with a certificate of the test CA, as the service only fetches keys over HTTPS.
-    let tls = keel_store::testing::tls_service("tenant").http_server().unwrap().unwrap();
+    let tls = keel_store::testing::tls_service("tenant")
+        .http_server()
+        .unwrap()
+        .unwrap();
     let listener = keel_runtime::tls::listener::TlsListener::new(listener, tls).unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let env = HashMap::from([
