@@ -9,7 +9,13 @@ cd "$(dirname "$0")/.."
 TARGET="${CARGO_TARGET_DIR:-$PWD/target}"
 KEELCTL="$TARGET/debug/keelctl"
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-ready() { curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1; }
+# The mesh runs TLS with the local CA `just up` made in .keel/tls (plaintext only with
+# KEEL_TLS_INSECURE=true).
+if [ "${KEEL_TLS_INSECURE:-}" = "true" ]; then
+  ready() { curl -fsS "http://127.0.0.1:$1/readyz" >/dev/null 2>&1; }
+else
+  ready() { [ -s .keel/tls/ca.pem ] && curl -fsS --cacert .keel/tls/ca.pem "https://127.0.0.1:$1/readyz" >/dev/null 2>&1; }
+fi
 
 if ready 8081 && ready 8082 && ready 8084; then
   say "mesh already running"

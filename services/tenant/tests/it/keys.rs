@@ -386,6 +386,7 @@ async fn bootstrap_off_without_another_operator_key_refuses_to_start() {
         .env("KEEL_MASTER_KEY", keel_e2e::TEST_MASTER_KEY)
         .env("KEEL_BOOTSTRAP_TOKEN", &w.bootstrap)
         .env("KEEL_TENANT_BOOTSTRAP", "off")
+        .env("KEEL_TLS_DIR", keel_store::testing::tls_dir())
         .env(
             "KEEL_NATS_CREDS",
             keel_store::testing::nats_creds_file(
