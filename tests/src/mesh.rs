@@ -119,6 +119,7 @@ impl MeshBuilder {
             procs: HashMap::new(),
             envs: HashMap::new(),
             tenant_channel: None,
+            provisioning_key: None,
         };
         mesh.start_part(Part::Tenant, self.tenant).await;
         let channel = mesh.proc(Part::Tenant).channel().await.expect("tenant channel");
@@ -131,6 +132,24 @@ impl MeshBuilder {
             .expect("the bootstrap key exchanges")
             .into_inner()
             .token;
+        // Provisioning runs as its own platform account with only the scopes it needs.
+        if self.provisioning.is_some() {
+            let created = TokenServiceClient::with_interceptor(
+                channel.clone(),
+                crate::Bearer(Some(mesh.operator.clone())),
+            )
+            .create_operator_key(pb::CreateOperatorKeyRequest {
+                name: "provisioning".into(),
+                scopes: keel_tenancy::client::SCOPES_NEEDED
+                    .iter()
+                    .map(|s| (*s).to_owned())
+                    .collect(),
+            })
+            .await
+            .expect("provisioning's platform key")
+            .into_inner();
+            mesh.provisioning_key = Some(created.api_key);
+        }
         mesh.tenant_channel = Some(channel);
         for (part, env) in [
             (Part::Timeline, self.timeline),
@@ -158,6 +177,9 @@ pub struct Mesh {
     procs: HashMap<Part, ServiceProc>,
     envs: HashMap<Part, HashMap<String, String>>,
     tenant_channel: Option<Channel>,
+    /// Provisioning's own platform key (`KEEL_PROVISIONING_API_KEY`): tenant:read,
+    /// tenant:lifecycle, license:read, license:issue, never `operator`.
+    pub provisioning_key: Option<String>,
 }
 
 impl Mesh {
@@ -185,6 +207,9 @@ impl Mesh {
             ),
         ]));
         if part == Part::Provisioning {
+            if let Some(key) = &self.provisioning_key {
+                env.insert("KEEL_PROVISIONING_API_KEY".into(), key.clone());
+            }
             env.extend(env_of([
                 ("KEEL_PROVISIONING_GITOPS_DIR", self.gitops.display().to_string()),
                 ("KEEL_PROVISIONING_RESOURCE_PREFIX", format!("{}_", self.token)),

@@ -55,6 +55,20 @@ impl Denial<'_> {
         Ok(())
     }
 
+    /// Operators or platform accounts holding `scope` (see [`Principal::require_platform`]).
+    pub async fn require_platform(
+        &self,
+        principal: &Principal,
+        scope: &str,
+        tenant_id: &str,
+    ) -> Result<(), Status> {
+        if let Err(status) = principal.require_platform(scope) {
+            self.record(principal, tenant_id, &status).await;
+            return Err(status);
+        }
+        Ok(())
+    }
+
     /// Operators only, audited on `tenant_id` (or the platform for `*`).
     pub async fn require_operator(&self, principal: &Principal, tenant_id: &str) -> Result<(), Status> {
         if let Err(status) = principal.require_operator() {

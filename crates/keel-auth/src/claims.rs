@@ -39,6 +39,11 @@ pub mod scopes {
     pub const TIMELINE_READ: &str = "timeline:read";
     pub const EVIDENCE_CREATE: &str = "evidence:create";
     pub const OPERATOR: &str = "operator";
+    /// Platform accounts only: move tenants through provisioning (MarkProvisioning,
+    /// MarkProvisioned, MarkFailed, MarkDeleted).
+    pub const TENANT_LIFECYCLE: &str = "tenant:lifecycle";
+    /// Platform accounts only: issue a tenant's license.
+    pub const LICENSE_ISSUE: &str = "license:issue";
 
     /// Every scope, for validating requested scopes at issue time.
     pub const ALL: &[&str] = &[
@@ -50,6 +55,8 @@ pub mod scopes {
         TIMELINE_READ,
         EVIDENCE_CREATE,
         OPERATOR,
+        TENANT_LIFECYCLE,
+        LICENSE_ISSUE,
     ];
 
     /// Whether `scope` is one Keel knows.

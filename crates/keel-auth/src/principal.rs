@@ -30,17 +30,24 @@ impl Principal {
         self.claims.tenant == "*" && self.claims.has_scope(scopes::OPERATOR)
     }
 
+    /// A platform account: tenant `*`. With the `operator` scope it is an operator; without
+    /// it, a service account of the platform (provisioning, …) holding only its named scopes,
+    /// on every tenant.
+    pub fn is_platform(&self) -> bool {
+        self.claims.tenant == "*"
+    }
+
     /// Allows the call if the caller holds `scope` for `tenant_id`.
     ///
-    /// Operators pass for any tenant when they hold `scope`. Everyone else must belong to
-    /// `tenant_id`. The PERMISSION_DENIED message names only the scope, never a tenant.
+    /// Platform accounts (operators included) pass for any tenant when they hold `scope`.
+    /// Everyone else must belong to `tenant_id`. The PERMISSION_DENIED message names only the
+    /// scope, never a tenant.
     pub fn require(&self, scope: &str, tenant_id: &str) -> Result<(), Status> {
         let has_scope = self.claims.has_scope(scope);
-        if self.is_operator() && has_scope {
+        if self.is_platform() && has_scope {
             return Ok(());
         }
-        // A wildcard tenant without the operator scope is no tenant at all.
-        if self.claims.tenant == "*" || self.claims.tenant != tenant_id {
+        if self.is_platform() || self.claims.tenant != tenant_id {
             return Err(keel_runtime::status::permission_denied(
                 "MISSING_SCOPE",
                 format!("missing scope {scope} for this tenant"),
@@ -56,6 +63,20 @@ impl Principal {
     }
 
     /// Allows the call only for platform operators.
+    /// Platform-only calls with a scope of their own (`tenant:lifecycle`, `license:issue`):
+    /// an operator, or a platform account holding `scope`. A tenant's own token never passes,
+    /// whatever its scopes.
+    pub fn require_platform(&self, scope: &str) -> Result<(), Status> {
+        if self.is_operator() || (self.is_platform() && self.claims.has_scope(scope)) {
+            Ok(())
+        } else {
+            Err(keel_runtime::status::permission_denied(
+                "MISSING_SCOPE",
+                format!("missing platform scope {scope}"),
+            ))
+        }
+    }
+
     pub fn require_operator(&self) -> Result<(), Status> {
         if self.is_operator() {
             Ok(())
@@ -134,13 +155,30 @@ mod tests {
     }
 
     #[test]
-    fn wildcard_tenant_without_operator_scope_is_nobody() {
-        let p = who("u_1", "*", &[scopes::TENANT_READ]);
-        assert!(!p.is_operator());
-        assert!(p.require(scopes::TENANT_READ, "*").is_err());
+    fn a_platform_account_holds_only_its_scopes_on_every_tenant() {
+        let p = who(
+            "sa_op-provisioning",
+            "*",
+            &[scopes::TENANT_READ, scopes::TENANT_LIFECYCLE],
+        );
+        assert!(!p.is_operator() && p.is_platform());
+        assert!(p.require(scopes::TENANT_READ, "t_1").is_ok());
+        assert!(p.require(scopes::TENANT_WRITE, "t_1").is_err());
+        assert!(p.require_platform(scopes::TENANT_LIFECYCLE).is_ok());
+        let err = p.require_platform(scopes::LICENSE_ISSUE).unwrap_err();
+        assert_eq!(err.message(), "missing platform scope license:issue");
         let err = p.require_operator().unwrap_err();
         assert_eq!(err.code(), Code::PermissionDenied);
         assert_eq!(err.message(), "missing scope operator");
+    }
+
+    #[test]
+    fn platform_scopes_never_pass_for_a_tenants_own_token() {
+        let t = who("sa_ci", "t_1", &[scopes::TENANT_LIFECYCLE, scopes::LICENSE_ISSUE]);
+        assert!(t.require_platform(scopes::TENANT_LIFECYCLE).is_err());
+        assert!(t.require_platform(scopes::LICENSE_ISSUE).is_err());
+        let op = who("u_op", "*", &[scopes::OPERATOR]);
+        assert!(op.require_platform(scopes::TENANT_LIFECYCLE).is_ok());
     }
 
     #[test]

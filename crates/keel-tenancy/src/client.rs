@@ -58,6 +58,16 @@ fn tenant_ref(id: &str) -> Option<pb::TenantRef> {
     })
 }
 
+/// The scopes a platform service account needs for every call of this client (GetTenant,
+/// the Mark* lifecycle calls, GetLicense, IssueLicense): what provisioning's own account holds
+/// (`CreateOperatorKey` without `operator`), and no more.
+pub const SCOPES_NEEDED: &[&str] = &[
+    keel_auth::scopes::TENANT_READ,
+    keel_auth::scopes::TENANT_LIFECYCLE,
+    keel_auth::scopes::LICENSE_READ,
+    keel_auth::scopes::LICENSE_ISSUE,
+];
+
 impl TenantClient {
     /// A lazily connecting client of the tenant service at `url` (`KEEL_TENANT_ADDR`) over
     /// `tls` (the calling service's certificate is presented: mTLS), using `api_key` (an

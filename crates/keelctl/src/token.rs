@@ -37,13 +37,16 @@ pub enum TokenCommand {
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
     },
-    /// Create a platform operator key (operator; shown only once). Once one exists the bootstrap
-    /// key can be revoked (`keelctl token revoke bootstrap`, or KEEL_TENANT_BOOTSTRAP=off).
+    /// Create a platform key (operator; shown only once): with `--scope operator` an operator
+    /// key (once one exists the bootstrap key can be revoked: `keelctl token revoke bootstrap`,
+    /// or KEEL_TENANT_BOOTSTRAP=off); without, a platform service account holding only the
+    /// given scopes on every tenant, e.g. provisioning's: --scope tenant:read --scope
+    /// tenant:lifecycle --scope license:read --scope license:issue.
     CreateOperatorKey {
-        /// 1-64 of [a-z0-9-]; the account is sa_op-<name>.
+        /// 1-64 of [a-z0-9-]; the account is sa_op-<name> (operator) or sa_pf-<name>.
         #[arg(long)]
         name: String,
-        /// A scope to grant (repeat for more); `operator` is required.
+        /// A scope to grant (repeat for more); you must hold each one.
         #[arg(long = "scope", required = true)]
         scopes: Vec<String>,
     },

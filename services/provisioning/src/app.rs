@@ -29,8 +29,10 @@ const GRPC_SERVICES: &[&str] = &["keel.v1.ProvisioningService"];
 pub struct Settings {
     /// `KEEL_PROVISIONING_SCHEMA`: the PostgreSQL schema the service owns.
     pub schema: String,
-    /// `KEEL_PROVISIONING_API_KEY`: the key the saga calls the tenant service with (falls back
-    /// to `KEEL_BOOTSTRAP_TOKEN`).
+    /// `KEEL_PROVISIONING_API_KEY`: provisioning's own platform key, the saga's identity when
+    /// calling the tenant service (`keelctl token create-operator-key --name provisioning` with
+    /// `keel_tenancy::client::SCOPES_NEEDED`; `keelctl dev up` makes one). Falls back to
+    /// `KEEL_BOOTSTRAP_TOKEN` with a warning at start.
     pub api_key: Option<String>,
     /// `KEEL_PROVISIONING_GITOPS_DIR`: where tenant manifests are written.
     pub gitops_dir: PathBuf,
@@ -69,13 +71,21 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         .event_sourced(&settings.schema, sqlx::migrate!("./migrations"))
         .await?;
 
-    let api_key = settings
-        .api_key
-        .clone()
-        .or_else(|| mesh.config().bootstrap_token.clone())
-        .context(
-            "KEEL_PROVISIONING_API_KEY (or KEEL_BOOTSTRAP_TOKEN) must hold a key for the tenant service",
-        )?;
+    let api_key = match (&settings.api_key, &mesh.config().bootstrap_token) {
+        (Some(key), _) => key.clone(),
+        (None, Some(bootstrap)) => {
+            tracing::warn!(
+                event = "provisioning.bootstrap_key",
+                "KEEL_PROVISIONING_API_KEY is not set: the saga runs with the bootstrap operator key; \
+                 give provisioning a platform key of its own (tenant:read, tenant:lifecycle, \
+                 license:read, license:issue)"
+            );
+            bootstrap.clone()
+        }
+        (None, None) => anyhow::bail!(
+            "KEEL_PROVISIONING_API_KEY (or KEEL_BOOTSTRAP_TOKEN) must hold a key for the tenant service"
+        ),
+    };
     let faults = Faults::parse(&settings.faults).map_err(anyhow::Error::msg)?;
     if faults != Faults::default() {
         tracing::warn!(faults = ?faults, "fault injection is on");

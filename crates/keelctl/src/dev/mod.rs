@@ -2,6 +2,7 @@
 //! process on its own ports, prefixes their logs, waits until each is ready, and on Ctrl-C
 //! (or SIGTERM) stops them all gracefully.
 
+mod platform_key;
 mod supervisor;
 
 use std::path::PathBuf;

@@ -77,6 +77,20 @@ pub async fn up(bin_dir: &Path, only: &[String], ready_timeout: Duration) -> any
         let mut command = Command::new(&path);
         if spec.name == "provisioning" {
             command.env("KEEL_PROVISIONING_NATS_SIGNER_FILE", &signer_file);
+            // Provisioning calls the tenant service as its own platform account, not as the
+            // bootstrap operator: made once the tenant service is ready.
+            let bootstrap = std::env::var("KEEL_BOOTSTRAP_TOKEN").ok();
+            let tenant = running
+                .iter_mut()
+                .find(|r: &&mut Running| r.spec.name == "tenant");
+            if let (None, Some(bootstrap), Some(tenant)) =
+                (std::env::var_os("KEEL_PROVISIONING_API_KEY"), bootstrap, tenant)
+            {
+                wait_ready(tenant, &probe_tls, ready_timeout).await?;
+                let url = format!("{}://127.0.0.1:{}", probe_tls.scheme(), tenant.spec.grpc_port);
+                let key = super::platform_key::ensure(&probe_tls, &url, &bootstrap).await?;
+                command.env("KEEL_PROVISIONING_API_KEY", key);
+            }
         }
         if !insecure && !own_tls {
             command.env("KEEL_TLS_DIR", std::path::absolute(&tls_dir)?);

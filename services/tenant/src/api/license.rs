@@ -63,7 +63,7 @@ impl LicenseService for LicenseApi {
             .resolve(&call, req.get_ref().tenant.as_ref(), scopes::OPERATOR)
             .await?;
         self.0
-            .authorize_operator(&call, &tenant_id, "license-issue")
+            .authorize_platform(&call, scopes::LICENSE_ISSUE, &tenant_id, "license-issue")
             .await?;
         Ok(Response::new(issue(&self.0, &call, &tenant_id).await?))
     }

@@ -166,6 +166,20 @@ impl Core {
             .await
     }
 
+    /// Platform-only calls with a scope of their own (operators, or platform accounts such as
+    /// provisioning's holding `scope`); a refusal is audited.
+    pub async fn authorize_platform(
+        &self,
+        call: &Call,
+        scope: &str,
+        tenant_id: &str,
+        action: &str,
+    ) -> Result<(), Status> {
+        self.denial(call, tenant_id, action)
+            .require_platform(call.principal()?, scope, tenant_id)
+            .await
+    }
+
     /// Operator-only calls; a refusal is audited on `tenant_id` (or the platform).
     pub async fn authorize_operator(&self, call: &Call, tenant_id: &str, action: &str) -> Result<(), Status> {
         self.denial(call, tenant_id, action)

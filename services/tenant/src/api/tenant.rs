@@ -19,6 +19,17 @@ pub struct TenantApi(pub Shared);
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 500;
 
+/// Who may run a lifecycle command.
+#[derive(Clone, Copy)]
+enum Gate {
+    /// Operators only (tier changes, suspension, reactivation).
+    Operator,
+    /// Operators, or a platform account holding `tenant:lifecycle` (provisioning's).
+    Lifecycle,
+    /// `tenant:write` on the tenant (its own admins may ask for deletion).
+    TenantWrite,
+}
+
 impl TenantApi {
     async fn tenant(&self, tenant_id: &str) -> Result<pb::Tenant, Status> {
         let (t, v) = self.0.load_existing(tenant_id).await?;
@@ -40,16 +51,22 @@ impl TenantApi {
         call: &Call,
         reference: Option<&pb::TenantRef>,
         action: &str,
-        operator_only: bool,
+        gate: Gate,
         command: TenantCommand,
     ) -> Result<Response<pb::Tenant>, Status> {
         let tenant_id = self.0.resolve(call, reference, scopes::TENANT_WRITE).await?;
-        if operator_only {
-            self.0.authorize_operator(call, &tenant_id, action).await?;
-        } else {
-            self.0
-                .authorize(call, scopes::TENANT_WRITE, &tenant_id, action)
-                .await?;
+        match gate {
+            Gate::Operator => self.0.authorize_operator(call, &tenant_id, action).await?,
+            Gate::Lifecycle => {
+                self.0
+                    .authorize_platform(call, scopes::TENANT_LIFECYCLE, &tenant_id, action)
+                    .await?
+            }
+            Gate::TenantWrite => {
+                self.0
+                    .authorize(call, scopes::TENANT_WRITE, &tenant_id, action)
+                    .await?
+            }
         }
         self.0.execute(call, &tenant_id, action, command).await?;
         Ok(Response::new(self.tenant(&tenant_id).await?))
@@ -212,7 +229,7 @@ impl TenantService for TenantApi {
                 &call,
                 r.tenant.as_ref(),
                 "change-tier",
-                true,
+                Gate::Operator,
                 TenantCommand::ChangeTier { tier },
             )
             .await?;
@@ -234,7 +251,7 @@ impl TenantService for TenantApi {
             &call,
             r.tenant.as_ref(),
             "suspend",
-            true,
+            Gate::Operator,
             TenantCommand::Suspend { reason: r.reason },
         )
         .await
@@ -249,7 +266,7 @@ impl TenantService for TenantApi {
             &call,
             req.get_ref().tenant.as_ref(),
             "reactivate",
-            true,
+            Gate::Operator,
             TenantCommand::Reactivate,
         )
         .await
@@ -265,7 +282,7 @@ impl TenantService for TenantApi {
                 &call,
                 req.get_ref().tenant.as_ref(),
                 "delete",
-                false,
+                Gate::TenantWrite,
                 TenantCommand::RequestDeletion,
             )
             .await?;
@@ -283,7 +300,7 @@ impl TenantService for TenantApi {
             &call,
             req.get_ref().tenant.as_ref(),
             "mark-provisioning",
-            true,
+            Gate::Lifecycle,
             TenantCommand::StartProvisioning,
         )
         .await
@@ -298,7 +315,7 @@ impl TenantService for TenantApi {
             &call,
             req.get_ref().tenant.as_ref(),
             "mark-provisioned",
-            true,
+            Gate::Lifecycle,
             TenantCommand::MarkProvisioned,
         )
         .await
@@ -312,7 +329,7 @@ impl TenantService for TenantApi {
             &call,
             r.tenant.as_ref(),
             "mark-failed",
-            true,
+            Gate::Lifecycle,
             TenantCommand::MarkFailed { reason: r.reason },
         )
         .await
@@ -328,7 +345,7 @@ impl TenantService for TenantApi {
                 &call,
                 req.get_ref().tenant.as_ref(),
                 "mark-deleted",
-                true,
+                Gate::Lifecycle,
                 TenantCommand::MarkDeleted,
             )
             .await?;

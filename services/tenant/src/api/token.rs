@@ -291,13 +291,17 @@ impl TokenService for TokenApi {
         let r = req.into_inner();
         validate::account_name("name", &r.name).map_err(Error::from)?;
         validate::scopes("scopes", &r.scopes).map_err(Error::from)?;
-        if !r.scopes.iter().any(|s| s == scopes::OPERATOR) {
+        if r.scopes.is_empty() {
             return Err(Error::from(validate::Invalid {
                 field: "scopes",
-                reason: "an operator key needs the operator scope".into(),
+                reason: "a platform key needs at least one scope (operator for an operator key)".into(),
             })
             .into());
         }
+        // With `operator`: an operator key. Without: a platform service account holding only
+        // these scopes, on every tenant (provisioning's: tenant:read, tenant:lifecycle,
+        // license:read, license:issue).
+        let operator = r.scopes.iter().any(|s| s == scopes::OPERATOR);
         self.0
             .authorize_operator(&call, "*", "operator-key-create")
             .await?;
@@ -311,7 +315,11 @@ impl TokenService for TokenApi {
         }
         let grant = KeyGrant {
             key_id: format!("key_{}", uuid::Uuid::now_v7().simple()),
-            account_id: format!("sa_op-{}", r.name),
+            account_id: if operator {
+                format!("sa_op-{}", r.name)
+            } else {
+                format!("sa_pf-{}", r.name)
+            },
             tenant_id: "*".into(),
             scopes: r.scopes,
         };

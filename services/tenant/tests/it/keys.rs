@@ -281,9 +281,9 @@ async fn the_bootstrap_key_is_disabled_only_while_another_operator_key_is_active
     assert_eq!(reason(&e), "LAST_OPERATOR_KEY");
     assert!(w.exchange(&w.bootstrap).await.is_ok());
 
-    // Operator keys: operator only, the operator scope required, names unique while active.
+    // Platform keys: operator only, at least one scope, names unique while active.
     for (req, field) in [
-        (operator_key("ops", &["tenant:read"]), "scopes"),
+        (operator_key("ops", &[]), "scopes"),
         (operator_key("Not A Name", &["operator"]), "name"),
         (operator_key("ops", &["operator", "root"]), "scopes"),
     ] {
@@ -425,5 +425,123 @@ async fn bootstrap_off_without_another_operator_key_refuses_to_start() {
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("KEEL_TENANT_BOOTSTRAP"), "{said}");
+    w.cleanup().await;
+}
+
+#[tokio::test]
+async fn provisioning_s_platform_account_does_only_what_its_scopes_allow() {
+    let w = World::start().await;
+    let created = w
+        .tokens(&w.operator)
+        .create_operator_key(operator_key("provisioning", keel_tenancy::client::SCOPES_NEEDED))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(created.account_id, "sa_pf-provisioning");
+    let token = w.exchange(&created.api_key).await.unwrap();
+    assert_eq!(token.tenant_id, "*");
+    assert!(
+        !token.scopes.iter().any(|s| s == "operator"),
+        "{:?}",
+        token.scopes
+    );
+    let token = token.token;
+    let t = w.create(&slug(), "o@o.example").await;
+    let target = || pb::TenantLifecycleRequest {
+        tenant: Some(by_id(&t.id)),
+    };
+
+    // What the saga needs, on any tenant.
+    let mut tenants = w.tenants(&token);
+    tenants
+        .get_tenant(pb::GetTenantRequest {
+            tenant: Some(by_id(&t.id)),
+        })
+        .await
+        .expect("tenant:read on every tenant");
+    tenants
+        .mark_provisioning(target())
+        .await
+        .expect("tenant:lifecycle");
+    w.licenses(&token)
+        .issue_license(pb::IssueLicenseRequest {
+            tenant: Some(by_id(&t.id)),
+        })
+        .await
+        .expect("license:issue");
+
+    // Nothing else: no operator action, no escalation.
+    let denied = |r: Result<tonic::Code, tonic::Code>, what: &str| {
+        assert_eq!(r, Err(tonic::Code::PermissionDenied), "{what}");
+    };
+    let code = |e: tonic::Status| e.code();
+    denied(
+        tenants
+            .create_tenant(pb::CreateTenantRequest {
+                name: "Evil".into(),
+                slug: slug(),
+                tier: pb::Tier::Low as i32,
+                owner_email: "e@e.example".into(),
+                request_id: slug(),
+            })
+            .await
+            .map(|_| tonic::Code::Ok)
+            .map_err(code),
+        "create tenant",
+    );
+    denied(
+        tenants
+            .suspend_tenant(pb::SuspendTenantRequest {
+                tenant: Some(by_id(&t.id)),
+                reason: "no".into(),
+            })
+            .await
+            .map(|_| tonic::Code::Ok)
+            .map_err(code),
+        "suspend",
+    );
+    let mut tokens = w.tokens(&token);
+    denied(
+        tokens
+            .issue_token(pb::IssueTokenRequest {
+                tenant_id: "*".into(),
+                subject: "x".into(),
+                scopes: vec!["operator".into()],
+                ttl_seconds: 60,
+            })
+            .await
+            .map(|_| tonic::Code::Ok)
+            .map_err(code),
+        "issue token",
+    );
+    denied(
+        tokens
+            .create_operator_key(operator_key("more", &["tenant:read"]))
+            .await
+            .map(|_| tonic::Code::Ok)
+            .map_err(code),
+        "create another platform key",
+    );
+    denied(
+        tokens
+            .rotate_signing_key(pb::RotateSigningKeyRequest {})
+            .await
+            .map(|_| tonic::Code::Ok)
+            .map_err(code),
+        "rotate signing key",
+    );
+
+    // A tenant's own token never passes a platform-only check, whatever scopes it names.
+    let own = w
+        .tenant_token(&t.id, &["tenant:lifecycle", "license:issue"])
+        .await;
+    denied(
+        w.tenants(&own)
+            .mark_provisioned(target())
+            .await
+            .map(|_| tonic::Code::Ok)
+            .map_err(code),
+        "a tenant marking itself provisioned",
+    );
     w.cleanup().await;
 }
