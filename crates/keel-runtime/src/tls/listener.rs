@@ -14,6 +14,8 @@ use super::HANDSHAKE_TIMEOUT;
 
 /// Handshakes finished but not yet taken by the server.
 const READY_QUEUE: usize = 64;
+/// Handshakes under way at once; beyond, new connections wait in the kernel's backlog.
+const MAX_HANDSHAKES: usize = 512;
 
 pub struct TlsListener {
     local: SocketAddr,
@@ -33,8 +35,12 @@ impl TlsListener {
         let local = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (tx, ready) = mpsc::channel(READY_QUEUE);
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         let accepting = tokio::spawn(async move {
             loop {
+                let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                    return;
+                };
                 let (tcp, peer) = match listener.accept().await {
                     Ok(conn) => conn,
                     Err(e) => {
@@ -46,6 +52,7 @@ impl TlsListener {
                 let _ = tcp.set_nodelay(true);
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;
