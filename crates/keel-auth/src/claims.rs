@@ -59,6 +59,10 @@ pub mod scopes {
         LICENSE_ISSUE,
     ];
 
+    /// Scopes only a platform account can use (`Principal::require_platform`); an operator
+    /// holds them without naming them.
+    pub const PLATFORM_ONLY: &[&str] = &[TENANT_LIFECYCLE, LICENSE_ISSUE];
+
     /// Whether `scope` is one Keel knows.
     pub fn is_known(scope: &str) -> bool {
         ALL.contains(&scope)

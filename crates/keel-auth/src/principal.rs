@@ -63,6 +63,12 @@ impl Principal {
     }
 
     /// Allows the call only for platform operators.
+    /// Whether the caller holds `scope`: named in its token, or a platform-only scope held by
+    /// every operator (what an operator may grant to a key it makes).
+    pub fn holds(&self, scope: &str) -> bool {
+        self.claims.has_scope(scope) || (self.is_operator() && scopes::PLATFORM_ONLY.contains(&scope))
+    }
+
     /// Platform-only calls with a scope of their own (`tenant:lifecycle`, `license:issue`):
     /// an operator, or a platform account holding `scope`. A tenant's own token never passes,
     /// whatever its scopes.
@@ -179,6 +185,9 @@ mod tests {
         assert!(t.require_platform(scopes::LICENSE_ISSUE).is_err());
         let op = who("u_op", "*", &[scopes::OPERATOR]);
         assert!(op.require_platform(scopes::TENANT_LIFECYCLE).is_ok());
+        // An operator holds the platform-only scopes (may grant them), nothing else unnamed.
+        assert!(op.holds(scopes::LICENSE_ISSUE) && !op.holds(scopes::TENANT_READ));
+        assert!(!t.holds(scopes::TENANT_READ) && t.holds(scopes::TENANT_LIFECYCLE));
     }
 
     #[test]

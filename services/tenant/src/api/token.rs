@@ -169,10 +169,14 @@ impl TokenService for TokenApi {
         let r = req.into_inner();
         validate::account_name("name", &r.name).map_err(Error::from)?;
         validate::scopes("scopes", &r.scopes).map_err(Error::from)?;
-        if r.scopes.iter().any(|s| s == scopes::OPERATOR) {
+        if let Some(s) = r
+            .scopes
+            .iter()
+            .find(|s| *s == scopes::OPERATOR || scopes::PLATFORM_ONLY.contains(&s.as_str()))
+        {
             return Err(Error::from(validate::Invalid {
                 field: "scopes",
-                reason: "operator cannot be granted to a tenant account".into(),
+                reason: format!("{s} cannot be granted to a tenant account (platform accounts only)"),
             })
             .into());
         }
@@ -307,7 +311,7 @@ impl TokenService for TokenApi {
             .await?;
         // No escalation: an operator grants only scopes it holds itself.
         let principal = call.principal()?;
-        if let Some(s) = r.scopes.iter().find(|s| !principal.claims.scopes.contains(s)) {
+        if let Some(s) = r.scopes.iter().find(|s| !principal.holds(s)) {
             return Err(keel_runtime::status::permission_denied(
                 "MISSING_SCOPE",
                 format!("missing scope {s}"),

@@ -531,10 +531,31 @@ async fn provisioning_s_platform_account_does_only_what_its_scopes_allow() {
         "rotate signing key",
     );
 
-    // A tenant's own token never passes a platform-only check, whatever scopes it names.
+    // A tenant account cannot be given a platform-only scope, and a tenant token naming one
+    // (minted by an operator) never passes a platform-only check.
+    let e = w
+        .tokens(&w.operator)
+        .create_service_account(pb::CreateServiceAccountRequest {
+            tenant: Some(by_id(&t.id)),
+            name: "sneaky".into(),
+            scopes: vec!["tenant:lifecycle".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().starts_with("scopes:"), "{}", e.message());
     let own = w
-        .tenant_token(&t.id, &["tenant:lifecycle", "license:issue"])
-        .await;
+        .tokens(&w.operator)
+        .issue_token(pb::IssueTokenRequest {
+            tenant_id: t.id.clone(),
+            subject: "sa_ci".into(),
+            scopes: vec!["tenant:lifecycle".into(), "license:issue".into()],
+            ttl_seconds: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
     denied(
         w.tenants(&own)
             .mark_provisioned(target())
