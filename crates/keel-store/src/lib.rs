@@ -18,6 +18,7 @@ pub mod repository;
 pub mod rls;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod wakeup;
 
 use std::str::FromStr;
 use std::time::Duration;

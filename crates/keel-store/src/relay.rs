@@ -33,6 +33,8 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use ack_log::AckLog;
+
+use crate::wakeup::{Wakeup, outbox_channel};
 pub use outbox::{poll, read_checkpoint, save_checkpoint};
 
 use crate::envelope::StoredEvent;
@@ -49,8 +51,14 @@ pub struct RelayConfig {
     /// `batch_size × pipeline_depth` well below the bus's `max_ack_inflight`, which every
     /// publisher of the bus shares.
     pub pipeline_depth: usize,
-    /// Pause after an empty poll.
+    /// Longest pause after an empty poll: the `events` trigger's NOTIFY (see
+    /// [`crate::wakeup`]) ends it at once, so this only bounds how late the relay notices work
+    /// a notification could not announce (a lost listener connection; events held back by
+    /// another transaction that committed without appending).
     pub idle_poll: Duration,
+    /// Pause after an empty poll while events past the cursor exist but are held back by an
+    /// open transaction (whose end may notify no one): short, as the relay's polling was.
+    pub held_back_poll: Duration,
     /// Pause between attempts to take the lock while another relay holds it.
     pub standby_poll: Duration,
     /// When set, the relay records when each event's JetStream ack reached it (diagnostics and
@@ -64,7 +72,8 @@ impl Default for RelayConfig {
             name: "jetstream".to_owned(),
             batch_size: 2000,
             pipeline_depth: 2,
-            idle_poll: Duration::from_millis(5),
+            idle_poll: Duration::from_millis(250),
+            held_back_poll: Duration::from_millis(5),
             standby_poll: Duration::from_millis(500),
             ack_log: None,
         }
@@ -82,6 +91,9 @@ pub struct RelayStats {
     pub is_leader: AtomicBool,
     /// Polls of the events table made while leading (each one empty or not).
     pub polls: AtomicU64,
+    /// Times the relay found nothing to publish and nothing held back, and waited for a NOTIFY
+    /// (or its idle fallback) instead of polling.
+    pub idle_waits: AtomicU64,
     pub checkpoint_position: AtomicI64,
 }
 
@@ -204,6 +216,8 @@ impl Relay {
         // Where the next poll starts: past the last batch published, acked or not.
         let mut polled = checkpoint;
         let mut in_flight: VecDeque<(Cursor, Sent)> = VecDeque::new();
+        // Listening before the first poll: an append committed after it wakes the loop.
+        let mut wakeup = Wakeup::listen(self.store.pool(), outbox_channel(self.store.schema())).await;
         while !shutdown.is_cancelled() {
             let batch = poll(conn, polled, limit).await?;
             self.stats.polls.fetch_add(1, Ordering::SeqCst);
@@ -217,9 +231,15 @@ impl Relay {
                     continue;
                 }
             } else if in_flight.is_empty() {
+                let pause = if outbox::held_back(conn, polled).await? {
+                    self.config.held_back_poll
+                } else {
+                    self.stats.idle_waits.fetch_add(1, Ordering::SeqCst);
+                    self.config.idle_poll
+                };
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(self.config.idle_poll) => {}
+                    _ = wakeup.wait(pause) => {}
                 }
                 continue;
             }

@@ -88,3 +88,16 @@ pub async fn poll(conn: &mut PgConnection, cursor: Cursor, limit: i64) -> Result
         .await?;
     rows.iter().map(StoredEvent::from_row).collect()
 }
+
+/// Whether events past `cursor` exist that [`poll`] could not return yet: committed by a
+/// transaction that is still below the oldest running one (`pg_snapshot_xmin` is cluster-wide,
+/// so any open transaction holds them back), or written by one still running.
+pub async fn held_back(conn: &mut PgConnection, cursor: Cursor) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM events WHERE (tx_id, global_position) > ($1::text::xid8, $2))",
+    )
+    .bind(cursor.tx_id.to_string())
+    .bind(cursor.global_position)
+    .fetch_one(&mut *conn)
+    .await?)
+}

@@ -332,3 +332,65 @@ async fn envelopes_carry_the_metadata_and_land_on_tenant_subjects() {
     relay.join().await.unwrap();
     env.cleanup().await.unwrap();
 }
+
+#[tokio::test]
+async fn an_idle_relay_is_woken_by_the_commit_not_by_polling() {
+    let env = TestEnv::new("store").await.unwrap();
+    let pool = env.store.pool().clone();
+    let shutdown = CancellationToken::new();
+    // A fallback poll far longer than the deadline below: only the NOTIFY can deliver in time.
+    let relay = Relay::new(
+        &env.store,
+        env.bus.clone(),
+        RelayConfig {
+            idle_poll: Duration::from_secs(3600),
+            ..config()
+        },
+    )
+    .start(shutdown.clone());
+    eventually("relay leads", Duration::from_secs(10), || async {
+        relay.stats().is_leader.load(Ordering::SeqCst).then_some(())
+    })
+    .await;
+    let idle_waits = || relay.stats().idle_waits.load(Ordering::SeqCst);
+    for n in 1..=3u64 {
+        // Idle: nothing to publish, nothing held back, so the relay waits for a NOTIFY (once
+        // before the first commit and again after each one relayed).
+        eventually("the relay waits idle", Duration::from_secs(10), || async {
+            (idle_waits() >= n).then_some(())
+        })
+        .await;
+        let id = insert(&pool, 1).await;
+        eventually("the commit is relayed", Duration::from_secs(10), || async {
+            (stream_len(&env).await == n).then_some(())
+        })
+        .await;
+        assert_eq!(stream_ids(&env).await.last(), id.last());
+    }
+    shutdown.cancel();
+    relay.join().await.unwrap();
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_wakeup_hears_a_notify_on_its_channel() {
+    use keel_store::wakeup::{Wakeup, Woken, outbox_channel};
+    let env = TestEnv::new("store").await.unwrap();
+    let pool = env.store.pool().clone();
+    let channel = outbox_channel(env.store.schema());
+    let mut wakeup = Wakeup::listen(&pool, channel.clone()).await;
+    assert_eq!(wakeup.wait(Duration::from_millis(50)).await, Woken::Fallback);
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(&channel)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(wakeup.wait(Duration::from_secs(10)).await, Woken::Notified);
+    insert(&pool, 1).await;
+    assert_eq!(
+        wakeup.wait(Duration::from_secs(10)).await,
+        Woken::Notified,
+        "the events trigger"
+    );
+    env.cleanup().await.unwrap();
+}

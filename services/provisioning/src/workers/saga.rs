@@ -39,6 +39,9 @@ pub struct Executor {
     pub concurrency: usize,
 }
 
+/// Longest the executor goes without looking for open requests when nothing woke it.
+const IDLE_RESCAN: Duration = Duration::from_secs(1);
+
 impl Executor {
     pub fn all_steps() -> HashMap<&'static str, Box<dyn Step>> {
         steps::all().into_iter().map(|s| (s.name(), s)).collect()
@@ -63,10 +66,16 @@ impl Executor {
             .map_err(|e| anyhow::anyhow!("run {}: {e}", req.run_id))
     }
 
-    /// Polls for open requests until `shutdown`, driving up to `concurrency` tenants at once.
+    /// Drives open requests until `shutdown`, up to `concurrency` tenants at once. Looks for
+    /// work when a request is committed (NOTIFY from `run_requests`), when a drive ends (the
+    /// tenant may have another request queued, or the run must resume), and at least every
+    /// [`IDLE_RESCAN`].
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
         let permits = Arc::new(Semaphore::new(self.concurrency.max(1)));
+        let channel = keel_store::wakeup::channel("keel_runs_", self.store.schema());
+        let mut wakeup = keel_store::wakeup::Wakeup::listen(self.store.pool(), channel).await;
+        let drive_ended = Arc::new(tokio::sync::Notify::new());
         while !shutdown.is_cancelled() {
             let open: Result<Vec<Request>, sqlx::Error> = sqlx::query_as(
                 "SELECT DISTINCT ON (tenant_id) run_id, tenant_id, kind, slug, tier, suspended, traceparent \
@@ -90,6 +99,7 @@ impl Executor {
                     return;
                 };
                 let (me, busy, stop) = (self.clone(), busy.clone(), shutdown.clone());
+                let ended = drive_ended.clone();
                 tokio::spawn(async move {
                     if let Err(e) = me.drive(&req, &stop).await {
                         tracing::warn!(run = %req.run_id, error = %e, "run interrupted; will resume");
@@ -99,11 +109,13 @@ impl Executor {
                         b.remove(&req.tenant_id);
                     }
                     drop(permit);
+                    ended.notify_one();
                 });
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_millis(25)) => {}
+                _ = wakeup.wait(IDLE_RESCAN) => {}
+                () = drive_ended.notified() => {}
             }
         }
     }
