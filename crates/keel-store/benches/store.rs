@@ -260,7 +260,10 @@ async fn main() -> Result<()> {
 
     if only != "store" {
         relay_throughput(&env).await?;
-        relay_latency(&env).await?;
+        // The relay as it was (an empty poll every 5 ms) and as it is (woken by NOTIFY, a 5 ms
+        // poll only while events are held back), in the same run.
+        relay_latency(&env, "polling every 5 ms", Some(Duration::from_millis(5))).await?;
+        relay_latency(&env, "woken by NOTIFY", None).await?;
     }
     sqlx::query(&format!("DROP SCHEMA {pges_schema} CASCADE"))
         .execute(&admin)
@@ -332,17 +335,20 @@ async fn wait_checkpoint(pool: &PgPool, events: i64) -> Result<()> {
 /// for each event the time from its commit to (a) the JetStream ack of the relay's publish, as
 /// recorded by the relay's ack log, and (b) its delivery to an ordered push consumer, which
 /// adds the server's push delivery to the consumer and that consumer's own scheduling.
-async fn relay_latency(env: &TestEnv) -> Result<()> {
+async fn relay_latency(env: &TestEnv, label: &str, idle_poll: Option<Duration>) -> Result<()> {
     let pool = env.store.pool().clone();
     let shutdown = CancellationToken::new();
     // The pre-fill left autovacuum a large table to vacuum and analyze; do it now, so that its
     // I/O does not land in the middle of the measurement.
     sqlx::query("VACUUM (ANALYZE) events").execute(&pool).await?;
     let acks = Arc::new(AckLog::new(1_000_000));
-    let config = RelayConfig {
+    let mut config = RelayConfig {
         ack_log: Some(acks.clone()),
         ..RelayConfig::default()
     };
+    if let Some(poll) = idle_poll {
+        config.idle_poll = poll;
+    }
     let relay = Relay::new(&env.store, env.bus.clone(), config).start(shutdown.clone());
     wait_checkpoint(&pool, 0).await?;
     // An ordered JetStream consumer: a message reaches it only once the stream has stored it.
@@ -435,11 +441,11 @@ async fn relay_latency(env: &TestEnv) -> Result<()> {
         .collect();
     let stream = env.bus.stream_name(StreamKind::Events);
     print_latency(
-        &format!("commit → JetStream ack of the relay's publish (stored in {stream})"),
+        &format!("{label}: commit → JetStream ack of the relay's publish (stored in {stream})"),
         &mut acked,
     );
     print_latency(
-        "commit → delivery to an ordered push consumer of the stream",
+        &format!("{label}: commit → delivery to an ordered push consumer of the stream"),
         &mut latencies,
     );
     Ok(())

@@ -392,5 +392,7 @@ async fn a_wakeup_hears_a_notify_on_its_channel() {
         Woken::Notified,
         "the events trigger"
     );
+    // The listener holds a connection of the pool, which cleanup closes.
+    drop(wakeup);
     env.cleanup().await.unwrap();
 }
