@@ -59,3 +59,31 @@ services:
 
 fmt:
     cargo fmt --all
+
+# Seconds each fuzz target runs, and where they are built.
+fuzz_secs := "60"
+fuzz_target_dir := env_var_or_default("KEEL_FUZZ_TARGET_DIR", target / "fuzz")
+
+# Fuzz targets (fuzz/, a workspace of its own): each runs for `fuzz_secs` seconds, or stops
+# at the first crash (saved under fuzz/artifacts/<target>/). Installs cargo-fuzz if missing;
+# RUSTC_BOOTSTRAP=1 lets the stable toolchain take the nightly flags cargo-fuzz needs.
+# `just fuzz_secs=600 fuzz`; `just fuzz jwt` runs one target. Built in KEEL_FUZZ_TARGET_DIR
+# (default: <target>/fuzz, apart from the workspace's own builds).
+fuzz *targets:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    export RUSTC_BOOTSTRAP=1
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    cd fuzz
+    targets="{{targets}}"
+    [ -n "$targets" ] || targets="$(cargo fuzz list)"
+    # No unsafe code to sanitize: coverage-guided, with debug assertions and overflow checks.
+    flags=(-O -a -s none --target-dir "{{fuzz_target_dir}}")
+    cargo fuzz build "${flags[@]}"
+    for t in $targets; do
+        mkdir -p "corpus/$t"
+        dict=()
+        [ -f "dicts/$t.dict" ] && dict=(-dict="dicts/$t.dict")
+        echo "== $t ({{fuzz_secs}}s)"
+        cargo fuzz run "${flags[@]}" "$t" "corpus/$t" -- -max_total_time={{fuzz_secs}} "${dict[@]}" -print_final_stats=1
+    done

@@ -81,12 +81,14 @@ pub enum LicenseStatus {
 impl LicenseStatus {
     pub fn at(claims: &LicenseClaims, now: DateTime<Utc>) -> Self {
         let exp = claims.expires_at();
+        // Within a week of the end of chrono's range the grace period ends there: `+` would panic.
+        let until = exp
+            .checked_add_signed(Duration::days(GRACE_DAYS))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
         if now < exp {
             LicenseStatus::Valid
-        } else if now < exp + Duration::days(GRACE_DAYS) {
-            LicenseStatus::Grace {
-                until: exp + Duration::days(GRACE_DAYS),
-            }
+        } else if now < until {
+            LicenseStatus::Grace { until }
         } else {
             LicenseStatus::Expired
         }
@@ -135,6 +137,19 @@ mod tests {
                 "byte {i} changed and it still verified"
             );
         }
+    }
+
+    #[test]
+    fn status_near_the_end_of_time_does_not_overflow() {
+        let mut claims = LicenseClaims::new("t1", Tier::Low, Utc::now());
+        let end = DateTime::<Utc>::MAX_UTC;
+        claims.exp = end.timestamp() - 60;
+        let exp = claims.expires_at();
+        assert_eq!(
+            LicenseStatus::at(&claims, exp),
+            LicenseStatus::Grace { until: end }
+        );
+        assert_eq!(LicenseStatus::at(&claims, end), LicenseStatus::Expired);
     }
 
     #[test]

@@ -86,6 +86,48 @@ fn invalid(field: &'static str, reason: &str) -> Status {
     Error::invalid(field, reason).into()
 }
 
+/// The requests' validation, pure (no store, no bus), as the handlers run it. Public for the fuzz
+/// targets; never panics, whatever the input.
+pub mod validate {
+    use super::*;
+
+    /// A `tenant_id` field: a tenant id.
+    pub fn tenant_id(tenant: &str) -> Result<(), Status> {
+        if keel_events::subjects::is_valid_token(tenant) {
+            Ok(())
+        } else {
+            Err(invalid("tenant_id", "must be a tenant id"))
+        }
+    }
+
+    /// ListRuns' page: its size (default 50, at most 500) and the run id it starts after.
+    pub fn list_runs_page(page: &pb::PageRequest) -> Result<(u32, Option<String>), Status> {
+        let size = match page.page_size {
+            0 => 50,
+            s if s <= 500 => s,
+            _ => return Err(invalid("page.page_size", "must be at most 500")),
+        };
+        let after = if page.page_token.is_empty() {
+            None
+        } else {
+            let raw = B64URL
+                .decode(&page.page_token)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok());
+            Some(raw.ok_or_else(|| invalid("page.page_token", "is not a token this service issued"))?)
+        };
+        Ok((size, after))
+    }
+
+    /// Retry's `run_id`: present and at most 128 bytes.
+    pub fn run_id(run_id: &str) -> Result<(), Status> {
+        if run_id.is_empty() || run_id.len() > 128 {
+            return Err(invalid("run_id", "must be a run id"));
+        }
+        Ok(())
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> Status {
     Error::internal(e).into()
 }
@@ -143,9 +185,7 @@ impl ProvisioningService for ProvisioningApi {
         req: Request<pb::GetProvisioningStatusRequest>,
     ) -> Result<Response<pb::ProvisioningRun>, Status> {
         let tenant = req.get_ref().tenant_id.clone();
-        if !keel_events::subjects::is_valid_token(&tenant) {
-            return Err(invalid("tenant_id", "must be a tenant id"));
-        }
+        validate::tenant_id(&tenant)?;
         keel_auth::audit::authorize(
             &self.executor.systems.bus,
             "provisioning",
@@ -183,9 +223,7 @@ impl ProvisioningService for ProvisioningApi {
             principal.require_operator()?;
             None
         } else {
-            if !keel_events::subjects::is_valid_token(&r.tenant_id) {
-                return Err(invalid("tenant_id", "must be a tenant id"));
-            }
+            validate::tenant_id(&r.tenant_id)?;
             keel_auth::audit::authorize(
                 &self.executor.systems.bus,
                 "provisioning",
@@ -197,21 +235,7 @@ impl ProvisioningService for ProvisioningApi {
             .await?;
             Some(r.tenant_id.clone())
         };
-        let page = r.page.clone().unwrap_or_default();
-        let size = match page.page_size {
-            0 => 50,
-            s if s <= 500 => s,
-            _ => return Err(invalid("page.page_size", "must be at most 500")),
-        };
-        let after = if page.page_token.is_empty() {
-            None
-        } else {
-            let raw = B64URL
-                .decode(&page.page_token)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok());
-            Some(raw.ok_or_else(|| invalid("page.page_token", "is not a token this service issued"))?)
-        };
+        let (size, after) = validate::list_runs_page(&r.page.clone().unwrap_or_default())?;
         let limit = i64::from(size) + 1;
         let mut runs = match tenant {
             Some(tenant) => self.tenant_runs(&tenant, after, limit).await?,
@@ -253,9 +277,7 @@ impl ProvisioningService for ProvisioningApi {
         req: Request<pb::IssueAuditCredentialsRequest>,
     ) -> Result<Response<pb::AuditCredentials>, Status> {
         let tenant = req.get_ref().tenant_id.clone();
-        if !keel_events::subjects::is_valid_token(&tenant) {
-            return Err(invalid("tenant_id", "must be a tenant id"));
-        }
+        validate::tenant_id(&tenant)?;
         keel_auth::audit::authorize(
             &self.executor.systems.bus,
             "provisioning",
@@ -324,9 +346,7 @@ impl ProvisioningService for ProvisioningApi {
         let principal = keel_auth::from_request(&req)?;
         principal.require_operator()?;
         let run_id = req.get_ref().run_id.clone();
-        if run_id.is_empty() || run_id.len() > 128 {
-            return Err(invalid("run_id", "must be a run id"));
-        }
+        validate::run_id(&run_id)?;
         let row: Option<(String, String, String, String, bool, Option<String>)> = sqlx::query_as(
             "SELECT tenant_id, kind, slug, tier, suspended, traceparent FROM run_requests WHERE run_id = $1",
         )

@@ -191,6 +191,71 @@ fn parse_cursor(t: &str) -> Result<TailCursor> {
     })
 }
 
+/// What a QueryTimeline request asks for, validated.
+pub struct QueryArgs {
+    pub range: TimeRange,
+    pub filter: Filter,
+    pub size: u32,
+    pub after: Option<(DateTime<Utc>, Uuid)>,
+}
+
+/// Each request's validation, pure (no store, no bus): what the handlers check before
+/// authorizing. Public for the fuzz targets; never panics, whatever the request.
+pub mod validate {
+    use super::*;
+
+    /// QueryTimeline: tenant, time range (at `now`), filter and query, page.
+    pub fn query(r: &pb::QueryTimelineRequest, now: DateTime<Utc>) -> Result<QueryArgs> {
+        tenant("tenant_id", &r.tenant_id)?;
+        let from = r.from.as_ref().map(|t| from_ts("from", t)).transpose()?;
+        let to = r.to.as_ref().map(|t| from_ts("to", t)).transpose()?;
+        let last = r.last.as_ref().map(duration_of).transpose()?;
+        let range = TimeRange::new(from, to, last, now).map_err(Error::from)?;
+        let filter = filter_of(r.filter.as_ref(), &r.query)?;
+        let page = r.page.clone().unwrap_or_default();
+        let size = page_size(&page)?;
+        let after = parse_page_token(&page.page_token)?;
+        Ok(QueryArgs {
+            range,
+            filter,
+            size,
+            after,
+        })
+    }
+
+    /// GetEvent: tenant and event id.
+    pub fn get_event(r: &pb::GetEventRequest) -> Result<Uuid> {
+        tenant("tenant_id", &r.tenant_id)?;
+        r.event_id
+            .parse()
+            .map_err(|_| Error::from(invalid("event_id", "must be a UUID")))
+    }
+
+    /// TraceEvents: tenant, trace id, page size and token.
+    pub fn trace_events(r: &pb::TraceEventsRequest) -> Result<(u32, Option<TraceKey>)> {
+        tenant("tenant_id", &r.tenant_id)?;
+        Filter::default()
+            .set_trace("trace_id", &r.trace_id)
+            .map_err(Error::from)?;
+        let page = r.page.clone().unwrap_or_default();
+        let size = page_size(&page)?;
+        let after = parse_trace_token(&page.page_token)?;
+        Ok((size, after))
+    }
+
+    /// TailTimeline: tenant, filter and query, and the cursor if one is given.
+    pub fn tail(r: &pb::TailTimelineRequest) -> Result<(Filter, Option<TailCursor>)> {
+        tenant("tenant_id", &r.tenant_id)?;
+        let filter = filter_of(r.filter.as_ref(), &r.query)?;
+        let cursor = if r.cursor.is_empty() {
+            None
+        } else {
+            Some(parse_cursor(&r.cursor)?)
+        };
+        Ok((filter, cursor))
+    }
+}
+
 impl TimelineApi {
     /// `timeline:read` on `tenant_id`; a refusal is audited as denied.
     async fn authorize<T>(&self, req: &Request<T>, tenant_id: &str, action: &str) -> Result<(), Status> {
@@ -215,15 +280,12 @@ impl TimelineService for TimelineApi {
         req: Request<pb::QueryTimelineRequest>,
     ) -> Result<Response<pb::QueryTimelineResponse>, Status> {
         let r = req.get_ref();
-        tenant("tenant_id", &r.tenant_id)?;
-        let from = r.from.as_ref().map(|t| from_ts("from", t)).transpose()?;
-        let to = r.to.as_ref().map(|t| from_ts("to", t)).transpose()?;
-        let last = r.last.as_ref().map(duration_of).transpose()?;
-        let range = TimeRange::new(from, to, last, Utc::now()).map_err(Error::from)?;
-        let filter = filter_of(r.filter.as_ref(), &r.query)?;
-        let page = r.page.clone().unwrap_or_default();
-        let size = page_size(&page)?;
-        let after = parse_page_token(&page.page_token)?;
+        let QueryArgs {
+            range,
+            filter,
+            size,
+            after,
+        } = validate::query(r, Utc::now())?;
         self.authorize(&req, &r.tenant_id, "timeline-query").await?;
         let rows = self
             .indexer
@@ -250,11 +312,7 @@ impl TimelineService for TimelineApi {
         req: Request<pb::GetEventRequest>,
     ) -> Result<Response<pb::TimelineEvent>, Status> {
         let r = req.get_ref();
-        tenant("tenant_id", &r.tenant_id)?;
-        let id: Uuid = r
-            .event_id
-            .parse()
-            .map_err(|_| Error::from(invalid("event_id", "must be a UUID")))?;
+        let id = validate::get_event(r)?;
         self.authorize(&req, &r.tenant_id, "timeline-get").await?;
         let row = self
             .indexer
@@ -270,13 +328,7 @@ impl TimelineService for TimelineApi {
         req: Request<pb::TraceEventsRequest>,
     ) -> Result<Response<pb::TraceEventsResponse>, Status> {
         let r = req.get_ref();
-        tenant("tenant_id", &r.tenant_id)?;
-        Filter::default()
-            .set_trace("trace_id", &r.trace_id)
-            .map_err(Error::from)?;
-        let page = r.page.clone().unwrap_or_default();
-        let size = page_size(&page)?;
-        let after = parse_trace_token(&page.page_token)?;
+        let (size, after) = validate::trace_events(r)?;
         self.authorize(&req, &r.tenant_id, "timeline-trace").await?;
         let rows = self
             .indexer
@@ -304,13 +356,11 @@ impl TimelineService for TimelineApi {
         req: Request<pb::TailTimelineRequest>,
     ) -> Result<Response<TailStream>, Status> {
         let r = req.get_ref();
-        tenant("tenant_id", &r.tenant_id)?;
-        let filter = filter_of(r.filter.as_ref(), &r.query)?;
+        let (filter, given) = validate::tail(r)?;
         let (_, generation) = self.indexer.store.live.get();
-        let mut cursor = if r.cursor.is_empty() {
-            self.indexer.store.tail_start().await?
-        } else {
-            parse_cursor(&r.cursor)?
+        let mut cursor = match given {
+            Some(cursor) => cursor,
+            None => self.indexer.store.tail_start().await?,
         };
         if cursor.generation != generation {
             return Err(Error::Precondition(

@@ -101,6 +101,27 @@ impl Call {
     }
 }
 
+/// A tenant reference, checked without resolving it: present, and a well-formed id or slug.
+pub fn check_ref(reference: Option<&TenantRef>) -> Result<&tenant_ref::Ref, Status> {
+    let reference = reference
+        .and_then(|r| r.r#ref.as_ref())
+        .ok_or_else(|| keel_runtime::status::invalid_argument("tenant", "required"))?;
+    match reference {
+        tenant_ref::Ref::Id(id) => {
+            if !keel_events::subjects::is_valid_token(id) {
+                return Err(keel_runtime::status::invalid_argument(
+                    "tenant.id",
+                    "must be a tenant id",
+                ));
+            }
+        }
+        tenant_ref::Ref::Slug(slug) => {
+            crate::domain::validate::slug("tenant.slug", slug).map_err(Error::from)?;
+        }
+    }
+    Ok(reference)
+}
+
 impl Core {
     /// Publishes an audit record of a call on `tenant` (`*`: the platform).
     pub async fn audit(
@@ -195,21 +216,9 @@ impl Core {
         reference: Option<&TenantRef>,
         scope: &str,
     ) -> Result<String, Status> {
-        let reference = reference
-            .and_then(|r| r.r#ref.as_ref())
-            .ok_or_else(|| keel_runtime::status::invalid_argument("tenant", "required"))?;
-        match reference {
-            tenant_ref::Ref::Id(id) => {
-                if !keel_events::subjects::is_valid_token(id) {
-                    return Err(keel_runtime::status::invalid_argument(
-                        "tenant.id",
-                        "must be a tenant id",
-                    ));
-                }
-                Ok(id.clone())
-            }
+        match check_ref(reference)? {
+            tenant_ref::Ref::Id(id) => Ok(id.clone()),
             tenant_ref::Ref::Slug(slug) => {
-                crate::domain::validate::slug("tenant.slug", slug).map_err(Error::from)?;
                 let found = self.tables.by_slug(slug).await?;
                 match found {
                     Some(id) => Ok(id),
