@@ -56,13 +56,26 @@ impl Denial<'_> {
     }
 
     /// Operators or platform accounts holding `scope` (see [`Principal::require_platform`]).
+    /// Over TLS (`client_cert` is `Some`), a platform service account must also have presented
+    /// its mesh client certificate (mTLS): its key alone is not enough.
     pub async fn require_platform(
         &self,
         principal: &Principal,
         scope: &str,
         tenant_id: &str,
+        client_cert: Option<bool>,
     ) -> Result<(), Status> {
-        if let Err(status) = principal.require_platform(scope) {
+        let outcome = principal.require_platform(scope).and_then(|()| {
+            if !principal.is_operator() && client_cert == Some(false) {
+                Err(keel_runtime::status::permission_denied(
+                    "CLIENT_CERTIFICATE_REQUIRED",
+                    "a platform service account calls with its mesh client certificate (mTLS)",
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(status) = outcome {
             self.record(principal, tenant_id, &status).await;
             return Err(status);
         }

@@ -47,6 +47,9 @@ pub struct Core {
 /// The caller of one request: who, from where, in which trace.
 pub struct Call {
     pub principal: Option<Principal>,
+    /// Over TLS: whether the caller presented a client certificate (verified against the mesh
+    /// CA by the TLS layer); `None` on a plaintext connection.
+    pub client_cert: Option<bool>,
     pub source_ip: String,
     pub traceparent: String,
     pub request_id: String,
@@ -66,8 +69,13 @@ impl Call {
         let request_id = header("x-request-id")
             .filter(|r| r.len() <= 128)
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let tls = req
+            .extensions()
+            .get::<tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>>()
+            .is_some();
         Self {
             principal: keel_auth::from_request(req).ok().cloned(),
+            client_cert: tls.then(|| req.peer_certs().is_some_and(|c| !c.is_empty())),
             source_ip: req
                 .remote_addr()
                 .map(|a| a.ip().to_string())
@@ -197,7 +205,7 @@ impl Core {
         action: &str,
     ) -> Result<(), Status> {
         self.denial(call, tenant_id, action)
-            .require_platform(call.principal()?, scope, tenant_id)
+            .require_platform(call.principal()?, scope, tenant_id, call.client_cert)
             .await
     }
 

@@ -459,16 +459,27 @@ async fn provisioning_s_platform_account_does_only_what_its_scopes_allow() {
         })
         .await
         .expect("tenant:read on every tenant");
-    tenants
+    // Platform-only calls need the key *and* the service's mesh client certificate (mTLS).
+    let e = tenants.mark_provisioning(target()).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+    assert!(e.message().contains("client certificate"), "{}", e.message());
+    let with_cert = keel_store::testing::tls_service("provisioning")
+        .endpoint(&w.proc().grpc_url(), "grpc url")
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let bearer = || keel_e2e::Bearer(Some(token.clone()));
+    keel_proto::v1::tenant_service_client::TenantServiceClient::with_interceptor(with_cert.clone(), bearer())
         .mark_provisioning(target())
         .await
-        .expect("tenant:lifecycle");
-    w.licenses(&token)
+        .expect("tenant:lifecycle with the client certificate");
+    keel_proto::v1::license_service_client::LicenseServiceClient::with_interceptor(with_cert, bearer())
         .issue_license(pb::IssueLicenseRequest {
             tenant: Some(by_id(&t.id)),
         })
         .await
-        .expect("license:issue");
+        .expect("license:issue with the client certificate");
 
     // Nothing else: no operator action, no escalation.
     let denied = |r: Result<tonic::Code, tonic::Code>, what: &str| {
