@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use keel_runtime::grpc::{self, HEALTH_SERVICE, REFLECTION_SERVICE, REFLECTION_SERVICE_V1ALPHA};
-use keel_runtime::{Config, ConfigOrPrint, Health, Service};
+use keel_runtime::{Config, Health, Service};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -18,19 +18,8 @@ use crate::support::*;
 const LIMIT: Duration = Duration::from_secs(10);
 
 fn config() -> Config {
-    let args = [
-        "keel-tenant",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-    ];
     // Plaintext here (and its warning); `tls.rs` serves the same over TLS.
-    let vars = [("KEEL_TLS_INSECURE".to_owned(), "true".to_owned())];
-    match Config::from_vars("tenant", args.map(String::from), vars).unwrap() {
-        ConfigOrPrint::Run(config) => config,
-        ConfigOrPrint::Print(_) => unreachable!("no --print-config given"),
-    }
+    config_with(vec![("KEEL_TLS_INSECURE".to_owned(), "true".to_owned())]).unwrap()
 }
 
 fn health_request() -> HealthCheckRequest {

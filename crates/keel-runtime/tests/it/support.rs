@@ -32,6 +32,21 @@ pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Nothing listens on port 1.
 pub const CLOSED_REDIS_URL: &str = "redis://127.0.0.1:1";
 
+/// A tenant configuration on ports 0 with `vars` as its environment.
+pub fn config_with(vars: Vec<(String, String)>) -> keel_runtime::Result<keel_runtime::Config> {
+    let args = [
+        "keel-tenant",
+        "--grpc-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+    ];
+    match keel_runtime::Config::from_vars("tenant", args.map(String::from), vars)? {
+        keel_runtime::ConfigOrPrint::Run(config) => Ok(config),
+        keel_runtime::ConfigOrPrint::Print(_) => unreachable!("no --print-config given"),
+    }
+}
+
 /// `GET path` → (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use keel_runtime::grpc::{self, HEALTH_SERVICE};
 use keel_runtime::tls::local;
-use keel_runtime::{Config, ConfigOrPrint, Health, Service, Tls};
+use keel_runtime::{Health, Service, Tls};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -25,18 +25,8 @@ fn ca_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn config(vars: Vec<(String, String)>) -> keel_runtime::Result<Config> {
-    let args = [
-        "keel-tenant",
-        "--grpc-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-    ];
-    match Config::from_vars("tenant", args.map(String::from), vars)? {
-        ConfigOrPrint::Run(config) => Ok(config),
-        ConfigOrPrint::Print(_) => unreachable!("no --print-config given"),
-    }
+fn config(vars: Vec<(String, String)>) -> keel_runtime::Result<keel_runtime::Config> {
+    config_with(vars)
 }
 
 async fn health_of(tls: &Tls, url: &str) -> Result<i32, String> {

@@ -33,8 +33,9 @@ pub async fn up(bin_dir: &Path, only: &[String], ready_timeout: Duration) -> any
     let namespace = std::env::var("KEEL_BUS_PREFIX").unwrap_or_default();
     // TLS everywhere: a local CA and a certificate per service in .keel/tls, unless the
     // environment names TLS material of its own or asks for plaintext.
-    let insecure =
-        std::env::var("KEEL_TLS_INSECURE").is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes" | "on"));
+    // KEEL_TLS_INSECURE read the way the services read it (a bad value is refused here too).
+    let insecure = keel_runtime::TlsSetting::resolve("tenant", |k| std::env::var(k).ok())?
+        == keel_runtime::TlsSetting::Insecure;
     let own_tls = std::env::var_os("KEEL_TLS_DIR").is_some() || std::env::var_os("KEEL_TLS_CA").is_some();
     let tls_dir = std::path::PathBuf::from(super::TLS_DIR);
     if !insecure && !own_tls {
