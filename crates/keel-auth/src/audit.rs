@@ -1,10 +1,11 @@
-//! Authorization that leaves a trace: a refused call is published as a `denied` audit record on
+//! Authorization that leaves a trace: a refused call is recorded as a `denied` audit record (in
+//! the service's audit outbox, [`keel_store::audit`]) on
 //! the **caller's** tenant audit subject (the target is named inside the record), the same way
 //! in every service. Recording it on the target's subject would let any tenant write into
 //! another tenant's audit stream and timeline.
 
-use keel_bus::Bus;
 use keel_bus::audit::{AuditRecord, AuditResult};
+use keel_store::audit::AuditLog;
 use tonic::{Request, Status};
 
 use crate::principal::{Principal, from_request};
@@ -18,7 +19,7 @@ pub fn source_ip<T>(req: &Request<T>) -> String {
 
 /// What a refusal is recorded as.
 pub struct Denial<'a> {
-    pub bus: &'a Bus,
+    pub audit: &'a AuditLog,
     pub service: &'a str,
     pub action: &'a str,
     pub resource: String,
@@ -43,7 +44,7 @@ impl Denial<'_> {
         )
         .with_trace(self.trace_id.clone())
         .with_reason(Some(format!("{} (target tenant {target})", status.message())));
-        self.bus.audit(&record).await;
+        let _ = self.audit.record(&record).await;
     }
 
     /// `scope` on `tenant_id`, or PERMISSION_DENIED naming the scope, audited.
@@ -94,7 +95,7 @@ impl Denial<'_> {
 
 /// The principal of `req` and its audited check of `scope` on `tenant_id`.
 pub async fn authorize<T>(
-    bus: &Bus,
+    audit: &AuditLog,
     service: &str,
     action: &str,
     req: &Request<T>,
@@ -103,7 +104,7 @@ pub async fn authorize<T>(
 ) -> Result<(), Status> {
     let principal = from_request(req)?;
     Denial {
-        bus,
+        audit,
         service,
         action,
         resource: format!("tenant/{tenant_id}"),

@@ -86,36 +86,45 @@ fn rfc3339<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> std::result::Result
     s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
 }
 
-impl Bus {
-    /// Publishes an audit record; a failure is logged, not returned: the call it records has
-    /// already happened.
-    pub async fn audit(&self, record: &AuditRecord) {
-        if let Err(e) = self.publish_audit(record).await {
-            tracing::error!(error = %e, action = %record.action, "audit record not published");
-        }
-    }
-
-    /// Publishes an audit record and waits for JetStream's ack.
-    pub async fn publish_audit(&self, record: &AuditRecord) -> Result<()> {
-        let tenant = if keel_events::subjects::is_valid_token(&record.tenant) {
-            record.tenant.as_str()
+impl AuditRecord {
+    /// The JetStream message of this record under subject `prefix`: `Nats-Msg-Id` is the record
+    /// id, so a record published twice (a relay that crashed before its checkpoint) is stored once.
+    pub fn message(&self, prefix: &str) -> Result<Outgoing> {
+        let tenant = if keel_events::subjects::is_valid_token(&self.tenant) {
+            self.tenant.as_str()
         } else {
             PLATFORM_TENANT
         };
+        let token = |s: &str| {
+            if keel_events::subjects::is_valid_token(s) {
+                s.to_owned()
+            } else {
+                "unknown".to_owned()
+            }
+        };
         let subject =
-            keel_events::subjects::audit(&self.subject_prefix(), tenant, &record.service, &record.action);
-        let payload = serde_json::to_vec(record).map_err(|e| crate::Error::Publish {
+            keel_events::subjects::audit(prefix, tenant, &token(&self.service), &token(&self.action));
+        let payload = serde_json::to_vec(self).map_err(|e| crate::Error::Publish {
             subject: subject.clone(),
             message: e.to_string(),
         })?;
-        self.publish_acked(Outgoing {
+        Ok(Outgoing {
             subject,
             payload: Bytes::from(payload),
-            msg_id: record.id.to_string(),
+            msg_id: self.id.to_string(),
             traceparent: None,
             headers: Vec::new(),
         })
-        .await?;
+    }
+}
+
+impl Bus {
+    /// Publishes an audit record and waits for JetStream's ack. Services do not call this:
+    /// they write records to their audit outbox (`keel_store::audit`), whose relay publishes
+    /// them; tests and tools that play a producer do.
+    pub async fn publish_audit(&self, record: &AuditRecord) -> Result<()> {
+        self.publish_acked(record.message(&self.subject_prefix())?)
+            .await?;
         Ok(())
     }
 }

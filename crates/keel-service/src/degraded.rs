@@ -5,11 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel_auth::JwksCache;
-use keel_bus::Bus;
 use keel_bus::audit::{AuditRecord, AuditResult, PLATFORM_TENANT};
+use keel_store::audit::AuditLog;
 use tokio_util::sync::CancellationToken;
 
-pub(crate) async fn report(jwks: Arc<JwksCache>, bus: Bus, service: String, shutdown: CancellationToken) {
+pub(crate) async fn report(
+    jwks: Arc<JwksCache>,
+    audit: AuditLog,
+    service: String,
+    shutdown: CancellationToken,
+) {
     let mut was = false;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
@@ -39,8 +44,8 @@ pub(crate) async fn report(jwks: Arc<JwksCache>, bus: Bus, service: String, shut
         if now {
             tracing::warn!("auth.degraded: JWKS unreachable, serving from cache");
         }
-        // Until it is on the bus, the change is reported again on the next tick.
-        if bus.publish_audit(&record).await.is_ok() {
+        // Until it is in the outbox, the change is reported again on the next tick.
+        if audit.record(&record).await.is_ok() {
             was = now;
         }
     }

@@ -27,6 +27,7 @@ use anyhow::Context as _;
 use keel_auth::{AuthConfig, AuthLayer, JwksCache};
 use keel_bus::Bus;
 use keel_runtime::{Config, Health, Metrics, RequestLogLayer, Service, Shutdown};
+use keel_store::audit::AuditLog;
 use keel_store::projection::{Projection, ProjectionConfig, ProjectionRunner};
 use keel_store::relay::Relay;
 use keel_store::{Database, Store};
@@ -49,6 +50,7 @@ pub struct Assembly {
     grpc_listener: TcpListener,
     http_listener: TcpListener,
     http_addr: SocketAddr,
+    audit: Option<AuditLog>,
     workers: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
 }
 
@@ -75,6 +77,7 @@ impl Assembly {
             grpc_listener,
             http_listener,
             http_addr,
+            audit: None,
             workers: Vec::new(),
         })
     }
@@ -131,8 +134,28 @@ impl Assembly {
         migrator: sqlx::migrate::Migrator,
     ) -> anyhow::Result<Database> {
         let db = self.connect(schema).await?;
+        // The outbox first: the service's migrations may refer to it (row-level security).
+        self.open_audit(&db).await?;
         self.migrate(&db, migrator).await?;
         Ok(db)
+    }
+
+    /// The audit outbox of `db`'s schema, with its relay running until shutdown: where every
+    /// audit record of the service goes (see [`keel_store::audit`]).
+    async fn open_audit(&mut self, db: &Database) -> anyhow::Result<()> {
+        let log = AuditLog::open(db).await.context("audit outbox")?;
+        let relay = Relay::spawn_audit(db, self.bus.clone(), self.stop_token());
+        self.spawn("audit relay", async move { Ok(relay.join().await?) });
+        self.audit = Some(log);
+        Ok(())
+    }
+
+    /// Where the service writes its audit records: the outbox of its database (open one
+    /// first with [`Assembly::database`] or [`Assembly::event_sourced`]).
+    pub fn audit_log(&self) -> anyhow::Result<AuditLog> {
+        self.audit
+            .clone()
+            .context("the audit log lives in the service's database: open it before asking for the log")
     }
 
     async fn connect(&mut self, schema: &str) -> anyhow::Result<Database> {
@@ -161,6 +184,7 @@ impl Assembly {
         let store = Store::open(&db, &self.rt.config.service)
             .await
             .context("event store")?;
+        self.open_audit(&db).await?;
         self.migrate(&db, migrator).await?;
         self.spawn_relay(&store);
         Ok((db, store))
@@ -242,7 +266,7 @@ impl Assembly {
         )?);
         let reporter = degraded::report(
             jwks.clone(),
-            self.bus.clone(),
+            self.audit_log()?,
             self.rt.config.service.clone(),
             self.stop_token(),
         );

@@ -24,6 +24,8 @@ pub enum Error {
     MissingMetadata(&'static str),
     #[error("event {event_id} cannot be enveloped: {reason}")]
     Envelope { event_id: uuid::Uuid, reason: String },
+    #[error("audit record: {0}")]
+    Audit(String),
     #[error("projection {projection}: {message}")]
     Projection { projection: String, message: String },
 }
@@ -41,7 +43,8 @@ impl Error {
             | Error::InvalidTenant(_)
             | Error::Decode { .. }
             | Error::MissingMetadata(_)
-            | Error::Envelope { .. } => false,
+            | Error::Envelope { .. }
+            | Error::Audit(_) => false,
             Error::Projection { .. } => true,
         }
     }

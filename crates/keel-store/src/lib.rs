@@ -6,6 +6,7 @@
 //! Start from [`Database::connect`] (a service's own schema and pool) and, for a service with
 //! aggregates, [`Store::open`] on it (the event store in that schema).
 
+pub mod audit;
 mod batch;
 #[cfg(feature = "testing")]
 pub mod contract;
@@ -123,12 +124,24 @@ impl Store {
     /// the producer in the CloudEvents `source` and in subjects (`keel/<service>`).
     pub async fn open(db: &Database, service: &str) -> Result<Self> {
         db.migrate(sqlx::migrate!("./migrations")).await?;
+        migrate(db.pool(), audit::migrator()).await?;
         Ok(Self {
             pool: db.pool.clone(),
             options: db.options.clone(),
             schema: db.schema.clone(),
             service: service.to_owned(),
         })
+    }
+
+    /// `db`'s schema as a store without migrating it (the audit relay of a schema that may
+    /// have no `events`).
+    pub(crate) fn on(db: &Database, service: &str) -> Self {
+        Self {
+            pool: db.pool.clone(),
+            options: db.options.clone(),
+            schema: db.schema.clone(),
+            service: service.to_owned(),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {

@@ -12,7 +12,10 @@
 //! already polls and publishes batch N+1 (up to [`RelayConfig::pipeline_depth`] batches in
 //! flight), all on one NATS connection, so the stream receives them in commit order.
 //!
-//! One relay per service schema publishes at a time: each holds a session-level PostgreSQL
+//! The same relay carries the audit outbox ([`Source::Audit`], see [`crate::audit`]): a
+//! second relay of the schema, with its own checkpoint and lock, on `audit_outbox`.
+//!
+//! One relay per service schema and source publishes at a time: each holds a session-level PostgreSQL
 //! advisory lock on its own connection, and runs every query on that connection, so a relay
 //! whose connection dies stops publishing at the moment it loses the lock.
 
@@ -40,10 +43,26 @@ pub use outbox::{poll, read_checkpoint, save_checkpoint};
 use crate::envelope::StoredEvent;
 use crate::{Result, Store};
 
+/// How long relayed rows stay in `audit_outbox` (for inspection after an incident), and how
+/// often an idle audit relay deletes older ones.
+const AUDIT_OUTBOX_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+const AUDIT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// What a relay carries to JetStream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// `events`, as CloudEvents envelopes on `keel.evt.…` (KEEL_EVENTS).
+    Events,
+    /// `audit_outbox`, as audit records on `keel.audit.…` (KEEL_AUDIT).
+    Audit,
+}
+
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
     /// Checkpoint name; one per relay of a schema.
     pub name: String,
+    /// The table it relays.
+    pub source: Source,
     /// Events per poll (and per checkpoint), 1..=10_000.
     pub batch_size: i64,
     /// Batches published whose acks the relay has not yet seen, 1..=4. With 2, the relay polls
@@ -70,12 +89,24 @@ impl Default for RelayConfig {
     fn default() -> Self {
         Self {
             name: "jetstream".to_owned(),
+            source: Source::Events,
             batch_size: 2000,
             pipeline_depth: 2,
             idle_poll: Duration::from_millis(250),
             held_back_poll: Duration::from_millis(5),
             standby_poll: Duration::from_millis(500),
             ack_log: None,
+        }
+    }
+}
+
+impl RelayConfig {
+    /// The audit outbox's relay (checkpoint `audit`).
+    pub fn audit() -> Self {
+        Self {
+            name: "audit".to_owned(),
+            source: Source::Audit,
+            ..Self::default()
         }
     }
 }
@@ -153,6 +184,12 @@ impl Relay {
         Self::new(store, bus, RelayConfig::default()).start(shutdown)
     }
 
+    /// Starts the audit outbox's relay of `db`'s schema (see [`crate::audit`]).
+    pub fn spawn_audit(db: &crate::Database, bus: Bus, shutdown: CancellationToken) -> RelayHandle {
+        let store = Store::on(db, "audit");
+        Self::new(&store, bus, RelayConfig::audit()).start(shutdown)
+    }
+
     pub fn start(self, shutdown: CancellationToken) -> RelayHandle {
         let stats = self.stats.clone();
         let task = tokio::spawn(async move { self.run(shutdown).await });
@@ -216,25 +253,30 @@ impl Relay {
         // Where the next poll starts: past the last batch published, acked or not.
         let mut polled = checkpoint;
         let mut in_flight: VecDeque<(Cursor, Sent)> = VecDeque::new();
+        // What the last stored checkpoint covers, and when relayed audit rows were last pruned.
+        let (mut acked, mut pruned) = (checkpoint, None::<Instant>);
         // Listening before the first poll: an append committed after it wakes the loop.
         let mut wakeup = Wakeup::listen(self.store.pool(), outbox_channel(self.store.schema())).await;
         while !shutdown.is_cancelled() {
-            let batch = poll(conn, polled, limit).await?;
+            let batch = self.next_batch(conn, polled, limit).await?;
             self.stats.polls.fetch_add(1, Ordering::SeqCst);
             if let Some(last) = batch.last() {
-                polled = Cursor {
-                    tx_id: last.tx_id,
-                    global_position: last.global_position,
-                };
-                in_flight.push_back((polled, self.send(&batch).await?));
+                polled = last.cursor;
+                in_flight.push_back((polled, self.send(batch).await?));
                 if in_flight.len() < depth {
                     continue;
                 }
             } else if in_flight.is_empty() {
-                let pause = if outbox::held_back(conn, polled).await? {
+                let pause = if outbox::held_back(conn, self.config.source, polled).await? {
                     self.config.held_back_poll
                 } else {
                     self.stats.idle_waits.fetch_add(1, Ordering::SeqCst);
+                    if self.config.source == Source::Audit
+                        && pruned.is_none_or(|at| at.elapsed() >= AUDIT_PRUNE_EVERY)
+                    {
+                        outbox::prune_audit(conn, acked, AUDIT_OUTBOX_KEEP).await?;
+                        pruned = Some(Instant::now());
+                    }
                     self.config.idle_poll
                 };
                 tokio::select! {
@@ -246,6 +288,7 @@ impl Relay {
             // The oldest batch: its acks, then its checkpoint, strictly in order.
             if let Some((cursor, sent)) = in_flight.pop_front() {
                 self.settle(conn, cursor, sent).await?;
+                acked = cursor;
             }
         }
         // Shutting down: what was published gets its checkpoint, so a successor does not resend it.
@@ -255,24 +298,65 @@ impl Relay {
         Ok(())
     }
 
-    /// Publishes a batch and waits for every ack. Events that cannot be enveloped go to the DLQ
-    /// (with the reason) instead of stalling the relay for ever.
+    /// Publishes a batch of events and waits for every ack. Events that cannot be enveloped go
+    /// to the DLQ (with the reason) instead of stalling the relay for ever.
     pub async fn publish(&self, batch: &[StoredEvent]) -> Result<()> {
-        self.send(batch).await?.acked().await
+        let items = batch.iter().map(|e| self.event_item(e)).collect();
+        self.send(items).await?.acked().await
+    }
+
+    /// The next batch of the relay's source after `cursor`, as messages.
+    async fn next_batch(&self, conn: &mut PgConnection, cursor: Cursor, limit: i64) -> Result<Vec<Item>> {
+        Ok(match self.config.source {
+            Source::Events => poll(conn, cursor, limit)
+                .await?
+                .iter()
+                .map(|e| self.event_item(e))
+                .collect(),
+            Source::Audit => {
+                let prefix = self.bus.subject_prefix();
+                outbox::poll_audit(conn, cursor, limit)
+                    .await?
+                    .into_iter()
+                    .map(|row| {
+                        let msg = message::audit_message(&prefix, &row).unwrap_or_else(|e| {
+                            tracing::error!(record_id = %row.record_id, error = %e, "stored audit record cannot be published; dead-lettering");
+                            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            message::audit_dead_letter(&prefix, &row, &e)
+                        });
+                        Item {
+                            cursor: row.cursor,
+                            id: row.record_id,
+                            msg,
+                        }
+                    })
+                    .collect()
+            }
+        })
+    }
+
+    fn event_item(&self, event: &StoredEvent) -> Item {
+        let prefix = self.bus.subject_prefix();
+        let msg = message::envelope_message(&prefix, self.store.service(), event).unwrap_or_else(|e| {
+            tracing::error!(event_id = %event.event_id, error = %e, "stored event cannot be enveloped; dead-lettering");
+            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+            message::dead_letter(&prefix, event, &e.to_string())
+        });
+        Item {
+            cursor: Cursor {
+                tx_id: event.tx_id,
+                global_position: event.global_position,
+            },
+            id: event.event_id,
+            msg,
+        }
     }
 
     /// Publishes a batch; its acks are awaited (and counted) by a task of their own.
-    async fn send(&self, batch: &[StoredEvent]) -> Result<Sent> {
-        let prefix = self.bus.subject_prefix();
-        let service = self.store.service();
+    async fn send(&self, batch: Vec<Item>) -> Result<Sent> {
         let mut acks = Vec::with_capacity(batch.len());
-        for event in batch {
-            let msg = message::envelope_message(&prefix, service, event).unwrap_or_else(|e| {
-                tracing::error!(event_id = %event.event_id, error = %e, "stored event cannot be enveloped; dead-lettering");
-                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                message::dead_letter(&prefix, event, &e.to_string())
-            });
-            acks.push((event.event_id, self.bus.publish(msg).await?));
+        for item in batch {
+            acks.push((item.id, self.bus.publish(item.msg).await?));
         }
         let (stats, log) = (self.stats.clone(), self.config.ack_log.clone());
         Ok(Sent(tokio::spawn(await_acks(acks, stats, log))))
@@ -287,6 +371,13 @@ impl Relay {
             .store(cursor.global_position, Ordering::Relaxed);
         Ok(())
     }
+}
+
+/// One row of the source as the message that carries it.
+struct Item {
+    cursor: Cursor,
+    id: Uuid,
+    msg: keel_bus::Outgoing,
 }
 
 /// The acks of one published batch, being awaited. Dropping it (the relay stopped) stops the wait.

@@ -145,12 +145,22 @@ impl PersistedEventRepository for EventRepository {
         events: &[SerializedEvent],
         snapshot_update: Option<(String, Value, usize)>,
     ) -> Result<(), PersistenceError> {
-        let columns = Columns::from_events(events)?;
+        // The audit record of the command being run, if any (see `crate::audit`): stored with
+        // its events, in the same statement.
+        let audit = match crate::audit::pending() {
+            Some(record) if !events.is_empty() => Some(
+                crate::audit::Row::of(&record).map_err(|e| PersistenceError::UnknownError(Box::new(e)))?,
+            ),
+            _ => None,
+        };
+        let columns = Columns::from_events(events)?.with_audit(audit);
         let Some((aggregate_id, _double_applied, current_snapshot)) = snapshot_update else {
             if events.is_empty() {
                 return Ok(());
             }
-            return self.appends.call(Append(columns)).await;
+            self.appends.call(Append(columns)).await?;
+            crate::audit::committed();
+            return Ok(());
         };
         // Events and the snapshot commit together or not at all. cqrs-es 0.5 hands us an
         // aggregate on which the new events were applied twice (once by `EventSink::write`, once
@@ -197,6 +207,9 @@ impl PersistedEventRepository for EventRepository {
             return Err(PersistenceError::OptimisticLockError);
         }
         tx.commit().await.map_err(db_error)?;
+        if !events.is_empty() {
+            crate::audit::committed();
+        }
         Ok(())
     }
 

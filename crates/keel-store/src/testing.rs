@@ -64,6 +64,11 @@ pub fn nats_signer_file() -> PathBuf {
 
 /// An admin connection to the test NATS (everything in the account).
 pub async fn nats_admin() -> Result<async_nats::Client> {
+    nats_admin_at(&nats_url()).await
+}
+
+/// As [`nats_admin`], to the server at `url` (a [`TcpGate`] in front of it).
+pub async fn nats_admin_at(url: &str) -> Result<async_nats::Client> {
     let creds = acl::issue(
         nats_authority(),
         &Role::Admin,
@@ -71,7 +76,7 @@ pub async fn nats_admin() -> Result<async_nats::Client> {
         Some(Duration::from_secs(24 * 3600)),
     );
     Ok(
-        keel_runtime::nats::connect_with(&nats_url(), Some(&creds), "keel-test-admin")
+        keel_runtime::nats::connect_with(url, Some(&creds), "keel-test-admin")
             .await
             .map_err(|e| keel_bus::Error::Connect(e.to_string()))?,
     )
@@ -175,5 +180,63 @@ where
         );
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(200));
+    }
+}
+
+/// A TCP proxy a test can cut: an outage of one client's server (NATS, say) without stopping
+/// the server the other tests share. [`TcpGate::cut`] drops every connection through it and
+/// refuses new ones until [`TcpGate::restore`].
+pub struct TcpGate {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    generation: tokio::sync::watch::Sender<u64>,
+}
+
+impl TcpGate {
+    /// A gate on 127.0.0.1 (port 0) in front of `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> std::io::Result<Self> {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (generation, watch) = tokio::sync::watch::channel(0u64);
+        let (gate_open, upstream) = (open.clone(), upstream.to_owned());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !gate_open.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let (upstream, mut watch) = (upstream.clone(), watch.clone());
+                let born = *watch.borrow_and_update();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watch.wait_for(|g| *g != born) => {}
+                    }
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            open,
+            generation,
+        })
+    }
+
+    /// `nats://` URL of the gate.
+    pub fn nats_url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }

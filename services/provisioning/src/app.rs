@@ -132,6 +132,7 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         executor,
         signer,
         creds_ttl: std::time::Duration::from_secs(settings.audit_creds_ttl_secs),
+        audit: mesh.audit_log()?,
     };
     let auth = mesh.auth(None).await?;
     let router = mesh

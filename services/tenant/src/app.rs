@@ -133,7 +133,7 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         data_keys: DataKeys::new(db.pool().clone(), master),
         signing: signing.clone(),
         api_keys,
-        bus: mesh.bus().clone(),
+        audit: mesh.audit_log()?,
         store: store.clone(),
         tables: crate::store::TenantTables::new(db.pool().clone()),
         exchange_limiter: Arc::new(keel_auth::RateLimiter::connect(&mesh.config().redis_url).await),

@@ -7,7 +7,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use chrono::{DateTime, TimeZone, Utc};
 use keel_auth::scopes;
-use keel_bus::Bus;
 use keel_proto::v1 as pb;
 use keel_proto::v1::timeline_service_server::TimelineService;
 use tokio_stream::wrappers::ReceiverStream;
@@ -30,7 +29,8 @@ const TAIL_SOON: Duration = Duration::from_millis(25);
 
 pub struct TimelineApi {
     pub indexer: Arc<Indexer>,
-    pub bus: Bus,
+    /// Where refused calls are recorded.
+    pub audit: keel_store::audit::AuditLog,
     pub shutdown: CancellationToken,
     /// Open tails per tenant, capped at `max_tails_per_tenant`.
     pub tails: Arc<TailSlots>,
@@ -260,7 +260,7 @@ impl TimelineApi {
     /// `timeline:read` on `tenant_id`; a refusal is audited as denied.
     async fn authorize<T>(&self, req: &Request<T>, tenant_id: &str, action: &str) -> Result<(), Status> {
         keel_auth::audit::authorize(
-            &self.bus,
+            &self.audit,
             "timeline",
             action,
             req,

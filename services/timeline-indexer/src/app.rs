@@ -119,7 +119,7 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
     let auth = mesh.auth(None).await?;
     let api = TimelineApi {
         indexer,
-        bus: mesh.bus().clone(),
+        audit: mesh.audit_log()?,
         shutdown: mesh.stop_token(),
         tails: tails.clone(),
         tail_fallback: Duration::from_secs(settings.tail_fallback_secs.max(1)),

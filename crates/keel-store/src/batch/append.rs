@@ -26,9 +26,22 @@ const INSERT_EVENTS: &str = "INSERT INTO events \
      (event_id, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
      SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], $8::jsonb[], $9::jsonb[])";
 
-/// The columns of rows to insert, one `Vec` per column as `UNNEST` takes them.
+/// The same, with the audit records of the commands in the same statement (a data-modifying
+/// CTE: both inserts commit together or not at all, in one transaction id).
+const INSERT_EVENTS_AND_AUDIT: &str = "WITH appended AS (INSERT INTO events \
+     (event_id, tenant_id, aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::text[], $8::jsonb[], $9::jsonb[])) \
+     INSERT INTO audit_outbox (record_id, tenant_id, record) \
+     SELECT * FROM UNNEST($10::uuid[], $11::text[], $12::jsonb[])";
+
+/// The columns of rows to insert, one `Vec` per column as `UNNEST` takes them, and the audit
+/// records that go with them (each attached to its command's first row).
 #[derive(Debug, Default)]
 pub(crate) struct Columns {
+    audit_at: Vec<usize>,
+    audit_ids: Vec<Uuid>,
+    audit_tenants: Vec<String>,
+    audit_records: Vec<Value>,
     ids: Vec<Uuid>,
     tenants: Vec<String>,
     agg_types: Vec<String>,
@@ -67,12 +80,29 @@ impl Columns {
         Ok(c)
     }
 
+    /// Attaches a command's audit record to its rows (see [`crate::audit`]).
+    pub fn with_audit(mut self, row: Option<crate::audit::Row>) -> Self {
+        if let Some(row) = row
+            && !self.ids.is_empty()
+        {
+            self.audit_at.push(0);
+            self.audit_ids.push(row.id);
+            self.audit_tenants.push(row.tenant);
+            self.audit_records.push(row.record);
+        }
+        self
+    }
+
     pub fn len(&self) -> usize {
         self.ids.len()
     }
 
     fn append(&mut self, mut other: Columns) -> Range<usize> {
         let start = self.len();
+        self.audit_at.extend(other.audit_at.iter().map(|i| i + start));
+        self.audit_ids.append(&mut other.audit_ids);
+        self.audit_tenants.append(&mut other.audit_tenants);
+        self.audit_records.append(&mut other.audit_records);
         self.ids.append(&mut other.ids);
         self.tenants.append(&mut other.tenants);
         self.agg_types.append(&mut other.agg_types);
@@ -96,7 +126,15 @@ impl Columns {
         db: impl sqlx::PgExecutor<'e>,
         r: Range<usize>,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query(INSERT_EVENTS)
+        let audits: Vec<usize> = (0..self.audit_at.len())
+            .filter(|&k| r.contains(&self.audit_at[k]))
+            .collect();
+        let sql = if audits.is_empty() {
+            INSERT_EVENTS
+        } else {
+            INSERT_EVENTS_AND_AUDIT
+        };
+        let mut q = sqlx::query(sql)
             .bind(&self.ids[r.clone()])
             .bind(&self.tenants[r.clone()])
             .bind(&self.agg_types[r.clone()])
@@ -105,9 +143,25 @@ impl Columns {
             .bind(&self.types[r.clone()])
             .bind(&self.versions[r.clone()])
             .bind(&self.payloads[r.clone()])
-            .bind(&self.metadata[r])
-            .execute(db)
-            .await?;
+            .bind(&self.metadata[r]);
+        if !audits.is_empty() {
+            let pick = |k: &usize| *k;
+            q = q
+                .bind(audits.iter().map(|k| self.audit_ids[pick(k)]).collect::<Vec<_>>())
+                .bind(
+                    audits
+                        .iter()
+                        .map(|k| self.audit_tenants[pick(k)].clone())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(
+                    audits
+                        .iter()
+                        .map(|k| self.audit_records[pick(k)].clone())
+                        .collect::<Vec<_>>(),
+                );
+        }
+        q.execute(db).await?;
         Ok(())
     }
 }

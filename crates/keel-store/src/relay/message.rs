@@ -41,3 +41,31 @@ pub(super) fn dead_letter(prefix: &str, event: &StoredEvent, reason: &str) -> Ou
         )],
     }
 }
+
+/// The message of a stored audit record (its own id as `Nats-Msg-Id`).
+pub(super) fn audit_message(prefix: &str, row: &super::outbox::AuditRow) -> Result<Outgoing, String> {
+    let record: keel_bus::audit::AuditRecord =
+        serde_json::from_value(row.record.clone()).map_err(|e| format!("not an audit record: {e}"))?;
+    if record.id != row.record_id {
+        return Err(format!("record id {} differs from its row's", record.id));
+    }
+    record.message(prefix).map_err(|e| e.to_string())
+}
+
+pub(super) fn audit_dead_letter(prefix: &str, row: &super::outbox::AuditRow, reason: &str) -> Outgoing {
+    let tenant = if subjects::is_valid_token(&row.tenant_id) {
+        row.tenant_id.as_str()
+    } else {
+        "unknown"
+    };
+    Outgoing {
+        subject: subjects::dlq(prefix, "audit", tenant),
+        payload: Bytes::from(row.record.to_string()),
+        msg_id: row.record_id.to_string(),
+        traceparent: None,
+        headers: vec![(
+            headers::DLQ_REASON.to_owned(),
+            reason.chars().take(1024).collect(),
+        )],
+    }
+}

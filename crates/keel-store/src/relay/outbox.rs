@@ -89,13 +89,79 @@ pub async fn poll(conn: &mut PgConnection, cursor: Cursor, limit: i64) -> Result
     rows.iter().map(StoredEvent::from_row).collect()
 }
 
+/// One row of `audit_outbox` as the audit relay reads it.
+pub(crate) struct AuditRow {
+    pub cursor: Cursor,
+    pub record_id: uuid::Uuid,
+    pub tenant_id: String,
+    pub record: serde_json::Value,
+}
+
+/// As [`poll`], for the audit outbox.
+pub(crate) async fn poll_audit(conn: &mut PgConnection, cursor: Cursor, limit: i64) -> Result<Vec<AuditRow>> {
+    let rows = sqlx::query(
+        "SELECT position, tx_id::text AS tx_text, record_id, tenant_id, record FROM audit_outbox \
+         WHERE (tx_id, position) > ($1::text::xid8, $2) \
+           AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
+         ORDER BY audit_outbox.tx_id, audit_outbox.position LIMIT $3",
+    )
+    .bind(cursor.tx_id.to_string())
+    .bind(cursor.global_position)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let tx: String = row.try_get("tx_text")?;
+            Ok(AuditRow {
+                cursor: Cursor {
+                    tx_id: tx
+                        .parse()
+                        .map_err(|_| sqlx::Error::Decode(format!("bad xid8 {tx:?}").into()))?,
+                    global_position: row.try_get("position")?,
+                },
+                record_id: row.try_get("record_id")?,
+                tenant_id: row.try_get("tenant_id")?,
+                record: row.try_get("record")?,
+            })
+        })
+        .collect()
+}
+
+/// Deletes audit rows relayed (at or before `checkpoint`) more than `keep` ago: the stream is
+/// the record, the outbox only carries it there.
+pub(crate) async fn prune_audit(
+    conn: &mut PgConnection,
+    checkpoint: Cursor,
+    keep: std::time::Duration,
+) -> Result<u64> {
+    let keep = chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::days(7));
+    let done = sqlx::query(
+        "DELETE FROM audit_outbox WHERE (tx_id, position) <= ($1::text::xid8, $2) AND recorded_at < now() - $3::interval",
+    )
+    .bind(checkpoint.tx_id.to_string())
+    .bind(checkpoint.global_position)
+    .bind(keep)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Whether events past `cursor` exist that [`poll`] could not return yet: committed by a
 /// transaction that is still below the oldest running one (`pg_snapshot_xmin` is cluster-wide,
 /// so any open transaction holds them back), or written by one still running.
-pub async fn held_back(conn: &mut PgConnection, cursor: Cursor) -> Result<bool> {
-    Ok(sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM events WHERE (tx_id, global_position) > ($1::text::xid8, $2))",
-    )
+pub(super) async fn held_back(
+    conn: &mut PgConnection,
+    source: super::Source,
+    cursor: Cursor,
+) -> Result<bool> {
+    let (table, position) = match source {
+        super::Source::Events => ("events", "global_position"),
+        super::Source::Audit => ("audit_outbox", "position"),
+    };
+    Ok(sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT 1 FROM {table} WHERE (tx_id, {position}) > ($1::text::xid8, $2))"
+    ))
     .bind(cursor.tx_id.to_string())
     .bind(cursor.global_position)
     .fetch_one(&mut *conn)

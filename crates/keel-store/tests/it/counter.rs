@@ -12,6 +12,8 @@ pub struct Counter {
 #[derive(Debug)]
 pub enum CounterCommand {
     Add(u64),
+    /// Decides nothing: no event (an idempotent repeat).
+    Touch,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,7 +47,9 @@ impl Aggregate for Counter {
         _: &(),
         sink: &EventSink<Self>,
     ) -> Result<(), CounterError> {
-        let CounterCommand::Add(amount) = command;
+        let CounterCommand::Add(amount) = command else {
+            return Ok(());
+        };
         if amount == 0 {
             return Err(CounterError("amount must be positive".into()));
         }

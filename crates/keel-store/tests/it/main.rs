@@ -2,6 +2,7 @@
 //! Each test owns a schema and a bus namespace (`keel_store::testing::TestEnv`).
 
 mod append;
+mod audit;
 mod counter;
 mod projection;
 mod relay;

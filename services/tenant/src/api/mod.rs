@@ -10,7 +10,6 @@ use std::sync::Arc;
 use cqrs_es::EventStore;
 use cqrs_es::persist::PersistedEventStore;
 use keel_auth::Principal;
-use keel_bus::Bus;
 use keel_bus::audit::{AuditRecord, AuditResult};
 use keel_proto::v1::{TenantRef, tenant_ref};
 use keel_store::{EventRepository, Framework, Metadata, Store};
@@ -36,7 +35,8 @@ pub struct Core {
     pub data_keys: DataKeys,
     pub signing: SigningKeys,
     pub api_keys: ApiKeys,
-    pub bus: Bus,
+    /// The service's audit outbox: every record of every call goes there.
+    pub audit: keel_store::audit::AuditLog,
     pub tables: crate::store::TenantTables,
     /// Buckets of `ExchangeApiKey`, the one public call: per presented key and per source address.
     pub exchange_limiter: std::sync::Arc<keel_auth::RateLimiter>,
@@ -131,7 +131,8 @@ pub fn check_ref(reference: Option<&TenantRef>) -> Result<&tenant_ref::Ref, Stat
 }
 
 impl Core {
-    /// Publishes an audit record of a call on `tenant` (`*`: the platform).
+    /// Records an audit record of a call on `tenant` (`*`: the platform) that made no change of
+    /// its own (a change is recorded by [`Core::execute`], in the same statement).
     pub async fn audit(
         &self,
         call: &Call,
@@ -157,7 +158,24 @@ impl Core {
         result: AuditResult,
         reason: Option<String>,
     ) {
-        let record = AuditRecord::new(
+        let _ = self
+            .audit
+            .record(&self.record_of(actor, call, tenant, action, resource, result, reason))
+            .await;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_of(
+        &self,
+        actor: String,
+        call: &Call,
+        tenant: &str,
+        action: &str,
+        resource: String,
+        result: AuditResult,
+        reason: Option<String>,
+    ) -> AuditRecord {
+        AuditRecord::new(
             actor,
             tenant,
             SERVICE,
@@ -167,13 +185,12 @@ impl Core {
             call.source_ip.clone(),
         )
         .with_trace(call.trace_id())
-        .with_reason(reason);
-        self.bus.audit(&record).await;
+        .with_reason(reason)
     }
 
     fn denial<'a>(&'a self, call: &Call, tenant_id: &str, action: &'a str) -> keel_auth::audit::Denial<'a> {
         keel_auth::audit::Denial {
-            bus: &self.bus,
+            audit: &self.audit,
             service: SERVICE,
             action,
             resource: format!("tenant/{tenant_id}"),
@@ -267,7 +284,9 @@ impl Core {
             .map_err(Error::from)
     }
 
-    /// Runs a command and audits its outcome.
+    /// Runs a command and audits its outcome: the `success` record commits in the same
+    /// statement as the command's events (see [`keel_store::audit`]), a failure is recorded as
+    /// `failed` with the error.
     pub async fn execute(
         &self,
         call: &Call,
@@ -275,37 +294,22 @@ impl Core {
         action: &str,
         command: TenantCommand,
     ) -> Result<(), Status> {
-        let result = self
-            .cqrs
-            .execute_with_metadata(tenant_id, command, call.metadata(tenant_id).into_map())
-            .await;
-        match result {
-            Ok(()) => {
-                self.audit(
-                    call,
-                    tenant_id,
-                    action,
-                    format!("tenant/{tenant_id}"),
-                    AuditResult::Success,
-                    None,
-                )
-                .await;
-                Ok(())
-            }
-            Err(e) => {
-                let err = Error::from(e);
-                self.audit(
-                    call,
-                    tenant_id,
-                    action,
-                    format!("tenant/{tenant_id}"),
-                    AuditResult::Failed,
-                    Some(err.to_string()),
-                )
-                .await;
-                Err(err.into())
-            }
-        }
+        let success = self.record_of(
+            call.actor(),
+            call,
+            tenant_id,
+            action,
+            format!("tenant/{tenant_id}"),
+            AuditResult::Success,
+            None,
+        );
+        let change = async {
+            self.cqrs
+                .execute_with_metadata(tenant_id, command, call.metadata(tenant_id).into_map())
+                .await
+                .map_err(Error::from)
+        };
+        self.audit.change(success, change).await.map_err(Into::into)
     }
 }
 
