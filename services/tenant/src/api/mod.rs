@@ -34,7 +34,10 @@ pub struct Core {
     pub cqrs: Framework<Tenant>,
     pub loader: PersistedEventStore<EventRepository, Tenant>,
     pub data_keys: DataKeys,
+    /// The token key ring (access tokens, `/.well-known/jwks.json`).
     pub signing: SigningKeys,
+    /// The license key ring (licenses only, `/.well-known/license-jwks.json`).
+    pub license_keys: SigningKeys,
     pub api_keys: ApiKeys,
     pub bus: Bus,
     pub tables: crate::store::TenantTables,

@@ -6,6 +6,7 @@ mod harness;
 mod input;
 mod isolation;
 mod keys;
+mod licenses;
 mod lifecycle;
 mod logs;
 mod projection;
