@@ -31,7 +31,7 @@ pub enum LicenseCommand {
     Verify {
         /// File holding the license JWT.
         file: PathBuf,
-        /// File holding the JWKS (GET /.well-known/jwks.json of the tenant service).
+        /// File holding the license keys (GET /.well-known/license-jwks.json of the tenant service).
         #[arg(long)]
         jwks: PathBuf,
     },

@@ -1,5 +1,5 @@
 //! The tenant service's table of contents: its settings, its store and projection, its APIs and
-//! its JWKS endpoint. Everything else is the shared assembly (`keel-service`).
+//! its two JWKS endpoints (token keys, license keys). Everything else is the shared assembly (`keel-service`).
 
 use std::sync::Arc;
 
@@ -120,6 +120,8 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
     let master = mesh.master_key().clone();
     let signing = SigningKeys::new(db.pool().clone(), master.clone());
     signing.active().await.context("signing key")?;
+    let license_keys = SigningKeys::licenses(db.pool().clone(), master.clone());
+    license_keys.active().await.context("license signing key")?;
     let api_keys = ApiKeys::new(db.pool().clone());
     bootstrap(
         &api_keys,
@@ -132,6 +134,7 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         loader: PersistedEventStore::new_event_store(store.repository()),
         data_keys: DataKeys::new(db.pool().clone(), master),
         signing: signing.clone(),
+        license_keys: license_keys.clone(),
         api_keys,
         audit: mesh.audit_log()?,
         store: store.clone(),
@@ -157,8 +160,11 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         .add_service(LicenseServiceServer::new(LicenseApi(core.clone())))
         .add_service(TokenServiceServer::new(TokenApi(core)));
     let http = axum::Router::new()
-        .route("/.well-known/jwks.json", get(jwks_handler))
-        .with_state(signing);
+        .route("/.well-known/jwks.json", get(jwks_handler).with_state(signing))
+        .route(
+            "/.well-known/license-jwks.json",
+            get(jwks_handler).with_state(license_keys),
+        );
     mesh.serve(router, http).await
 }
 

@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod app;
+pub mod clock;
 pub mod crypto;
 pub mod domain;
 pub mod error;

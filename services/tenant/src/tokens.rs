@@ -131,17 +131,42 @@ impl ApiKeys {
         Self { pool }
     }
 
-    /// Stores a new key. An operator account name already held by an active operator key is
-    /// ALREADY_EXISTS (`name`).
+    /// Stores a new key, usable at once (platform keys: no tenant event records them). An
+    /// operator account name already held by an active operator key is ALREADY_EXISTS (`name`).
     pub async fn store(&self, grant: &KeyGrant, secret: &str) -> Result<()> {
+        self.insert(grant, secret, false).await
+    }
+
+    /// Stores a new tenant key **pending**: refused by [`ApiKeys::lookup`] and absent from
+    /// [`ApiKeys::get`] and [`ApiKeys::list`] until its `ApiKeyIssued` event is appended, which
+    /// activates it in the appending statement (the `events_activate_api_key` trigger). So the
+    /// key becomes usable exactly when its event commits, and a crash in between leaves an inert
+    /// row.
+    pub async fn store_pending(&self, grant: &KeyGrant, secret: &str) -> Result<()> {
+        self.insert(grant, secret, true).await
+    }
+
+    /// Removes a pending key whose events were refused (never when the append's outcome is
+    /// unknown: a commit still in flight would then activate nothing). An active key is never
+    /// removed.
+    pub async fn discard_pending(&self, key_id: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM api_keys WHERE key_id = $1 AND pending")
+            .bind(key_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn insert(&self, grant: &KeyGrant, secret: &str, pending: bool) -> Result<()> {
         let stored = sqlx::query(
-            "INSERT INTO api_keys (key_id, account_id, tenant_id, scopes, secret_hash) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO api_keys (key_id, account_id, tenant_id, scopes, secret_hash, pending) VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(&grant.key_id)
         .bind(&grant.account_id)
         .bind(&grant.tenant_id)
         .bind(&grant.scopes)
         .bind(hash(secret))
+        .bind(pending)
         .execute(&self.pool)
         .await;
         match stored {
@@ -223,12 +248,12 @@ impl ApiKeys {
 
     /// One key, without its hash.
     pub async fn get(&self, key_id: &str) -> Result<Option<KeyRow>> {
-        Ok(
-            sqlx::query_as(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = $1"))
-                .bind(key_id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = $1 AND NOT pending"
+        ))
+        .bind(key_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// Revokes `key_id` now: the key and whether this call revoked it (`false`: it already
@@ -245,7 +270,7 @@ impl ApiKeys {
         .fetch_all(&mut *tx)
         .await?;
         let key: Option<KeyRow> = sqlx::query_as(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = $1 FOR UPDATE"
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_id = $1 AND NOT pending FOR UPDATE"
         ))
         .bind(key_id)
         .fetch_optional(&mut *tx)
@@ -280,7 +305,7 @@ impl ApiKeys {
         limit: i64,
     ) -> Result<Vec<KeyRow>> {
         Ok(sqlx::query_as(&format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE ($1::text IS NULL OR tenant_id = $1) \
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE NOT pending AND ($1::text IS NULL OR tenant_id = $1) \
              AND ($2::text IS NULL OR key_id > $2) ORDER BY key_id LIMIT $3"
         ))
         .bind(tenant)
@@ -299,7 +324,7 @@ impl ApiKeys {
             return Err(Error::Unauthenticated("invalid API key"));
         }
         let row: Option<(String, String, String, Vec<String>)> = sqlx::query_as(
-            "SELECT key_id, account_id, tenant_id, scopes FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
+            "SELECT key_id, account_id, tenant_id, scopes FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL AND NOT pending",
         )
         .bind(hash(secret))
         .fetch_optional(&self.pool)

@@ -143,9 +143,13 @@ impl World {
         api.mark_provisioned(req()).await.unwrap();
     }
 
-    /// GET /.well-known/jwks.json over TLS: the body.
-    pub async fn jwks(&self) -> String {
-        let (status, body) = self.proc().http_get("/.well-known/jwks.json").await.unwrap();
+    /// GET /.well-known/license-jwks.json (the license keys) over TLS: the body.
+    pub async fn license_jwks(&self) -> String {
+        let (status, body) = self
+            .proc()
+            .http_get("/.well-known/license-jwks.json")
+            .await
+            .unwrap();
         assert_eq!(status, 200, "{body}");
         body
     }

@@ -23,7 +23,7 @@ async fn license_saved_to_a_file_verifies_offline_and_a_changed_byte_does_not() 
     let license = w.path("license.jwt");
     std::fs::write(&license, &jwt).unwrap();
     let jwks = w.path("jwks.json");
-    std::fs::write(&jwks, w.jwks().await).unwrap();
+    std::fs::write(&jwks, w.license_jwks().await).unwrap();
 
     // Offline: the service and NATS addresses point nowhere.
     let verify = |file: &std::path::Path, json: bool| {

@@ -1,6 +1,6 @@
-//! LicenseService: signed licenses for the tenant's tier.
+//! LicenseService: signed licenses for the tenant's tier, signed with the license key ring
+//! (`Core::license_keys`, never a token key) and verifiable offline with the license JWKS.
 
-use chrono::Utc;
 use keel_auth::scopes;
 use keel_proto::v1 as pb;
 use keel_proto::v1::license_service_server::LicenseService;
@@ -19,8 +19,8 @@ pub struct LicenseApi(pub Shared);
 pub async fn issue(core: &Core, call: &Call, tenant_id: &str) -> Result<pb::License, Status> {
     let (tenant, _) = core.load_existing(tenant_id).await?;
     let tier = tenant.tier.ok_or(Error::Domain(TenantError::NotFound))?;
-    let claims = LicenseClaims::new(tenant_id, tier, Utc::now());
-    let key = core.signing.active().await?;
+    let claims = LicenseClaims::new(tenant_id, tier, core.license_keys.now());
+    let key = core.license_keys.active().await?;
     let jwt = claims.sign(&key).map_err(Error::from)?;
     sqlx::query("INSERT INTO licenses (license_id, tenant_id, tier, jwt, issued_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)")
         .bind(&claims.lid)
@@ -84,9 +84,9 @@ impl LicenseService for LicenseApi {
         let row = read.license().await?;
         read.finish().await?;
         let (id, jwt) = row.ok_or(Error::NotFound("license"))?;
-        let jwks = self.0.signing.jwks().await?;
-        // Our own licenses always verify unless their key has aged out of the JWKS.
-        let (claims, _) = keel_tenancy::license::verify(&jwt, &jwks, Utc::now())
+        let jwks = self.0.license_keys.jwks().await?;
+        // Our own licenses verify until their grace period ends: their key stays published so long.
+        let (claims, _) = keel_tenancy::license::verify(&jwt, &jwks, self.0.license_keys.now())
             .map_err(|_| Error::NotFound("current license"))?;
         Ok(Response::new(license_pb(
             &id,
@@ -95,5 +95,31 @@ impl LicenseService for LicenseApi {
             &claims,
             jwt,
         )))
+    }
+
+    async fn rotate_license_key(
+        &self,
+        req: Request<pb::RotateLicenseKeyRequest>,
+    ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
+        let call = Call::of(&req);
+        self.0
+            .authorize_operator(&call, "*", "license-key-rotate")
+            .await?;
+        let kid = self.0.license_keys.rotate().await?;
+        let published = self.0.license_keys.jwks().await?.keys;
+        self.0
+            .audit(
+                &call,
+                "*",
+                "license-key-rotate",
+                format!("license-key/{kid}"),
+                keel_bus::audit::AuditResult::Success,
+                None,
+            )
+            .await;
+        Ok(Response::new(pb::RotateSigningKeyResponse {
+            kid,
+            published_kids: published.into_iter().map(|k| k.kid).collect(),
+        }))
     }
 }

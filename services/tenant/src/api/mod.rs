@@ -33,7 +33,10 @@ pub struct Core {
     pub cqrs: Framework<Tenant>,
     pub loader: PersistedEventStore<EventRepository, Tenant>,
     pub data_keys: DataKeys,
+    /// The token key ring (access tokens, `/.well-known/jwks.json`).
     pub signing: SigningKeys,
+    /// The license key ring (licenses only, `/.well-known/license-jwks.json`).
+    pub license_keys: SigningKeys,
     pub api_keys: ApiKeys,
     /// The service's audit outbox: every record of every call goes there.
     pub audit: keel_store::audit::AuditLog,

@@ -40,6 +40,16 @@ fn audit_tenant(tenant_id: &str) -> &str {
     }
 }
 
+/// Whether a failed command certainly appended nothing (refused by the domain or by the
+/// optimistic lock), as opposed to failing with an unknown outcome.
+fn refused(status: &Status) -> bool {
+    use tonic::Code::*;
+    matches!(
+        status.code(),
+        InvalidArgument | NotFound | AlreadyExists | PermissionDenied | FailedPrecondition | Aborted
+    )
+}
+
 fn key_pb(k: KeyRow) -> pb::ApiKey {
     pb::ApiKey {
         key_id: k.key_id,
@@ -161,6 +171,15 @@ impl TokenService for TokenApi {
         Ok(Response::new(token))
     }
 
+    /// One atomic write. The key row is stored first but **pending** (refused by
+    /// `ExchangeApiKey`, not listed); then one command appends `ServiceAccountCreated` and
+    /// `ApiKeyIssued` in one statement, whose trigger (`events_activate_api_key`) activates the
+    /// key in the same transaction. So a key is usable exactly when its account's events are
+    /// committed: a crash before the append leaves an inert pending row and no account; a
+    /// refused append (name taken, tenant suspended) leaves no account either, and its pending
+    /// row is removed. The secret is answered only after the commit. (A response lost after the
+    /// commit is the one case left: the account exists, its key can be revoked, and a retry
+    /// under another name gets a new key.)
     async fn create_service_account(
         &self,
         req: Request<pb::CreateServiceAccountRequest>,
@@ -199,37 +218,29 @@ impl TokenService for TokenApi {
         }
         let account_id = format!("sa_{}", uuid::Uuid::now_v7().simple());
         let key_id = format!("key_{}", uuid::Uuid::now_v7().simple());
-        self.0
-            .execute(
-                &call,
-                &tenant_id,
-                "account-create",
-                TenantCommand::CreateServiceAccount {
-                    account_id: account_id.clone(),
-                    name: r.name,
-                    scopes: r.scopes.clone(),
-                },
-            )
-            .await?;
         let secret = tokens::new_api_key();
         let grant = KeyGrant {
             key_id: key_id.clone(),
             account_id: account_id.clone(),
             tenant_id: tenant_id.clone(),
-            scopes: r.scopes,
+            scopes: r.scopes.clone(),
         };
-        self.0.api_keys.store(&grant, &secret).await?;
-        self.0
-            .execute(
-                &call,
-                &tenant_id,
-                "key-issue",
-                TenantCommand::IssueApiKey {
-                    account_id: account_id.clone(),
-                    key_id: key_id.clone(),
-                },
-            )
-            .await?;
+        self.0.api_keys.store_pending(&grant, &secret).await?;
+        let command = TenantCommand::CreateServiceAccount {
+            account_id: account_id.clone(),
+            name: r.name,
+            scopes: r.scopes,
+            key_id: key_id.clone(),
+        };
+        if let Err(status) = self.0.execute(&call, &tenant_id, "account-create", command).await {
+            if refused(&status)
+                && let Err(e) = self.0.api_keys.discard_pending(&key_id).await
+            {
+                // Harmless: a pending key is never accepted.
+                tracing::warn!(error = %e, key_id, "a refused account's pending key stays");
+            }
+            return Err(status);
+        }
         Ok(Response::new(pb::ServiceAccountCreated {
             account_id,
             key_id,

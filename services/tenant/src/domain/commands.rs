@@ -47,11 +47,16 @@ pub enum TenantCommand {
         license_id: String,
         expires_at: String,
     },
+    /// A service account and its first API key, as one command: both events or neither (the
+    /// key row, stored pending beforehand, becomes usable with them; see `api::token`).
     CreateServiceAccount {
         account_id: String,
         name: String,
         scopes: Vec<String>,
+        key_id: String,
     },
+    /// A further key of an existing account (no RPC issues one yet): like the first, its row is
+    /// stored pending and activated by this event.
     IssueApiKey {
         account_id: String,
         key_id: String,

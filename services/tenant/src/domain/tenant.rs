@@ -234,16 +234,21 @@ impl Tenant {
                 account_id,
                 name,
                 scopes,
+                key_id,
             } => {
-                self.live("add service accounts to")?;
+                // The account comes with its key, so only where keys may be issued.
+                self.require("add service accounts to", &[Pending, Provisioning, Active])?;
                 if self.accounts.values().any(|a| a.name == name) {
                     return Err(TenantError::AccountExists);
                 }
-                vec![E::ServiceAccountCreated {
-                    account_id,
-                    name,
-                    scopes,
-                }]
+                vec![
+                    E::ServiceAccountCreated {
+                        account_id: account_id.clone(),
+                        name,
+                        scopes,
+                    },
+                    E::ApiKeyIssued { account_id, key_id },
+                ]
             }
             C::IssueApiKey { account_id, key_id } => {
                 self.require("issue keys for", &[Pending, Provisioning, Active])?;

@@ -286,6 +286,7 @@ fn service_account_names_are_unique_and_keys_need_an_account() {
             account_id: "sa2".into(),
             name: "ci".into(),
             scopes: vec![],
+            key_id: "key2".into(),
         })
         .then_expect_error(TenantError::AccountExists);
     F::with(())
@@ -295,6 +296,39 @@ fn service_account_names_are_unique_and_keys_need_an_account() {
             key_id: "k".into(),
         })
         .then_expect_error(TenantError::AccountNotFound);
+}
+
+#[test]
+fn an_account_is_created_with_its_key_in_one_command() {
+    F::with(())
+        .given(active())
+        .when(TenantCommand::CreateServiceAccount {
+            account_id: "sa1".into(),
+            name: "ci".into(),
+            scopes: vec!["tenant:read".into()],
+            key_id: "key1".into(),
+        })
+        .then_expect_events(with_key()[active().len()..].to_vec());
+}
+
+#[test]
+fn no_account_where_no_key_may_be_issued() {
+    let mut suspended = active();
+    suspended.push(TenantEvent::TenantSuspended {
+        reason: "unpaid".into(),
+    });
+    F::with(())
+        .given(suspended)
+        .when(TenantCommand::CreateServiceAccount {
+            account_id: "sa1".into(),
+            name: "ci".into(),
+            scopes: vec![],
+            key_id: "key1".into(),
+        })
+        .then_expect_error(TenantError::InvalidTransition {
+            action: "add service accounts to",
+            current: Status::Suspended,
+        });
 }
 
 fn with_key() -> Vec<TenantEvent> {

@@ -325,7 +325,7 @@ async fn licenses_verify_offline_with_the_jwks_and_fail_on_one_changed_byte() {
         .unwrap()
         .into_inner();
     assert_eq!(got.jwt, lic.jwt);
-    let (_, body) = w.http_get("/.well-known/jwks.json").await;
+    let (_, body) = w.http_get("/.well-known/license-jwks.json").await;
     let jwks: keel_auth::JwkSet = serde_json::from_str(&body).unwrap();
     let (claims, status) = keel_tenancy::license::verify(&lic.jwt, &jwks, chrono::Utc::now()).unwrap();
     assert_eq!(
@@ -340,15 +340,15 @@ async fn licenses_verify_offline_with_the_jwks_and_fail_on_one_changed_byte() {
         keel_tenancy::license::verify(&String::from_utf8(bytes).unwrap(), &jwks, chrono::Utc::now()).is_err()
     );
 
-    // A key rotation keeps the old key published, so the license still verifies.
+    // A license key rotation keeps the old key published, so the license still verifies.
     let rotated = w
-        .tokens(&w.operator)
-        .rotate_signing_key(pb::RotateSigningKeyRequest {})
+        .licenses(&w.operator)
+        .rotate_license_key(pb::RotateLicenseKeyRequest {})
         .await
         .unwrap()
         .into_inner();
     assert_eq!(rotated.published_kids.len(), 2);
-    let (_, body) = w.http_get("/.well-known/jwks.json").await;
+    let (_, body) = w.http_get("/.well-known/license-jwks.json").await;
     let jwks: keel_auth::JwkSet = serde_json::from_str(&body).unwrap();
     assert!(keel_tenancy::license::verify(&lic.jwt, &jwks, chrono::Utc::now()).is_ok());
     // A license is not an access token: presented as a bearer token it is refused.
