@@ -35,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
         _ => {
             if let Ok(r) = pb::RetryRunRequest::decode(bytes) {
                 let _ = validate::run_id(&r.run_id);
+                let _ = validate::request_id(&r.request_id);
             }
         }
     }

@@ -144,6 +144,11 @@ impl ServiceProc {
             .await?)
     }
 
+    /// Whether the process has exited (by itself: a crash or an injected one), and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// SIGKILL, as a crash.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;

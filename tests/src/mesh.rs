@@ -32,6 +32,8 @@ pub type Tokens = TokenServiceClient<InterceptedService<Channel, Bearer>>;
 pub enum Part {
     Tenant,
     Provisioning,
+    /// A second provisioning process on the same schema, bus namespace and resources: a replica.
+    ProvisioningReplica,
     Timeline,
 }
 
@@ -39,7 +41,7 @@ impl Part {
     fn binary(self) -> &'static str {
         match self {
             Part::Tenant => "keel-tenant",
-            Part::Provisioning => "keel-provisioning",
+            Part::Provisioning | Part::ProvisioningReplica => "keel-provisioning",
             Part::Timeline => "keel-timeline",
         }
     }
@@ -47,7 +49,7 @@ impl Part {
     fn service(self) -> &'static str {
         match self {
             Part::Tenant => "tenant",
-            Part::Provisioning => "provisioning",
+            Part::Provisioning | Part::ProvisioningReplica => "provisioning",
             Part::Timeline => "timeline",
         }
     }
@@ -55,7 +57,7 @@ impl Part {
     fn suffix(self) -> &'static str {
         match self {
             Part::Tenant => "t",
-            Part::Provisioning => "p",
+            Part::Provisioning | Part::ProvisioningReplica => "p",
             Part::Timeline => "l",
         }
     }
@@ -75,6 +77,7 @@ where
 pub struct MeshBuilder {
     tenant: HashMap<String, String>,
     provisioning: Option<HashMap<String, String>>,
+    provisioning_replica: bool,
     timeline: Option<HashMap<String, String>>,
 }
 
@@ -88,6 +91,13 @@ impl MeshBuilder {
     /// Starts provisioning too, with `env` on top of the mesh's.
     pub fn provisioning(mut self, env: &[(&str, &str)]) -> Self {
         self.provisioning = Some(env_of(env.iter().copied()));
+        self
+    }
+
+    /// Starts a second provisioning process ([`Part::ProvisioningReplica`]) with the same
+    /// environment as the first (needs [`MeshBuilder::provisioning`]).
+    pub fn provisioning_replica(mut self) -> Self {
+        self.provisioning_replica = true;
         self
     }
 
@@ -151,9 +161,11 @@ impl MeshBuilder {
             mesh.provisioning_key = Some(created.api_key);
         }
         mesh.tenant_channel = Some(channel);
+        let replica = self.provisioning.clone().filter(|_| self.provisioning_replica);
         for (part, env) in [
             (Part::Timeline, self.timeline),
             (Part::Provisioning, self.provisioning),
+            (Part::ProvisioningReplica, replica),
         ] {
             if let Some(env) = env {
                 mesh.start_part(part, env).await;
@@ -206,7 +218,7 @@ impl Mesh {
                 format!("{}/.well-known/jwks.json", tenant.http_url()),
             ),
         ]));
-        if part == Part::Provisioning {
+        if matches!(part, Part::Provisioning | Part::ProvisioningReplica) {
             if let Some(key) = &self.provisioning_key {
                 env.insert("KEEL_PROVISIONING_API_KEY".into(), key.clone());
             }
@@ -337,7 +349,12 @@ impl Mesh {
     /// Stops every process and removes everything the mesh named: schemas, roles, streams,
     /// Redis keys, the GitOps directory.
     pub async fn cleanup(mut self) {
-        for part in [Part::Provisioning, Part::Timeline, Part::Tenant] {
+        for part in [
+            Part::ProvisioningReplica,
+            Part::Provisioning,
+            Part::Timeline,
+            Part::Tenant,
+        ] {
             if let Some(mut proc) = self.procs.remove(&part) {
                 let _ = proc.terminate().await;
             }

@@ -87,6 +87,8 @@ pub static CATALOG: &[EventType] = &[
     event_type!("provisioning", "StepFailed", 1),
     event_type!("provisioning", "CompensationStarted", 1),
     event_type!("provisioning", "StepCompensated", 1),
+    event_type!("provisioning", "CompensationFailed", 1),
+    event_type!("provisioning", "CompensationAbandoned", 1),
     event_type!("provisioning", "ProvisioningCompleted", 1),
     event_type!("provisioning", "ProvisioningFailed", 1),
 ];

@@ -52,6 +52,7 @@ fn step_status(s: StepStatus) -> &'static str {
         StepStatus::Succeeded => "succeeded",
         StepStatus::Failed => "failed",
         StepStatus::Compensated => "compensated",
+        StepStatus::Abandoned => "abandoned",
     }
 }
 
@@ -128,6 +129,19 @@ pub mod validate {
         }
         Ok(())
     }
+
+    /// Retry's `request_id`, its idempotency key: 1-128 of [A-Za-z0-9_-].
+    pub fn request_id(request_id: &str) -> Result<(), Status> {
+        let ok = (1..=128).contains(&request_id.len())
+            && request_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(())
+        } else {
+            Err(invalid("request_id", "must be 1-128 of [A-Za-z0-9_-]"))
+        }
+    }
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -177,6 +191,25 @@ impl ProvisioningApi {
         }
         tx.commit().await.map_err(internal)?;
         Ok(runs)
+    }
+
+    /// The run an earlier Retry with `request_id` started, if there was one; INVALID_ARGUMENT
+    /// when that Retry was of another run than `run_id`.
+    async fn retried(&self, request_id: &str, run_id: &str) -> Result<Option<pb::ProvisioningRun>, Status> {
+        let row: Option<(String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT run_id, tenant_id, kind, retry_of FROM run_requests WHERE request_id = $1",
+        )
+        .bind(request_id)
+        .fetch_optional(self.executor.store.pool())
+        .await
+        .map_err(internal)?;
+        let Some((started, tenant_id, kind, retry_of)) = row else {
+            return Ok(None);
+        };
+        if retry_of.as_deref() != Some(run_id) {
+            return Err(invalid("request_id", "was already used to retry another run"));
+        }
+        Ok(Some(self.run_pb(&started, &tenant_id, &kind).await?))
     }
 }
 
@@ -348,7 +381,13 @@ impl ProvisioningService for ProvisioningApi {
         let principal = keel_auth::from_request(&req)?;
         principal.require_operator()?;
         let run_id = req.get_ref().run_id.clone();
+        let request_id = req.get_ref().request_id.clone();
         validate::run_id(&run_id)?;
+        validate::request_id(&request_id)?;
+        // A repeated Retry answers with the run the first one started, whatever it is now.
+        if let Some(run) = self.retried(&request_id, &run_id).await? {
+            return Ok(Response::new(run));
+        }
         let row: Option<(String, String, String, String, bool, Option<String>)> = sqlx::query_as(
             "SELECT tenant_id, kind, slug, tier, suspended, traceparent FROM run_requests WHERE run_id = $1",
         )
@@ -370,8 +409,9 @@ impl ProvisioningService for ProvisioningApi {
             .into());
         }
         let new_id = format!("retry-{}", uuid::Uuid::now_v7());
-        sqlx::query(
-            "INSERT INTO run_requests (run_id, tenant_id, kind, slug, tier, suspended, traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        let inserted = sqlx::query(
+            "INSERT INTO run_requests (run_id, tenant_id, kind, slug, tier, suspended, traceparent, request_id, retry_of) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
         )
         .bind(&new_id)
         .bind(&tenant_id)
@@ -380,9 +420,19 @@ impl ProvisioningService for ProvisioningApi {
         .bind(tier)
         .bind(suspended)
         .bind(traceparent)
+        .bind(&request_id)
+        .bind(&run_id)
         .execute(self.executor.store.pool())
         .await
         .map_err(internal)?;
+        if inserted.rows_affected() == 0 {
+            // The same request, concurrently (perhaps on another replica): its run, not a second.
+            return self
+                .retried(&request_id, &run_id)
+                .await?
+                .map(Response::new)
+                .ok_or_else(|| internal("a retry's request vanished"));
+        }
         let record = keel_bus::audit::AuditRecord::new(
             principal.actor(),
             &tenant_id,

@@ -19,7 +19,7 @@ use crate::api::ProvisioningApi;
 use crate::domain::faults::Faults;
 use crate::projections::Triggers;
 use crate::steps::Systems;
-use crate::workers::Executor;
+use crate::workers::{Executor, Leases};
 
 const GRPC_SERVICES: &[&str] = &["keel.v1.ProvisioningService"];
 
@@ -48,6 +48,13 @@ pub struct Settings {
     pub nats_signer_file: Option<PathBuf>,
     /// `KEEL_PROVISIONING_AUDIT_CREDS_TTL_SECS`: how long issued audit credentials last.
     pub audit_creds_ttl_secs: u64,
+    /// `KEEL_PROVISIONING_LEASE_SECS`: how long a replica's claim on a tenant's runs lasts
+    /// unrenewed (renewed every third of it while driving): the longest a dead replica's run
+    /// waits before another replica resumes it.
+    pub lease_secs: u64,
+    /// `KEEL_PROVISIONING_COMPENSATION_ATTEMPTS`: attempts at undoing a step (with backoff from
+    /// 500 ms to 60 s) before it is abandoned with a `CompensationAbandoned` alert.
+    pub compensation_attempts: u32,
 }
 
 impl Default for Settings {
@@ -61,6 +68,8 @@ impl Default for Settings {
             faults: String::new(),
             nats_signer_file: None,
             audit_creds_ttl_secs: 24 * 3600,
+            lease_secs: 15,
+            compensation_attempts: crate::domain::run::MAX_COMPENSATION_ATTEMPTS,
         }
     }
 }
@@ -86,6 +95,12 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
             "KEEL_PROVISIONING_API_KEY (or KEEL_BOOTSTRAP_TOKEN) must hold a key for the tenant service"
         ),
     };
+    if !(1..=3600).contains(&settings.lease_secs) {
+        anyhow::bail!("KEEL_PROVISIONING_LEASE_SECS must be between 1 and 3600");
+    }
+    if !(1..=100).contains(&settings.compensation_attempts) {
+        anyhow::bail!("KEEL_PROVISIONING_COMPENSATION_ATTEMPTS must be between 1 and 100");
+    }
     let faults = Faults::parse(&settings.faults).map_err(anyhow::Error::msg)?;
     if faults != Faults::default() {
         tracing::warn!(faults = ?faults, "fault injection is on");
@@ -100,6 +115,11 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         tenant: TenantClient::new(&mesh.config().tenant_addr, mesh.tls(), api_key)?,
     };
     let executor = Arc::new(Executor {
+        leases: Leases::new(
+            store.pool().clone(),
+            std::time::Duration::from_secs(settings.lease_secs),
+        ),
+        compensation_attempts: settings.compensation_attempts,
         cqrs: store.framework(()),
         loader: PersistedEventStore::new_event_store(store.repository()),
         store,

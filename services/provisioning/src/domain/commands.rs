@@ -41,6 +41,14 @@ pub enum RunCommand {
         step: String,
         removed: Vec<String>,
     },
+    /// Undoing `step` failed on its `attempt`; at `max_attempts` the compensation is abandoned.
+    CompensationFailed {
+        step: String,
+        attempt: u32,
+        error: String,
+        max_attempts: u32,
+        at: DateTime<Utc>,
+    },
     Complete {
         at: DateTime<Utc>,
     },

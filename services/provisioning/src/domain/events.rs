@@ -46,6 +46,22 @@ pub enum RunEvent {
         step: String,
         removed: Vec<String>,
     },
+    /// Undoing `step` failed; tried again at `retry_at`, or never again (`None`: abandoned).
+    CompensationFailed {
+        step: String,
+        attempt: u32,
+        error: String,
+        retry_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    },
+    /// The alert: undoing `step` failed on every attempt allowed, so its leftovers need an
+    /// operator. The run undoes the other steps, then fails.
+    CompensationAbandoned {
+        step: String,
+        attempts: u32,
+        error: String,
+        at: DateTime<Utc>,
+    },
     ProvisioningCompleted {
         removed: Vec<String>,
         at: DateTime<Utc>,
@@ -65,6 +81,8 @@ impl DomainEvent for RunEvent {
             RunEvent::StepFailed { .. } => "StepFailed",
             RunEvent::CompensationStarted { .. } => "CompensationStarted",
             RunEvent::StepCompensated { .. } => "StepCompensated",
+            RunEvent::CompensationFailed { .. } => "CompensationFailed",
+            RunEvent::CompensationAbandoned { .. } => "CompensationAbandoned",
             RunEvent::ProvisioningCompleted { .. } => "ProvisioningCompleted",
             RunEvent::ProvisioningFailed { .. } => "ProvisioningFailed",
         }

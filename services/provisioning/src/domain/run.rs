@@ -14,6 +14,10 @@ pub use super::kind::RunKind;
 /// Attempts of one step before a transient failure counts as permanent.
 pub const MAX_ATTEMPTS: u32 = 6;
 
+/// Attempts at undoing one step before the saga abandons it with an alert (the executor's
+/// default; `KEEL_PROVISIONING_COMPENSATION_ATTEMPTS`).
+pub const MAX_COMPENSATION_ATTEMPTS: u32 = 8;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Op {
@@ -36,6 +40,8 @@ pub enum StepStatus {
     Succeeded,
     Failed,
     Compensated,
+    /// Undoing it failed on every attempt allowed: its leftovers need an operator.
+    Abandoned,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -47,6 +53,12 @@ pub struct StepState {
     pub retry_at: Option<DateTime<Utc>>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// Attempts at undoing the step so far.
+    #[serde(default)]
+    pub undo_attempts: u32,
+    /// When a failed undo is tried again.
+    #[serde(default)]
+    pub undo_retry_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +85,9 @@ pub struct Run {
     pub status: RunStatus,
     pub failure: Option<String>,
     pub removed: Vec<String>,
+    /// Steps whose compensation was abandoned (each with a `CompensationAbandoned` alert).
+    #[serde(default)]
+    pub abandoned: Vec<String>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
 }
@@ -90,12 +105,24 @@ pub enum RunError {
 /// What the executor should do next.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Next {
-    Perform { step: String, op: Op, attempt: u32 },
+    Perform {
+        step: String,
+        op: Op,
+        attempt: u32,
+    },
     Wait(DateTime<Utc>),
-    GiveUp { reason: String },
-    Compensate { step: String },
+    GiveUp {
+        reason: String,
+    },
+    /// Undo `step`, for the `attempt`th time.
+    Compensate {
+        step: String,
+        attempt: u32,
+    },
     Complete,
-    Fail { reason: String },
+    Fail {
+        reason: String,
+    },
     Done,
 }
 
@@ -110,6 +137,18 @@ pub const STEP_BACKOFF: keel_runtime::Backoff = keel_runtime::Backoff::new(
     std::time::Duration::from_millis(200),
     std::time::Duration::from_secs(30),
 );
+
+/// Retries of a failed undo: 500 ms doubling to 60 s (with the default 8 attempts, about a
+/// minute and a half before the saga gives up on it).
+pub const COMPENSATION_BACKOFF: keel_runtime::Backoff = keel_runtime::Backoff::new(
+    std::time::Duration::from_millis(500),
+    std::time::Duration::from_secs(60),
+);
+
+fn compensation_backoff(attempt: u32, jitter: f64) -> Duration {
+    let wait = COMPENSATION_BACKOFF.delay(attempt, jitter);
+    Duration::milliseconds(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX))
+}
 
 impl Run {
     pub fn step(&self, name: &str) -> StepState {
@@ -158,10 +197,22 @@ impl Run {
                         )
                         && self.step(&p.step).attempts > 0
                 });
-                match undo {
-                    Some(p) => Next::Compensate { step: p.step.clone() },
-                    None => Next::Fail {
-                        reason: self.failure.clone().unwrap_or_default(),
+                let Some(p) = undo else {
+                    let mut reason = self.failure.clone().unwrap_or_default();
+                    if !self.abandoned.is_empty() {
+                        reason.push_str(&format!(
+                            "; compensation abandoned for {} (left behind, needs an operator)",
+                            self.abandoned.join(", ")
+                        ));
+                    }
+                    return Next::Fail { reason };
+                };
+                let s = self.step(&p.step);
+                match s.undo_retry_at {
+                    Some(at) if at > now => Next::Wait(at),
+                    _ => Next::Compensate {
+                        step: p.step.clone(),
+                        attempt: s.undo_attempts + 1,
                     },
                 }
             }
@@ -265,6 +316,42 @@ impl Run {
                 self.known(&step)?;
                 vec![E::StepCompensated { step, removed }]
             }
+            C::CompensationFailed {
+                step,
+                attempt,
+                error,
+                max_attempts,
+                at,
+            } => {
+                self.live()?;
+                self.known(&step)?;
+                if attempt >= max_attempts {
+                    vec![
+                        E::CompensationFailed {
+                            step: step.clone(),
+                            attempt,
+                            error: error.clone(),
+                            retry_at: None,
+                            at,
+                        },
+                        E::CompensationAbandoned {
+                            step,
+                            attempts: attempt,
+                            error,
+                            at,
+                        },
+                    ]
+                } else {
+                    let retry_at = at + compensation_backoff(attempt, rand::random::<f64>());
+                    vec![E::CompensationFailed {
+                        step,
+                        attempt,
+                        error,
+                        retry_at: Some(retry_at),
+                        at,
+                    }]
+                }
+            }
             C::Complete { at } => {
                 self.live()?;
                 vec![E::ProvisioningCompleted {
@@ -366,6 +453,22 @@ impl Aggregate for Run {
             RunEvent::StepCompensated { step, removed } => {
                 self.steps.entry(step).or_default().status = StepStatus::Compensated;
                 self.removed.extend(removed);
+            }
+            RunEvent::CompensationFailed {
+                step,
+                attempt,
+                error,
+                retry_at,
+                ..
+            } => {
+                let s = self.steps.entry(step).or_default();
+                s.undo_attempts = attempt;
+                s.undo_retry_at = retry_at;
+                s.last_error = Some(format!("compensation: {error}"));
+            }
+            RunEvent::CompensationAbandoned { step, .. } => {
+                self.steps.entry(step.clone()).or_default().status = StepStatus::Abandoned;
+                self.abandoned.push(step);
             }
             RunEvent::ProvisioningCompleted { at, .. } => {
                 self.status = RunStatus::Completed;

@@ -162,7 +162,8 @@ fn a_permanent_failure_compensates_what_was_done_in_reverse_then_fails() {
     assert_eq!(reason, "quotas: bad");
     record(&mut r, RunCommand::StartCompensation { reason });
     let mut undone = Vec::new();
-    while let Next::Compensate { step } = r.next(t0()) {
+    while let Next::Compensate { step, attempt } = r.next(t0()) {
+        assert_eq!(attempt, 1);
         undone.push(step.clone());
         record(
             &mut r,
@@ -180,6 +181,143 @@ fn a_permanent_failure_compensates_what_was_done_in_reverse_then_fails() {
             reason: "quotas: bad".into()
         }
     );
+}
+
+/// A provision run that failed permanently at `quotas` after database and messaging, now
+/// compensating.
+fn compensating() -> Run {
+    let mut r = started(RunKind::Provision);
+    for step in ["begin", "database", "messaging"] {
+        succeed(&mut r, step);
+    }
+    record(
+        &mut r,
+        RunCommand::StepStarted {
+            step: "quotas".into(),
+            attempt: 1,
+            at: t0(),
+        },
+    );
+    record(
+        &mut r,
+        RunCommand::StepFailed {
+            step: "quotas".into(),
+            attempt: 1,
+            error: "bad".into(),
+            permanent: true,
+            at: t0(),
+        },
+    );
+    record(
+        &mut r,
+        RunCommand::StartCompensation {
+            reason: "quotas: bad".into(),
+        },
+    );
+    r
+}
+
+fn undo_failed(r: &mut Run, step: &str, attempt: u32, max_attempts: u32, at: DateTime<Utc>) -> Vec<RunEvent> {
+    let events = r
+        .decide(RunCommand::CompensationFailed {
+            step: step.into(),
+            attempt,
+            error: "redis down".into(),
+            max_attempts,
+            at,
+        })
+        .unwrap();
+    for e in events.clone() {
+        r.apply(e);
+    }
+    events
+}
+
+#[test]
+fn a_failed_undo_is_retried_with_growing_backoff_not_at_once() {
+    let mut r = compensating();
+    let mut now = t0();
+    let mut waits = Vec::new();
+    for attempt in 1..4 {
+        assert_eq!(
+            r.next(now),
+            Next::Compensate {
+                step: "quotas".into(),
+                attempt
+            }
+        );
+        undo_failed(&mut r, "quotas", attempt, 8, now);
+        let Next::Wait(until) = r.next(now) else {
+            panic!("a failed undo waits before its next attempt")
+        };
+        waits.push(until - now);
+        now = until;
+    }
+    // 500 ms, 1 s, 2 s (±20%): growing, never the old fixed 500 ms loop.
+    assert!(waits[0] >= Duration::milliseconds(400), "{waits:?}");
+    assert!(waits[1] > waits[0] && waits[2] > waits[1], "{waits:?}");
+    assert_eq!(
+        r.step("quotas").last_error.as_deref(),
+        Some("compensation: redis down")
+    );
+}
+
+#[test]
+fn an_undo_failing_every_allowed_attempt_is_abandoned_with_an_alert_and_the_run_fails() {
+    let mut r = compensating();
+    let mut now = t0();
+    for attempt in 1..3 {
+        let events = undo_failed(&mut r, "quotas", attempt, 3, now);
+        assert!(matches!(
+            &events[..],
+            [RunEvent::CompensationFailed {
+                retry_at: Some(_),
+                ..
+            }]
+        ));
+        now += Duration::minutes(5);
+    }
+    let events = undo_failed(&mut r, "quotas", 3, 3, now);
+    assert_eq!(
+        events,
+        [
+            RunEvent::CompensationFailed {
+                step: "quotas".into(),
+                attempt: 3,
+                error: "redis down".into(),
+                retry_at: None,
+                at: now,
+            },
+            RunEvent::CompensationAbandoned {
+                step: "quotas".into(),
+                attempts: 3,
+                error: "redis down".into(),
+                at: now,
+            }
+        ]
+    );
+    assert_eq!(r.step("quotas").status, StepStatus::Abandoned);
+    // The other steps are still undone, then the run fails, naming what was left behind.
+    let mut undone = Vec::new();
+    while let Next::Compensate { step, .. } = r.next(now) {
+        undone.push(step.clone());
+        record(
+            &mut r,
+            RunCommand::StepCompensated {
+                step,
+                removed: vec![],
+            },
+        );
+    }
+    assert_eq!(undone, ["messaging", "database"]);
+    let Next::Fail { reason } = r.next(now) else {
+        panic!("the run fails")
+    };
+    assert!(reason.starts_with("quotas: bad"), "{reason}");
+    assert!(reason.contains("compensation abandoned for quotas"), "{reason}");
+    record(&mut r, RunCommand::Fail { reason, at: now });
+    assert_eq!(r.status, RunStatus::Failed);
+    assert_eq!(r.next(now), Next::Done);
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! The executor: picks up run requests (one run at a time per tenant, many tenants at once),
-//! and drives each run by asking it what to do next, doing it, and recording the outcome.
+//! The executor: picks up run requests (one run at a time per tenant, many tenants at once,
+//! across every replica: a tenant's runs are driven by the holder of its [`Leases`] row), and
+//! drives each run by asking it what to do next, doing it, and recording the outcome.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -12,9 +13,10 @@ use keel_store::{EventRepository, Framework, Metadata, Store};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::faults::Faults;
+use crate::domain::faults::{After, Faults};
 use crate::domain::{Next, Op, Run, RunCommand, RunKind};
 use crate::steps::{self, ResourceNames, Step, StepContext, StepError, Systems};
+use crate::workers::lease::Leases;
 
 /// A run to execute, as the trigger projection recorded it.
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -37,6 +39,10 @@ pub struct Executor {
     pub prefix: String,
     pub steps: HashMap<&'static str, Box<dyn Step>>,
     pub concurrency: usize,
+    /// Which replica drives which tenant's runs.
+    pub leases: Leases,
+    /// Attempts at undoing a step before it is abandoned with an alert.
+    pub compensation_attempts: u32,
 }
 
 /// Longest the executor goes without looking for open requests when nothing woke it.
@@ -71,16 +77,25 @@ impl Executor {
     /// tenant may have another request queued, or the run must resume), and at least every
     /// [`IDLE_RESCAN`].
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        tracing::info!(
+            event = "provisioning.executor_started",
+            owner = %self.leases.owner(),
+            "saga executor started; it drives the runs of the tenants whose lease it holds"
+        );
         let busy: Arc<Mutex<HashSet<String>>> = Arc::default();
         let permits = Arc::new(Semaphore::new(self.concurrency.max(1)));
         let channel = keel_store::wakeup::channel("keel_runs_", self.store.schema());
         let mut wakeup = keel_store::wakeup::Wakeup::listen(self.store.pool(), channel).await;
         let drive_ended = Arc::new(tokio::sync::Notify::new());
         while !shutdown.is_cancelled() {
+            // Each tenant's oldest open request, unless another replica holds the tenant's lease.
             let open: Result<Vec<Request>, sqlx::Error> = sqlx::query_as(
-                "SELECT DISTINCT ON (tenant_id) run_id, tenant_id, kind, slug, tier, suspended, traceparent \
-                 FROM run_requests WHERE finished_at IS NULL ORDER BY tenant_id, requested_at, run_id",
+                "SELECT DISTINCT ON (r.tenant_id) r.run_id, r.tenant_id, r.kind, r.slug, r.tier, r.suspended, r.traceparent \
+                 FROM run_requests r WHERE r.finished_at IS NULL AND NOT EXISTS ( \
+                     SELECT 1 FROM run_leases l WHERE l.tenant_id = r.tenant_id AND l.owner <> $1 AND l.expires_at > now()) \
+                 ORDER BY r.tenant_id, r.requested_at, r.run_id",
             )
+            .bind(self.leases.owner())
             .fetch_all(self.store.pool())
             .await;
             let open = open.unwrap_or_else(|e| {
@@ -98,12 +113,33 @@ impl Executor {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };
-                let (me, busy, stop) = (self.clone(), busy.clone(), shutdown.clone());
+                // The permit first: a lease is claimed only when it can be driven (and renewed) at once.
+                let leased = self.leases.claim(&req.tenant_id, &req.run_id).await;
+                if !leased.as_ref().is_ok_and(|held| *held) {
+                    if let Err(e) = leased {
+                        tracing::warn!(tenant = %req.tenant_id, error = %e, "cannot claim run lease");
+                    }
+                    if let Ok(mut b) = busy.lock() {
+                        b.remove(&req.tenant_id);
+                    }
+                    continue;
+                }
+                let (me, busy) = (self.clone(), busy.clone());
+                // Cancelled on shutdown, when the lease is lost, and when the drive ends.
+                let stop = shutdown.child_token();
                 let ended = drive_ended.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = me.drive(&req, &stop).await {
-                        tracing::warn!(run = %req.run_id, error = %e, "run interrupted; will resume");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    let hold = me.leases.hold(&req.tenant_id, stop.clone());
+                    let drive = async {
+                        if let Err(e) = me.drive(&req, &stop).await {
+                            tracing::warn!(run = %req.run_id, error = %e, "run interrupted; will resume");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        stop.cancel();
+                    };
+                    tokio::join!(hold, drive);
+                    if let Err(e) = me.leases.release(&req.tenant_id).await {
+                        tracing::warn!(tenant = %req.tenant_id, error = %e, "cannot release run lease; it expires");
                     }
                     if let Ok(mut b) = busy.lock() {
                         b.remove(&req.tenant_id);
@@ -165,7 +201,17 @@ impl Executor {
                         },
                     )
                     .await?;
-                    let outcome = self.perform(&ctx, &step, op, attempt).await;
+                    let outcome = match self.perform(&ctx, &step, op, attempt).await {
+                        Ok(done) => match self.faults.after(&step, attempt) {
+                            Some(After::Fail(message)) => Err(StepError::Permanent(message)),
+                            Some(After::Crash) => {
+                                tracing::error!(run = %req.run_id, %step, "injected crash after the step's work");
+                                std::process::exit(70);
+                            }
+                            None => Ok(done),
+                        },
+                        failed => failed,
+                    };
                     let command = match outcome {
                         Ok((detail, removed)) => RunCommand::StepSucceeded {
                             step,
@@ -209,15 +255,34 @@ impl Executor {
                     };
                     self.record(req, command).await?;
                 }
-                Next::Compensate { step } => match self.steps.get(step.as_str()) {
-                    Some(s) => match s.compensate(&self.systems, &ctx).await {
+                Next::Compensate { step, attempt } => match self.steps.get(step.as_str()) {
+                    Some(s) => match self.undo(s.as_ref(), &ctx, attempt).await {
                         Ok(removed) => {
                             self.record(req, RunCommand::StepCompensated { step, removed })
                                 .await?
                         }
                         Err(e) => {
-                            tracing::warn!(run = %req.run_id, %step, error = %e, "compensation failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            let max_attempts = self.compensation_attempts.max(1);
+                            if attempt >= max_attempts {
+                                tracing::error!(
+                                    event = "provisioning.compensation_abandoned",
+                                    run = %req.run_id, tenant = %req.tenant_id, %step, attempt, error = %e,
+                                    "compensation failed on every attempt; abandoning it (its leftovers need an operator)"
+                                );
+                            } else {
+                                tracing::warn!(run = %req.run_id, %step, attempt, error = %e, "compensation failed; retrying with backoff");
+                            }
+                            self.record(
+                                req,
+                                RunCommand::CompensationFailed {
+                                    step,
+                                    attempt,
+                                    error: e.to_string(),
+                                    max_attempts,
+                                    at: Utc::now(),
+                                },
+                            )
+                            .await?
                         }
                     },
                     None => {
@@ -264,6 +329,14 @@ impl Executor {
                 }
             }
         }
+    }
+
+    /// Undoes one step (or fails as the injected faults say).
+    async fn undo(&self, s: &dyn Step, ctx: &StepContext, attempt: u32) -> Result<Vec<String>, StepError> {
+        if let Some(message) = self.faults.check_undo(s.name(), attempt) {
+            return Err(StepError::Transient(message));
+        }
+        s.compensate(&self.systems, ctx).await
     }
 
     /// One step's side effect. Returns (detail, removed).

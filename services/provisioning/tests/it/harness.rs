@@ -27,15 +27,39 @@ pub struct Mesh {
     pub redis: redis::aio::ConnectionManager,
 }
 
+/// The run lease of the test processes: short, so that a takeover (by a replica, or by a
+/// process restarted after a crash, which is a new owner) is quick.
+pub const LEASE_SECS: &str = "3";
+
 fn faults_env(faults: &str) -> HashMap<String, String> {
-    HashMap::from([("KEEL_PROVISIONING_FAULTS".to_owned(), faults.to_owned())])
+    HashMap::from([
+        ("KEEL_PROVISIONING_FAULTS".to_owned(), faults.to_owned()),
+        ("KEEL_PROVISIONING_LEASE_SECS".to_owned(), LEASE_SECS.to_owned()),
+    ])
 }
 
 impl Mesh {
     pub async fn start(faults: &str, with_timeline: bool) -> Mesh {
-        let mut builder = E2e::builder().provisioning(&[("KEEL_PROVISIONING_FAULTS", faults)]);
+        Self::build(&[("KEEL_PROVISIONING_FAULTS", faults)], with_timeline, false).await
+    }
+
+    /// Two provisioning processes (`Part::Provisioning` and `Part::ProvisioningReplica`) with
+    /// `env`, sharing everything.
+    pub async fn replicated(env: &[(&str, &str)]) -> Mesh {
+        Self::build(env, false, true).await
+    }
+
+    /// Provisioning with `env` and a [`LEASE_SECS`] run lease (one process, or two with
+    /// `replica`).
+    pub async fn build(env: &[(&str, &str)], with_timeline: bool, replica: bool) -> Mesh {
+        let mut env = env.to_vec();
+        env.push(("KEEL_PROVISIONING_LEASE_SECS", LEASE_SECS));
+        let mut builder = E2e::builder().provisioning(&env);
         if with_timeline {
             builder = builder.timeline(&[]);
+        }
+        if replica {
+            builder = builder.provisioning_replica();
         }
         let e2e = builder.start().await;
         let client = redis::Client::open(keel_store::testing::redis_url()).unwrap();
@@ -61,6 +85,120 @@ impl Mesh {
         self.e2e
             .restart(Part::Provisioning, Some(faults_env(faults)))
             .await;
+    }
+
+    /// Whether provisioning has exited by itself (an injected crash).
+    pub fn provisioning_exited(&mut self) -> bool {
+        self.e2e.proc_mut(Part::Provisioning).exited().is_some()
+    }
+
+    /// The provisioning process (of `parts`) whose saga executor holds `tenant`'s run lease.
+    pub async fn lease_holder(&self, tenant: &str, parts: &[Part]) -> Option<Part> {
+        let owner: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT owner FROM test_{}_p.run_leases WHERE tenant_id = $1 AND expires_at > now()",
+            self.token
+        ))
+        .bind(tenant)
+        .fetch_optional(&self.pool)
+        .await
+        .unwrap();
+        let owner = owner?;
+        parts
+            .iter()
+            .copied()
+            .find(|p| self.e2e.proc(*p).logs().contains(&owner))
+    }
+
+    /// Provisioning's events of type `name` (e.g. `ProvisioningStarted`) about `tenant`'s runs.
+    pub async fn run_events(&self, tenant: &str, name: &str) -> i64 {
+        self.count_events('p', tenant, name).await
+    }
+
+    /// The tenant service's events of type `name` (e.g. `LicenseIssued`) of `tenant`.
+    pub async fn tenant_events(&self, tenant: &str, name: &str) -> i64 {
+        self.count_events('t', tenant, name).await
+    }
+
+    /// Attempts of a step of `tenant`'s runs that were started more than once: a run driven by
+    /// two replicas at once would show them (one replica resuming another's run does not).
+    pub async fn doubled_attempts(&self, tenant: &str) -> i64 {
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM (SELECT aggregate_id, \
+                 COALESCE(payload->'StepStarted', payload)->>'step' AS step, \
+                 COALESCE(payload->'StepStarted', payload)->>'attempt' AS attempt \
+             FROM test_{}_p.events WHERE tenant_id = $1 AND event_type = 'StepStarted' \
+             GROUP BY 1, 2, 3 HAVING count(*) > 1) doubled",
+            self.token
+        ))
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    async fn count_events(&self, suffix: char, tenant: &str, name: &str) -> i64 {
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM test_{}_{suffix}.events WHERE tenant_id = $1 AND event_type = $2",
+            self.token
+        ))
+        .bind(tenant)
+        .bind(name)
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    /// Provisioning's latest run of `tenant`.
+    pub async fn run(&self, tenant: &str) -> pb::ProvisioningRun {
+        self.provisioning()
+            .await
+            .get_status(pb::GetProvisioningStatusRequest {
+                tenant_id: tenant.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// `tenant`'s latest run as the provisioning process `part` answers (None: no answer).
+    pub async fn run_via(&self, part: Part, tenant: &str) -> Option<pb::ProvisioningRun> {
+        let mut api = self.provisioning_of(part).await?;
+        let r = api
+            .get_status(pb::GetProvisioningStatusRequest {
+                tenant_id: tenant.to_owned(),
+            })
+            .await
+            .ok()?;
+        Some(r.into_inner())
+    }
+
+    /// The provisioning process `part` (either replica) as the operator.
+    pub async fn provisioning_of(
+        &self,
+        part: Part,
+    ) -> Option<ProvisioningServiceClient<InterceptedService<Channel, Bearer>>> {
+        let channel = self.e2e.proc(part).channel().await.ok()?;
+        Some(ProvisioningServiceClient::with_interceptor(
+            channel,
+            Bearer(Some(self.operator.clone())),
+        ))
+    }
+
+    /// Waits for `tenant`'s latest run to have `status`.
+    pub async fn wait_run(&self, tenant: &str, status: &str, timeout: Duration) -> pb::ProvisioningRun {
+        eventually(&format!("run {status}"), timeout, || async {
+            let r = self
+                .provisioning()
+                .await
+                .get_status(pb::GetProvisioningStatusRequest {
+                    tenant_id: tenant.to_owned(),
+                })
+                .await
+                .ok()?
+                .into_inner();
+            (r.status == status).then_some(r)
+        })
+        .await
     }
 
     pub async fn tenants(&self) -> Tenants {

@@ -1,5 +1,6 @@
 use std::time::Duration;
 
+use keel_e2e::mesh::Part;
 use keel_proto::v1 as pb;
 use keel_store::testing::eventually;
 
@@ -25,9 +26,27 @@ async fn as_tenant(mesh: &Mesh, t: &pb::Tenant) -> sqlx::PgConnection {
         .unwrap()
 }
 
+/// Exactly one run per lifecycle event did each thing once, whichever replica drove it.
+async fn assert_driven_once(mesh: &Mesh, tenant: &str) {
+    assert_eq!(
+        mesh.run_events(tenant, "ProvisioningStarted").await,
+        1,
+        "{tenant}"
+    );
+    assert_eq!(
+        mesh.run_events(tenant, "ProvisioningCompleted").await,
+        1,
+        "{tenant}"
+    );
+    assert_eq!(mesh.doubled_attempts(tenant).await, 0, "{tenant}");
+    assert_eq!(mesh.tenant_events(tenant, "LicenseIssued").await, 1, "{tenant}");
+    assert_eq!(mesh.tenant_events(tenant, "TenantActivated").await, 1, "{tenant}");
+}
+
 #[tokio::test]
 async fn create_to_active_with_every_resource_and_tenant_isolated_roles() {
-    let mesh = Mesh::start("", false).await;
+    // Two provisioning replicas on the same requests: one run each, driven by one of them.
+    let mut mesh = Mesh::replicated(&[]).await;
     let a = mesh.create(&slug()).await;
     let b = mesh.create(&slug()).await;
     mesh.wait_status(&a.id, pb::TenantStatus::Active, Duration::from_secs(60))
@@ -92,6 +111,13 @@ async fn create_to_active_with_every_resource_and_tenant_isolated_roles() {
             .iter()
             .all(|s| s.status == "succeeded" && s.attempts == 1 && s.started_at.is_some())
     );
+
+    for t in [&a, &b] {
+        assert_driven_once(&mesh, &t.id).await;
+    }
+    for part in [Part::Provisioning, Part::ProvisioningReplica] {
+        assert!(mesh.e2e.proc_mut(part).exited().is_none(), "{part:?} died");
+    }
 
     // The trace from the create call to ACTIVE is checked across the mesh in tests/it/trace.rs.
     mesh.cleanup().await;
@@ -205,8 +231,8 @@ async fn suspension_blocks_credentials_and_reactivation_restores_them_and_tier_c
 }
 
 #[tokio::test]
-async fn fifty_tenants_created_at_once_all_become_active() {
-    let mesh = Mesh::start("", false).await;
+async fn fifty_tenants_created_at_once_all_become_active_each_provisioned_once_by_two_replicas() {
+    let mesh = Mesh::replicated(&[]).await;
     let mut handles = Vec::new();
     for _ in 0..50 {
         let mut api = mesh.tenants().await;
@@ -231,6 +257,10 @@ async fn fifty_tenants_created_at_once_all_become_active() {
     for t in &tenants {
         mesh.wait_status(&t.id, pb::TenantStatus::Active, Duration::from_secs(180))
             .await;
+    }
+    for t in &tenants {
+        mesh.wait_run(&t.id, "completed", Duration::from_secs(30)).await;
+        assert_driven_once(&mesh, &t.id).await;
     }
     mesh.cleanup().await;
 }

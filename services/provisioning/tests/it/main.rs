@@ -7,3 +7,4 @@ mod harness;
 mod isolation;
 mod lifecycle;
 mod projection;
+mod retry;
