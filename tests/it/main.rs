@@ -2,6 +2,7 @@
 //! processes, spoken to the way a user would.
 
 mod nats_auth;
+mod otel;
 mod secrets;
 mod tls;
 mod trace;

@@ -91,7 +91,10 @@ async fn a_created_tenant_becomes_active_under_one_trace_across_the_mesh() {
     // the same statement, so the two may come in either order. Of the events, TenantCreated is first.
     assert!(kinds.contains(&"audit.tenant.create".to_owned()), "{kinds:?}");
     assert_eq!(
-        kinds.iter().find(|k| !k.starts_with("audit.")).map(String::as_str),
+        kinds
+            .iter()
+            .find(|k| !k.starts_with("audit."))
+            .map(String::as_str),
         Some("tenant.TenantCreated")
     );
     for step in [

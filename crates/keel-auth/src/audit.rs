@@ -29,6 +29,7 @@ pub struct Denial<'a> {
 
 impl Denial<'_> {
     async fn record(&self, principal: &Principal, target: &str, status: &Status) {
+        tracing::Span::current().record("keel.auth", "denied");
         let caller = match principal.claims.tenant.as_str() {
             "*" => keel_bus::audit::PLATFORM_TENANT,
             t => t,

@@ -254,15 +254,22 @@ where
         }
         let layer = self.layer.clone();
         Box::pin(async move {
+            let span = tracing::Span::current();
             match layer.authenticate(req.headers()).await {
                 Ok(principal) => {
+                    span.record("tenant_id", principal.claims.tenant.as_str());
+                    span.record("enduser.id", principal.actor().as_str());
+                    span.record("keel.auth", "authenticated");
                     let tenant = keel_runtime::RequestTenant(principal.claims.tenant.clone());
                     req.extensions_mut().insert(principal);
                     let mut resp = inner.call(req).await?;
                     resp.extensions_mut().insert(tenant);
                     Ok(resp)
                 }
-                Err(status) => Ok(status.into_http()),
+                Err(status) => {
+                    span.record("keel.auth", "unauthenticated");
+                    Ok(status.into_http())
+                }
             }
         })
     }

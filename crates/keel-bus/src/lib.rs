@@ -141,11 +141,25 @@ impl Bus {
 
     /// Sends one message and returns the future of its JetStream ack, so callers can pipeline
     /// many publishes and await the acks together.
+    ///
+    /// A message that carries a `traceparent` gets a producer span (`messaging.*`), child of
+    /// that trace; the header sent is the span's, so a consumer's span is its child.
     pub async fn publish(&self, msg: Outgoing) -> Result<PublishAckFuture> {
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, msg.msg_id.as_str());
         if let Some(tp) = &msg.traceparent {
-            headers.insert(headers::TRACEPARENT, tp.as_str());
+            let span = tracing::info_span!(
+                "nats.publish",
+                otel.name = "nats publish",
+                otel.kind = "producer",
+                "messaging.system" = "nats",
+                "messaging.operation.type" = "send",
+                "messaging.destination.name" = %msg.subject,
+                "messaging.message.id" = %msg.msg_id,
+            );
+            keel_runtime::telemetry::set_parent_from_traceparent(&span, tp);
+            let sent = keel_runtime::telemetry::traceparent_of(&span).unwrap_or_else(|| tp.clone());
+            headers.insert(headers::TRACEPARENT, sent.as_str());
         }
         for (k, v) in &msg.headers {
             headers.insert(k.as_str(), v.as_str());

@@ -80,6 +80,9 @@ pub struct Config {
     pub bus_prefix: String,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`; traces are exported only when set.
     pub otlp_endpoint: Option<String>,
+    /// `KEEL_TRACE_SAMPLE_RATIO` (default 1.0), `KEEL_TRACE_SLOW_MS` (500),
+    /// `KEEL_TRACE_TENANT_RATIOS` (`tenant=ratio,…`): which spans are exported.
+    pub sampling: crate::telemetry::sampling::Sampling,
     /// `KEEL_SHUTDOWN_TIMEOUT` (seconds): how long draining may take before the process gives up.
     pub shutdown_timeout_secs: u64,
     /// `KEEL_MASTER_KEY`, or the contents of the file `KEEL_MASTER_KEY_FILE`: base64 of 32
@@ -278,6 +281,11 @@ impl Config {
             log_format,
             bus_prefix: env("KEEL_BUS_PREFIX").unwrap_or_default(),
             otlp_endpoint: env("OTEL_EXPORTER_OTLP_ENDPOINT"),
+            sampling: crate::telemetry::sampling::Sampling::parse(
+                env("KEEL_TRACE_SAMPLE_RATIO").as_deref(),
+                env("KEEL_TRACE_SLOW_MS").as_deref(),
+                env("KEEL_TRACE_TENANT_RATIOS").as_deref(),
+            )?,
             shutdown_timeout_secs,
             master_key: match (trimmed("KEEL_MASTER_KEY"), trimmed("KEEL_MASTER_KEY_FILE")) {
                 (Some(key), _) => Some(key),

@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use http::{Request, Response};
+use tracing::Instrument as _;
 
 use crate::metrics::Metrics;
 
@@ -75,35 +76,94 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         let path = req.uri().path().to_owned();
-        tracing::debug!(path = %path, headers = ?req.headers(), "request");
-        Box::pin(async move {
-            let start = Instant::now();
-            let result = inner.call(req).await;
-            let elapsed = start.elapsed();
-            let method = path.rsplit('/').next().unwrap_or_default().to_owned();
-            match &result {
-                Ok(resp) => {
-                    let code = code_of(resp);
-                    let tenant = resp
-                        .extensions()
-                        .get::<RequestTenant>()
-                        .map_or("-", |t| t.0.as_str());
-                    let code_name = format!("{code:?}");
-                    layer.metrics.observe_request(
-                        tenant,
-                        &layer.service,
-                        &method,
-                        &code_name,
-                        elapsed.as_secs_f64(),
-                    );
-                    tracing::info!(
-                        path = %path, code = %code_name, tenant_id = tenant,
-                        duration_ms = elapsed.as_secs_f64() * 1e3, "request handled"
-                    );
+        let span = server_span(&path, req.headers());
+        span.in_scope(|| tracing::debug!(path = %path, headers = ?req.headers(), "request"));
+        let traced = span.clone();
+        Box::pin(
+            async move {
+                let start = Instant::now();
+                let result = inner.call(req).await;
+                let elapsed = start.elapsed();
+                let method = path.rsplit('/').next().unwrap_or_default().to_owned();
+                match &result {
+                    Ok(resp) => {
+                        let code = code_of(resp);
+                        let tenant = resp
+                            .extensions()
+                            .get::<RequestTenant>()
+                            .map_or("-", |t| t.0.as_str());
+                        let code_name = format!("{code:?}");
+                        traced.record("rpc.grpc.status_code", code as i64);
+                        if is_server_error(code) {
+                            traced.record("otel.status_code", "ERROR");
+                        }
+                        if tenant != "-" {
+                            traced.record("tenant_id", tenant);
+                        }
+                        layer.metrics.observe_request(
+                            tenant,
+                            &layer.service,
+                            &method,
+                            &code_name,
+                            elapsed.as_secs_f64(),
+                        );
+                        tracing::info!(
+                            path = %path, code = %code_name, tenant_id = tenant,
+                            duration_ms = elapsed.as_secs_f64() * 1e3, "request handled"
+                        );
+                    }
+                    Err(_) => {
+                        traced.record("otel.status_code", "ERROR");
+                        tracing::warn!(path = %path, "transport error")
+                    }
                 }
-                Err(_) => tracing::warn!(path = %path, "transport error"),
+                result
             }
-            result
-        })
+            .instrument(span),
+        )
     }
+}
+
+/// The server span of one call (OpenTelemetry `rpc.*` conventions), child of the caller's
+/// `traceparent` when it sent a valid one. The auth layer fills in the tenant, the actor and the
+/// authorization outcome; the status code is recorded here when the call ends.
+fn server_span(path: &str, headers: &http::HeaderMap) -> tracing::Span {
+    let full = path.trim_start_matches('/');
+    let (service, method) = full.split_once('/').unwrap_or((full, ""));
+    let request_id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 128)
+        .unwrap_or("");
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = %full,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        "rpc.system" = "grpc",
+        "rpc.service" = %service,
+        "rpc.method" = %method,
+        "rpc.grpc.status_code" = tracing::field::Empty,
+        tenant_id = tracing::field::Empty,
+        "enduser.id" = tracing::field::Empty,
+        "keel.auth" = tracing::field::Empty,
+        request_id = %request_id,
+    );
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        crate::telemetry::set_parent_from_traceparent(&span, tp);
+    }
+    span
+}
+
+/// Codes that mean the server failed (not the caller's mistake): those spans are errors.
+fn is_server_error(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::Unavailable
+            | tonic::Code::DataLoss
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unimplemented
+    )
 }

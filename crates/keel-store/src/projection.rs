@@ -22,6 +22,7 @@ use keel_events::{Envelope, subjects};
 use sqlx::{Acquire, PgConnection, PgPool};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::{Error, Result};
 
@@ -299,6 +300,31 @@ impl<P: Projection> ProjectionRunner<P> {
     }
 
     async fn handle_batch(&self, batch: Vec<async_nats::jetstream::Message>) -> Result<()> {
+        let span = tracing::info_span!(
+            "projection.batch",
+            otel.name = %format!("{} batch", self.projection.name()),
+            otel.kind = "consumer",
+            "messaging.system" = "nats",
+            "messaging.consumer.group.name" = %self.projection.name(),
+            "messaging.batch.message_count" = batch.len(),
+        );
+        // One consumer span per message, child of the trace it carries, open while its batch is
+        // applied; a dead-lettered message's span is an error.
+        let prefix = self.bus.subject_prefix();
+        let spans: Vec<Option<tracing::Span>> = batch
+            .iter()
+            .map(|m| message_span(m, self.projection.name(), &prefix))
+            .collect();
+        let outcome = self.apply_and_settle(batch, &spans).instrument(span).await;
+        drop(spans);
+        outcome
+    }
+
+    async fn apply_and_settle(
+        &self,
+        batch: Vec<async_nats::jetstream::Message>,
+        spans: &[Option<tracing::Span>],
+    ) -> Result<()> {
         let decoded: Vec<Result<P::Item, String>> = batch
             .iter()
             .map(|m| self.projection.decode(m.subject.as_str(), &m.payload))
@@ -340,7 +366,7 @@ impl<P: Projection> ProjectionRunner<P> {
             }
             return Err(e.into());
         }
-        for (msg, outcome) in batch.iter().zip(outcomes) {
+        for (index, (msg, outcome)) in batch.iter().zip(outcomes).enumerate() {
             match outcome {
                 Outcome::Ack => {
                     self.stats.applied.fetch_add(1, Ordering::Relaxed);
@@ -353,6 +379,9 @@ impl<P: Projection> ProjectionRunner<P> {
                         .map_err(|e| self.fail(e))?;
                 }
                 Outcome::DeadLetter(reason) => {
+                    if let Some(Some(span)) = spans.get(index) {
+                        span.record("otel.status_code", "ERROR");
+                    }
                     self.dead_letter(msg, &reason).await?;
                     self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                     msg.ack().await.map_err(|e| self.fail(e))?;
@@ -426,6 +455,30 @@ impl<P: Projection> ProjectionRunner<P> {
             .await?;
         Ok(())
     }
+}
+
+/// The consumer span of a message that carries a `traceparent` header (`messaging.*`).
+fn message_span(msg: &async_nats::jetstream::Message, consumer: &str, prefix: &str) -> Option<tracing::Span> {
+    let tp = msg
+        .headers
+        .as_ref()?
+        .get(headers::TRACEPARENT)?
+        .as_str()
+        .to_owned();
+    let span = tracing::info_span!(
+        parent: None,
+        "nats.process",
+        otel.name = %format!("{consumer} process"),
+        otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
+        "messaging.system" = "nats",
+        "messaging.operation.type" = "process",
+        "messaging.destination.name" = %msg.subject,
+        "messaging.consumer.group.name" = %consumer,
+        tenant_id = tenant_of_subject(msg.subject.as_str(), prefix).unwrap_or(""),
+    );
+    keel_runtime::telemetry::set_parent_from_traceparent(&span, &tp);
+    Some(span)
 }
 
 /// The tenant token of `<prefix>keel.<kind>.<tenant>.…`, if it is a valid token.

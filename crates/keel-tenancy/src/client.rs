@@ -35,7 +35,7 @@ impl keel_runtime::Retryable for ClientError {
 
 /// A shared, lazily connecting client of the tenant service.
 pub struct TenantClient {
-    channel: Channel,
+    channel: keel_runtime::telemetry::client::Traced<Channel>,
     api_key: String,
     token: Mutex<Option<(String, i64)>>,
 }
@@ -80,7 +80,7 @@ impl TenantClient {
             .timeout(Duration::from_secs(15))
             .connect_lazy();
         Ok(Arc::new(Self {
-            channel,
+            channel: keel_runtime::telemetry::client::Traced::new(channel),
             api_key,
             token: Mutex::new(None),
         }))
@@ -143,7 +143,7 @@ impl TenantClient {
             .into_inner())
     }
 
-    fn tenants(&self) -> TenantServiceClient<Channel> {
+    fn tenants(&self) -> TenantServiceClient<keel_runtime::telemetry::client::Traced<Channel>> {
         TenantServiceClient::new(self.channel.clone())
     }
 

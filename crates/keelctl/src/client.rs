@@ -63,7 +63,19 @@ pub struct ConnectionArgs {
     pub api_key: Option<String>,
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
+/// The trace this invocation starts: every call carries it as `traceparent`, so one command's
+/// calls, and everything they cause across the mesh, are one trace.
+static TRACEPARENT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(keel_runtime::telemetry::new_traceparent);
+
+/// The trace id of this invocation (`--trace` prints it).
+pub fn trace_id() -> String {
+    keel_runtime::telemetry::parse_traceparent(&TRACEPARENT)
+        .map(|(trace, _)| trace)
+        .unwrap_or_default()
+}
+
+/// Adds `authorization: Bearer <token>` and the invocation's `traceparent` to every call.
 #[derive(Clone)]
 pub struct Bearer(Option<MetadataValue<Ascii>>);
 
@@ -71,6 +83,9 @@ impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
+        }
+        if let Ok(tp) = TRACEPARENT.parse() {
+            req.metadata_mut().insert("traceparent", tp);
         }
         Ok(req)
     }

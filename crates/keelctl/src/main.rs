@@ -31,6 +31,10 @@ struct Cli {
     /// How to print results.
     #[arg(long, global = true, value_enum, default_value_t = output::Format::Table)]
     output: output::Format,
+    /// Print the trace id every call of this command ran under (on stderr), to follow it with
+    /// `keelctl obs trace` or in the trace backend.
+    #[arg(long, global = true)]
+    trace: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -90,6 +94,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.trace {
+        eprintln!("trace: {}", client::trace_id());
+    }
     let (conn, format) = (&cli.conn, cli.output);
     let result = match cli.command {
         Command::Dev { command } => dev::run(command).await.map(|()| ExitCode::SUCCESS),

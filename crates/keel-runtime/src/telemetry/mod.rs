@@ -4,7 +4,9 @@
 //! Logs go to stderr so stdout stays a machine channel: the `listening` announcement and
 //! `--print-config` output.
 
+pub mod client;
 mod format;
+pub mod sampling;
 mod scrub;
 mod trace_context;
 
@@ -29,7 +31,8 @@ use format::{JsonLines, OtelDispatch};
 
 pub use scrub::{ScrubbingLineWriter, ScrubbingWriter, is_secret_key, scrub};
 pub use trace_context::{
-    current_traceparent, new_traceparent, parse_traceparent, set_parent_from_traceparent,
+    call_traceparent, current_traceparent, new_traceparent, parse_traceparent, set_parent_from_traceparent,
+    traceparent_of,
 };
 
 /// Version reported in every log line and in the OpenTelemetry resource.
@@ -45,12 +48,13 @@ const OTEL_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, Default)]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    exporting: bool,
 }
 
 impl TelemetryGuard {
     /// Whether traces are being exported.
     pub fn exporting(&self) -> bool {
-        self.provider.is_some()
+        self.exporting
     }
 }
 
@@ -75,10 +79,16 @@ pub fn init(config: &Config) -> Result<TelemetryGuard> {
         value: config.log_level.clone(),
         reason: e.to_string(),
     })?;
-    let provider = match &config.otlp_endpoint {
-        Some(endpoint) => Some(tracer_provider(&config.service, endpoint)?),
-        None => None,
-    };
+    // Spans always have OpenTelemetry ids (log lines carry `trace_id` / `span_id`, events and
+    // calls the span's `traceparent`); they are exported only with an endpoint.
+    let provider = Some(match &config.otlp_endpoint {
+        Some(endpoint) => tracer_provider(&config.service, endpoint, &config.sampling)?,
+        None => SdkTracerProvider::builder()
+            .with_sampler(sampling::RatioSampler {
+                ratio: config.sampling.ratio,
+            })
+            .build(),
+    });
     let otel_dispatch: Option<OtelDispatch> = provider.as_ref().map(|_| Arc::default());
     let otel_layer = provider
         .as_ref()
@@ -101,7 +111,10 @@ pub fn init(config: &Config) -> Result<TelemetryGuard> {
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );
     }
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard {
+        provider,
+        exporting: config.otlp_endpoint.is_some(),
+    })
 }
 
 /// Installs a scrubbed, human-readable subscriber that writes through the test harness'
@@ -148,7 +161,11 @@ where
         .with_writer(writer)
 }
 
-fn tracer_provider(service: &str, endpoint: &str) -> Result<SdkTracerProvider> {
+fn tracer_provider(
+    service: &str,
+    endpoint: &str,
+    sampling: &sampling::Sampling,
+) -> Result<SdkTracerProvider> {
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(Error::Telemetry(
             "OTLP export needs a Tokio runtime: initialise telemetry inside the runtime".into(),
@@ -163,8 +180,12 @@ fn tracer_provider(service: &str, endpoint: &str) -> Result<SdkTracerProvider> {
         .with_service_name(format!("keel-{service}"))
         .with_attribute(opentelemetry::KeyValue::new("service.version", VERSION))
         .build();
+    let batch = opentelemetry_sdk::trace::BatchSpanProcessor::builder(exporter).build();
     Ok(SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+        .with_sampler(sampling::RatioSampler {
+            ratio: sampling.ratio,
+        })
+        .with_span_processor(sampling::KeepProcessor::new(batch, sampling.clone()))
         .with_resource(resource)
         .build())
 }
@@ -328,17 +349,20 @@ mod tests {
 
     #[test]
     fn otlp_export_needs_a_runtime() {
-        let err = tracer_provider("tenant", "http://127.0.0.1:4317").unwrap_err();
+        let err =
+            tracer_provider("tenant", "http://127.0.0.1:4317", &sampling::Sampling::default()).unwrap_err();
         assert!(err.to_string().contains("Tokio runtime"), "{err}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn otlp_pipeline_builds_and_shuts_down_without_a_collector() {
-        let provider = tracer_provider("tenant", "http://127.0.0.1:1").unwrap();
+        let provider =
+            tracer_provider("tenant", "http://127.0.0.1:1", &sampling::Sampling::default()).unwrap();
         let tracer = provider.tracer("test");
         opentelemetry::trace::Tracer::in_span(&tracer, "work", |_| {});
         let guard = TelemetryGuard {
             provider: Some(provider),
+            exporting: true,
         };
         assert!(guard.exporting());
         let dropped = tokio::task::spawn_blocking(move || drop(guard));

@@ -5,7 +5,12 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The `traceparent` of the current span, when OpenTelemetry is on and the span is traced.
 pub fn current_traceparent() -> Option<String> {
-    let cx = tracing::Span::current().context();
+    traceparent_of(&tracing::Span::current())
+}
+
+/// The `traceparent` of `span`, when OpenTelemetry is on and the span is traced.
+pub fn traceparent_of(span: &tracing::Span) -> Option<String> {
+    let cx = span.context();
     let span = cx.span();
     let sc = span.span_context();
     sc.is_valid().then(|| {
@@ -34,6 +39,19 @@ pub fn parse_traceparent(s: &str) -> Option<(String, String)> {
         && nonzero(span_id)
         && lower_hex(flags, 2);
     valid.then(|| (trace_id.to_owned(), span_id.to_owned()))
+}
+
+/// The `traceparent` a call's effects carry (event metadata, outgoing calls): the current span's
+/// when tracing is on (so what follows is its child), else the caller's valid header, else a
+/// fresh one.
+pub fn call_traceparent(header: Option<&str>) -> String {
+    current_traceparent()
+        .or_else(|| {
+            header
+                .filter(|tp| parse_traceparent(tp).is_some())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(new_traceparent)
 }
 
 /// A fresh random, sampled `traceparent`, for requests that arrive without one.

@@ -12,6 +12,7 @@ use cqrs_es::persist::PersistedEventStore;
 use keel_store::{EventRepository, Framework, Metadata, Store};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::domain::faults::{After, Faults};
 use crate::domain::{Next, Op, Run, RunCommand, RunKind};
@@ -201,7 +202,22 @@ impl Executor {
                         },
                     )
                     .await?;
-                    let outcome = match self.perform(&ctx, &step, op, attempt).await {
+                    let (span, step_ctx) = step_span(
+                        req,
+                        &ctx,
+                        &step,
+                        if op == Op::Apply { "apply" } else { "remove" },
+                        attempt,
+                    );
+                    let performed = self
+                        .perform(&step_ctx, &step, op, attempt)
+                        .instrument(span.clone())
+                        .await;
+                    if performed.is_err() {
+                        span.record("otel.status_code", "ERROR");
+                    }
+                    drop(span);
+                    let outcome = match performed {
                         Ok(done) => match self.faults.after(&step, attempt) {
                             Some(After::Fail(message)) => Err(StepError::Permanent(message)),
                             Some(After::Crash) => {
@@ -256,7 +272,7 @@ impl Executor {
                     self.record(req, command).await?;
                 }
                 Next::Compensate { step, attempt } => match self.steps.get(step.as_str()) {
-                    Some(s) => match self.undo(s.as_ref(), &ctx, attempt).await {
+                    Some(s) => match self.traced_undo(req, &ctx, s.as_ref(), &step, attempt).await {
                         Ok(removed) => {
                             self.record(req, RunCommand::StepCompensated { step, removed })
                                 .await?
@@ -331,6 +347,23 @@ impl Executor {
         }
     }
 
+    /// [`Self::undo`] in a span of its own.
+    async fn traced_undo(
+        &self,
+        req: &Request,
+        ctx: &StepContext,
+        s: &dyn Step,
+        step: &str,
+        attempt: u32,
+    ) -> Result<Vec<String>, StepError> {
+        let (span, step_ctx) = step_span(req, ctx, step, "compensate", attempt);
+        let undone = self.undo(s, &step_ctx, attempt).instrument(span.clone()).await;
+        if undone.is_err() {
+            span.record("otel.status_code", "ERROR");
+        }
+        undone
+    }
+
     /// Undoes one step (or fails as the injected faults say).
     async fn undo(&self, s: &dyn Step, ctx: &StepContext, attempt: u32) -> Result<Vec<String>, StepError> {
         if let Some(message) = self.faults.check_undo(s.name(), attempt) {
@@ -366,4 +399,35 @@ impl Executor {
                 .map(|removed| (serde_json::json!({}), removed)),
         }
     }
+}
+
+/// The span of one step's side effect (child of the run's trace), and the context whose
+/// `traceparent` is that span's, so the calls the step makes are its children.
+fn step_span(
+    req: &Request,
+    ctx: &StepContext,
+    step: &str,
+    op: &str,
+    attempt: u32,
+) -> (tracing::Span, StepContext) {
+    let span = tracing::info_span!(
+        parent: None,
+        "saga.step",
+        otel.name = %format!("provisioning step {step} {op}"),
+        otel.kind = "internal",
+        otel.status_code = tracing::field::Empty,
+        "keel.run_id" = %req.run_id,
+        "keel.step" = %step,
+        "keel.step.op" = %op,
+        "keel.step.attempt" = attempt,
+        tenant_id = %req.tenant_id,
+    );
+    if let Some(tp) = &req.traceparent {
+        keel_runtime::telemetry::set_parent_from_traceparent(&span, tp);
+    }
+    let mut step_ctx = ctx.clone();
+    if let Some(tp) = keel_runtime::telemetry::traceparent_of(&span) {
+        step_ctx.traceparent = Some(tp);
+    }
+    (span, step_ctx)
 }

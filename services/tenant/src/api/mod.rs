@@ -66,9 +66,7 @@ impl Call {
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
         };
-        let traceparent = header("traceparent")
-            .filter(|tp| keel_runtime::telemetry::parse_traceparent(tp).is_some())
-            .unwrap_or_else(keel_runtime::telemetry::new_traceparent);
+        let traceparent = keel_runtime::telemetry::call_traceparent(header("traceparent").as_deref());
         let request_id = header("x-request-id")
             .filter(|r| r.len() <= 128)
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
