@@ -3,106 +3,12 @@
 //! and timeline in one trace, every parent link resolving to a span it received.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_e2e::mesh::Mesh;
+use keel_e2e::otlp::{Collector, Received};
 use keel_proto::v1 as pb;
 use keel_store::testing::eventually;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
-
-/// One received span: the service that sent it and the ids and names that matter here.
-#[derive(Clone, Debug)]
-struct Received {
-    service: String,
-    name: String,
-    trace_id: Vec<u8>,
-    span_id: Vec<u8>,
-    parent: Vec<u8>,
-    kind: i32,
-    attributes: HashMap<String, String>,
-}
-
-#[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<Received>>>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut got = self.0.lock().unwrap();
-        for rs in request.into_inner().resource_spans {
-            let service = rs
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|kv| kv.key == "service.name")
-                .and_then(|kv| kv.value.as_ref()?.value.as_ref())
-                .map(|v| match v {
-                    Value::StringValue(s) => s.clone(),
-                    other => format!("{other:?}"),
-                })
-                .unwrap_or_default();
-            for span in rs.scope_spans.into_iter().flat_map(|s| s.spans) {
-                let attributes = span
-                    .attributes
-                    .iter()
-                    .filter_map(|kv| {
-                        let v = match kv.value.as_ref()?.value.as_ref()? {
-                            Value::StringValue(s) => s.clone(),
-                            Value::IntValue(i) => i.to_string(),
-                            Value::BoolValue(b) => b.to_string(),
-                            other => format!("{other:?}"),
-                        };
-                        Some((kv.key.clone(), v))
-                    })
-                    .collect();
-                got.push(Received {
-                    service: service.clone(),
-                    name: span.name,
-                    trace_id: span.trace_id,
-                    span_id: span.span_id,
-                    parent: span.parent_span_id,
-                    kind: span.kind,
-                    attributes,
-                });
-            }
-        }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-async fn start_collector() -> (String, Collector) {
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = TraceServiceServer::new(collector.clone());
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(server)
-            .serve_with_incoming(tokio_stream_of(listener))
-            .await
-            .unwrap();
-    });
-    (format!("http://{addr}"), collector)
-}
-
-fn tokio_stream_of(
-    listener: tokio::net::TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures::stream::unfold(listener, |l| async move {
-        let next = l.accept().await.map(|(s, _)| s);
-        Some((next, l))
-    })
-}
 
 const SERVER: i32 = 2; // SPAN_KIND_SERVER
 const PRODUCER: i32 = 4;
@@ -110,7 +16,7 @@ const CONSUMER: i32 = 5;
 
 #[tokio::test]
 async fn one_create_tenant_is_one_trace_of_spans_from_tenant_provisioning_and_timeline() {
-    let (endpoint, collector) = start_collector().await;
+    let (endpoint, collector) = Collector::start().await;
     let otel = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         // Everything, so the test sees whole traces; the ratio itself is unit-tested.
@@ -132,12 +38,9 @@ async fn one_create_tenant_is_one_trace_of_spans_from_tenant_provisioning_and_ti
         Duration::from_secs(30),
         || async {
             collector
-                .0
-                .lock()
-                .unwrap()
-                .iter()
+                .spans()
+                .into_iter()
                 .find(|s| s.kind == SERVER && s.name == "keel.v1.TenantService/CreateTenant")
-                .cloned()
         },
     )
     .await;
@@ -158,10 +61,11 @@ async fn one_create_tenant_is_one_trace_of_spans_from_tenant_provisioning_and_ti
     // Waited for by hand: on timeout the failure shows what did arrive.
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let spans = loop {
-        let of: Vec<Received> = {
-            let got = collector.0.lock().unwrap();
-            got.iter().filter(|s| s.trace_id == trace).cloned().collect()
-        };
+        let of: Vec<Received> = collector
+            .spans()
+            .into_iter()
+            .filter(|s| s.trace_id == trace)
+            .collect();
         let services: HashSet<&str> = of.iter().map(|s| s.service.as_str()).collect();
         let activated = of
             .iter()
@@ -174,7 +78,7 @@ async fn one_create_tenant_is_one_trace_of_spans_from_tenant_provisioning_and_ti
             break of;
         }
         if std::time::Instant::now() > deadline {
-            let all = collector.0.lock().unwrap();
+            let all = collector.spans();
             let summary: Vec<String> = all
                 .iter()
                 .map(|s| {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 pub mod mesh;
+pub mod otlp;
 pub mod rls;
 use keel_bus::acl::Role;
 use nix::sys::signal::{Signal, kill};

@@ -170,6 +170,11 @@ struct World {
 
 impl World {
     async fn start(schema: &str, namespace: &str) -> Result<World> {
+        Self::start_with(schema, namespace, &[]).await
+    }
+
+    /// As [`World::start`], with `extra` in the service's environment.
+    async fn start_with(schema: &str, namespace: &str, extra: &[(&str, &str)]) -> Result<World> {
         // Cargo builds the package's binaries, in the bench's (release) profile, before a bench.
         let binary = Path::new(env!("CARGO_BIN_EXE_keel-tenant"));
         let bootstrap = format!("boot-{}", uuid::Uuid::new_v4());
@@ -178,7 +183,10 @@ impl World {
             ("KEEL_MASTER_KEY".to_owned(), MASTER_KEY.to_owned()),
             // ServiceProc keeps all of stderr in memory; per-request info lines would pile up.
             ("KEEL_LOG".to_owned(), "warn".to_owned()),
-        ]);
+        ])
+        .into_iter()
+        .chain(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())))
+        .collect::<HashMap<_, _>>();
         let proc = ServiceProc::start(binary, "tenant", schema, namespace, &env).await?;
         let channels = futures::future::try_join_all((0..TENANTS).map(|_| proc.channel())).await?;
         let mut tokens = TokenServiceClient::new(channels[0].clone());
@@ -311,7 +319,75 @@ async fn main() -> Result<()> {
     let namespace = unique_token();
     let result = run(&namespace).await;
     keel_e2e::drop_everything(&namespace).await?; // the schema and the streams, whatever happened
+    result?;
+    let namespace = unique_token();
+    let result = tracing_overhead(&namespace).await;
+    keel_e2e::drop_everything(&namespace).await?;
     result
+}
+
+/// The cost of tracing: GetTenant (tenant tokens, 16 clients) on a keel-tenant exporting every
+/// span to an OTLP collector (this process, counting them) against one exporting none, the
+/// same binary, one after the other. CPU per call of keel-tenant is the figure.
+async fn tracing_overhead(namespace: &str) -> Result<()> {
+    let (endpoint, collector) = keel_e2e::otlp::Collector::counting().await;
+    let mut rows = Vec::new();
+    for (label, env) in [
+        ("export off", vec![]),
+        (
+            "export on, ratio 1.0",
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+                ("KEEL_TRACE_SAMPLE_RATIO", "1.0"),
+            ],
+        ),
+        (
+            "export on, ratio 0.1",
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+                ("KEEL_TRACE_SAMPLE_RATIO", "0.1"),
+            ],
+        ),
+    ] {
+        let schema = format!("bench_{namespace}");
+        let mut world = World::start_with(&schema, namespace, &env).await?;
+        let me = std::process::id();
+        let bench = Bench {
+            run_for: Duration::from_secs_f64(setting("KEEL_BENCH_SECONDS", 5.0).max(0.1)),
+            repetitions: (setting("KEEL_BENCH_REPETITIONS", 3.0) as usize).max(1),
+            pids: [
+                vec![me],
+                find_processes("keel-tenant", Some(me)),
+                find_processes("redis-server", None),
+            ],
+        };
+        let spread = |n: usize, i: usize| (i..TENANTS).step_by(n);
+        let before = collector.count();
+        let get = bench
+            .rows(&format!("GetTenant, {label}"), &[16], |n, i| {
+                round_robin(spread(n, i).map(|t| world.get_tenant(i, t, false)).collect())
+            })
+            .await;
+        rows.push((label, get[&16], collector.count() - before));
+        world.proc.terminate().await?;
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&sqlx::PgPool::connect(&keel_store::testing::database_url()).await?)
+            .await?;
+    }
+    let off = rows[0].1[SERVER];
+    println!(
+        "\ntracing overhead (load {}): keel-tenant CPU µs per GetTenant at 16 clients",
+        loadavg()
+    );
+    for (label, f, spans) in &rows {
+        println!(
+            "  {label:<22} {:>7.1} µs/call  {:>+6.1}% vs export off  {:>7.0} ops/s  {spans} spans received",
+            f[SERVER],
+            (f[SERVER] / off - 1.0) * 100.0,
+            f[OPS]
+        );
+    }
+    Ok(())
 }
 
 async fn run(namespace: &str) -> Result<()> {
