@@ -102,6 +102,9 @@ pub struct Config {
     pub tls: crate::tls::TlsSetting,
     /// `KEEL_JWKS_TTL_SECS`: how long fetched keys verify tokens while the endpoint is down.
     pub jwks_ttl_secs: u64,
+    /// `KEEL_READY_STALL_SECS` (default 60): a relay or consumer with work waiting and no
+    /// progress for this long makes the service unready.
+    pub ready_stall_secs: u64,
     /// Every other `KEEL_<SERVICE>_*` variable, keyed by the lower-cased rest of its name; a
     /// service reads them through its typed settings ([`crate::settings`]).
     pub extra: BTreeMap<String, String>,
@@ -256,6 +259,10 @@ impl Config {
             Some(v) => parse_named("KEEL_JWKS_TTL_SECS", v)?,
             None => DEFAULT_JWKS_TTL_SECS,
         };
+        let ready_stall_secs = match env("KEEL_READY_STALL_SECS") {
+            Some(v) => parse_named::<u64>("KEEL_READY_STALL_SECS", v)?.max(1),
+            None => 60,
+        };
         let trimmed = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let tls = crate::tls::TlsSetting::resolve(service, env)?;
 
@@ -306,6 +313,7 @@ impl Config {
                 .unwrap_or_else(|| format!("{}://{DEFAULT_TENANT_HOST}", tls.scheme())),
             jwks_url: trimmed("KEEL_JWKS_URL"),
             jwks_ttl_secs,
+            ready_stall_secs,
             tls,
             extra: BTreeMap::new(),
         };

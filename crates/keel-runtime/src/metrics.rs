@@ -4,7 +4,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use prometheus::{
-    Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder as _, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::error::Result;
@@ -32,6 +33,8 @@ pub struct Metrics {
     data_volume_bytes_total: IntCounterVec,
     queue_depth: IntGaugeVec,
     consumer_lag: IntGaugeVec,
+    relay_lag_seconds: GaugeVec,
+    dlq_messages_total: IntCounterVec,
     dependency_up: IntGaugeVec,
 }
 
@@ -85,6 +88,19 @@ impl Metrics {
             "Messages a consumer has yet to process.",
             "consumer",
         )?;
+        let relay_lag_seconds = GaugeVec::new(
+            Opts::new(
+                "keel_relay_lag_seconds",
+                "Age of the oldest committed row an outbox relay has not published yet (0: none waiting).",
+            ),
+            &["relay"],
+        )?;
+        registry.register(Box::new(relay_lag_seconds.clone()))?;
+        let dlq_messages_total = counter(
+            "keel_dlq_messages_total",
+            "Messages a consumer or relay dead-lettered to KEEL_DLQ.",
+            &["source"],
+        )?;
         let dependency_up = gauge(
             "keel_dependency_up",
             "1 when the last readiness probe of a dependency succeeded, else 0.",
@@ -99,6 +115,8 @@ impl Metrics {
             data_volume_bytes_total,
             queue_depth,
             consumer_lag,
+            relay_lag_seconds,
+            dlq_messages_total,
             dependency_up,
         })
     }
@@ -167,6 +185,16 @@ impl Metrics {
     pub fn queue_depth(&self) -> &IntGaugeVec {
         &self.queue_depth
     }
+    /// `keel_relay_lag_seconds{relay}`.
+    pub fn relay_lag_seconds(&self) -> &GaugeVec {
+        &self.relay_lag_seconds
+    }
+
+    /// `keel_dlq_messages_total{source}`.
+    pub fn dlq_messages_total(&self) -> &IntCounterVec {
+        &self.dlq_messages_total
+    }
+
     /// `keel_consumer_lag{consumer}`.
     pub fn consumer_lag(&self) -> &IntGaugeVec {
         &self.consumer_lag

@@ -17,6 +17,7 @@
 //! makes the service unready.
 
 mod degraded;
+mod watch;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -145,7 +146,14 @@ impl Assembly {
     async fn open_audit(&mut self, db: &Database) -> anyhow::Result<()> {
         let log = AuditLog::open(db).await.context("audit outbox")?;
         let relay = Relay::spawn_audit(db, self.bus.clone(), self.stop_token());
+        let stats = relay.stats().clone();
         self.spawn("audit relay", async move { Ok(relay.join().await?) });
+        self.watch_relay(
+            db.pool().clone(),
+            keel_store::relay::Source::Audit,
+            "audit",
+            stats,
+        );
         self.audit = Some(log);
         Ok(())
     }
@@ -201,7 +209,72 @@ impl Assembly {
 
     fn spawn_relay(&mut self, store: &Store) {
         let relay = Relay::spawn(store, self.bus.clone(), self.stop_token());
+        let stats = relay.stats().clone();
         self.spawn("relay", async move { Ok(relay.join().await?) });
+        self.watch_relay(
+            store.pool().clone(),
+            keel_store::relay::Source::Events,
+            "jetstream",
+            stats,
+        );
+    }
+
+    /// Exports relay `name`'s backlog and makes a stall of it (rows waiting, no checkpoint for
+    /// `KEEL_READY_STALL_SECS`) a readiness failure.
+    fn watch_relay(
+        &mut self,
+        pool: sqlx::PgPool,
+        source: keel_store::relay::Source,
+        name: &str,
+        stats: Arc<keel_store::relay::RelayStats>,
+    ) {
+        let verdict = watch::Verdict::default();
+        let dlq = self
+            .metrics()
+            .dlq_messages_total()
+            .with_label_values(&[&format!("relay.{name}")]);
+        let watcher = watch::relay(
+            pool,
+            source,
+            name.to_owned(),
+            self.metrics(),
+            self.stall_limit(),
+            verdict.clone(),
+            self.stop_token(),
+        );
+        let (stop, counted) = (self.stop_token(), std::sync::atomic::AtomicU64::new(0));
+        self.spawn(format!("relay {name} watch"), async move {
+            // The relay's own dead letters (rows that cannot be published), counted as they happen.
+            let count = async {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    let dead = stats.dead_lettered.load(Ordering::Relaxed);
+                    dlq.inc_by(dead.saturating_sub(counted.swap(dead, Ordering::Relaxed)));
+                }
+            };
+            tokio::select! {
+                () = watcher => {}
+                () = count => {}
+                () = stop.cancelled() => {}
+            }
+            Ok(())
+        });
+        self.ready_unless(format!("relay {name} progressing"), verdict);
+    }
+
+    /// Readiness fails while `verdict` holds a reason.
+    fn ready_unless(&mut self, name: String, verdict: watch::Verdict) {
+        self.add_health(move |h| {
+            h.with_check(name, move || {
+                let reason = verdict.lock().ok().and_then(|v| v.clone());
+                async move { reason.map_or(Ok(()), Err) }
+            })
+        });
+    }
+
+    fn stall_limit(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.rt.config.ready_stall_secs)
     }
 
     /// Runs `projection` on `pool` from `config`'s stream until shutdown.
@@ -211,10 +284,46 @@ impl Assembly {
         projection: P,
         config: ProjectionConfig,
     ) {
-        let name = format!("projection {}", projection.name());
-        let runner =
-            ProjectionRunner::new(pool, self.bus.clone(), projection, config).spawn(self.stop_token());
-        self.spawn(name, async move { Ok(runner.await??) });
+        let durable = projection.name().to_owned();
+        let name = format!("projection {durable}");
+        let stream = config.stream;
+        let runner = ProjectionRunner::new(pool, self.bus.clone(), projection, config);
+        let stats = runner.stats().clone();
+        let handle = runner.spawn(self.stop_token());
+        self.spawn(name, async move { Ok(handle.await??) });
+        self.watch_consumer(
+            stream,
+            &durable,
+            Arc::new(move || stats.dead_lettered.load(Ordering::Relaxed)),
+        );
+    }
+
+    /// Exports durable `durable`'s lag and dead letters (`dead_lettered` counts them), and makes a
+    /// stall of it (messages waiting, no ack for `KEEL_READY_STALL_SECS`) a readiness failure.
+    /// The projections of [`Assembly::project`] are watched already; a service that runs a
+    /// consumer of its own calls this for it.
+    pub fn watch_consumer(
+        &mut self,
+        stream: keel_bus::StreamKind,
+        durable: &str,
+        dead_lettered: Arc<dyn Fn() -> u64 + Send + Sync>,
+    ) {
+        let verdict = watch::Verdict::default();
+        let watcher = watch::consumer(
+            self.bus.clone(),
+            stream,
+            durable.to_owned(),
+            dead_lettered,
+            self.metrics(),
+            self.stall_limit(),
+            verdict.clone(),
+            self.stop_token(),
+        );
+        self.spawn(format!("consumer {durable} watch"), async move {
+            watcher.await;
+            Ok(())
+        });
+        self.ready_unless(format!("consumer {durable} progressing"), verdict);
     }
 
     /// Runs a worker of the service's own until it returns (it should watch

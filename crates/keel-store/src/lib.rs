@@ -20,6 +20,7 @@ pub mod rls;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod wakeup;
+pub mod watch;
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -90,19 +90,24 @@ pub fn init(config: &Config) -> Result<TelemetryGuard> {
             .build(),
     });
     let otel_dispatch: Option<OtelDispatch> = provider.as_ref().map(|_| Arc::default());
-    let otel_layer = provider
-        .as_ref()
-        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer(format!("keel-{}", config.service))));
+    // Traces do not follow the log level: spans at INFO and above always exist (KEEL_LOG=warn
+    // must not switch tracing off); log events do follow it.
+    let otel_layer = provider.as_ref().map(|p| {
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(format!("keel-{}", config.service)))
+            .with_filter(tracing_subscriber::filter::filter_fn(|m| {
+                m.is_span() && *m.level() <= tracing::Level::INFO
+            }))
+    });
     let writer = ScrubbingWriter::new(std::io::stderr);
     let fmt_layer = match config.log_format {
         LogFormat::Json => json_layer(&config.service, otel_dispatch.clone(), writer).boxed(),
         LogFormat::Pretty => pretty_layer(writer).boxed(),
     };
     tracing_subscriber::registry()
-        .with(filter)
         .with(otel_layer)
         .with(otel_dispatch.map(DispatchCapture))
-        .with(fmt_layer)
+        .with(fmt_layer.with_filter(LogFilter(filter)))
         .try_init()
         .map_err(|e| Error::Telemetry(format!("cannot install the tracing subscriber: {e}")))?;
     if let Some(provider) = &provider {
@@ -188,6 +193,54 @@ fn tracer_provider(
         .with_span_processor(sampling::KeepProcessor::new(batch, sampling.clone()))
         .with_resource(resource)
         .build())
+}
+
+/// The log layer's filter: `KEEL_LOG` for events; spans at INFO and above always, so a line
+/// logged at any level carries the fields and trace of the spans it is in.
+struct LogFilter(EnvFilter);
+
+impl<S: Subscriber + for<'a> LookupSpan<'a>> tracing_subscriber::layer::Filter<S> for LogFilter {
+    fn enabled(&self, meta: &tracing::Metadata<'_>, cx: &tracing_subscriber::layer::Context<'_, S>) -> bool {
+        (meta.is_span() && *meta.level() <= tracing::Level::INFO)
+            || tracing_subscriber::layer::Filter::enabled(&self.0, meta, cx)
+    }
+
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        let own = tracing_subscriber::layer::Filter::<S>::max_level_hint(&self.0);
+        Some(own.map_or(tracing::level_filters::LevelFilter::TRACE, |l| {
+            l.max(tracing::level_filters::LevelFilter::INFO)
+        }))
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        cx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        tracing_subscriber::layer::Filter::on_new_span(&self.0, attrs, id, cx);
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        cx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        tracing_subscriber::layer::Filter::on_record(&self.0, id, values, cx);
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, cx: tracing_subscriber::layer::Context<'_, S>) {
+        tracing_subscriber::layer::Filter::on_enter(&self.0, id, cx);
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, cx: tracing_subscriber::layer::Context<'_, S>) {
+        tracing_subscriber::layer::Filter::on_exit(&self.0, id, cx);
+    }
+
+    fn on_close(&self, id: tracing::span::Id, cx: tracing_subscriber::layer::Context<'_, S>) {
+        tracing_subscriber::layer::Filter::on_close(&self.0, id, cx);
+    }
 }
 
 /// Hands the finished subscriber to the JSON formatter, which needs it to look up the

@@ -11,6 +11,7 @@ mod licenses;
 mod lifecycle;
 mod logs;
 mod projection;
+mod readiness;
 mod reflection;
 mod shred;
 mod tiers;
