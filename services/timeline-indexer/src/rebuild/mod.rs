@@ -197,6 +197,11 @@ impl Rebuilds {
         .bind(error)
         .execute(self.pool())
         .await?;
+        // The counts and the sample are the report; the keys themselves may be many.
+        sqlx::query("DELETE FROM rebuild_diffs WHERE job_id = $1")
+            .bind(job)
+            .execute(self.pool())
+            .await?;
         Ok(())
     }
 
@@ -304,19 +309,16 @@ impl Rebuilds {
         live_gen: i32,
         target: &str,
     ) -> Result<Option<Diff>> {
-        loop {
-            let lag = runners.lag().await?;
-            if lag == 0 {
-                break;
+        // Caught up once both consumers have passed what the streams held when the replay
+        // began (under steady traffic the lag itself is never zero for long).
+        runners.lag().await?; // creates the consumers if they are new
+        let begun = self.stream_ends().await?;
+        for (source, last) in &begun {
+            while !self.consumed_to(*source, job.generation, *last).await? {
+                let applied = i64::try_from(runners.applied()).unwrap_or(i64::MAX);
+                self.progress(job.id, "replaying", Some(applied), None).await?;
+                tokio::time::sleep(POLL).await;
             }
-            self.progress(
-                job.id,
-                "replaying",
-                Some(i64::try_from(runners.applied()).unwrap_or(i64::MAX)),
-                None,
-            )
-            .await?;
-            tokio::time::sleep(POLL).await;
         }
 
         self.progress(job.id, "carrying over", None, None).await?;

@@ -66,6 +66,10 @@ impl Rebuilds {
         .bind(rows)
         .execute(&mut *lock)
         .await?;
+        sqlx::query("DELETE FROM rebuild_diffs WHERE job_id = $1")
+            .bind(job.id)
+            .execute(&mut *lock)
+            .await?;
         if ended.rows_affected() != 1 {
             lock.rollback().await?;
             return Err(Error::Internal(

@@ -371,6 +371,8 @@ async fn a_tail_cursor_resumes_across_a_swap() {
     };
     let all = steps(&t.id, 30);
     let mut stream = tl.tail_timeline(request("")).await.unwrap().into_inner();
+    // A second tail stays open through the swap.
+    let mut open = tl.tail_timeline(request("")).await.unwrap().into_inner();
     for e in &all[..10] {
         mesh.publish(e).await;
     }
@@ -406,6 +408,11 @@ async fn a_tail_cursor_resumes_across_a_swap() {
         "gap or reorder across the swap"
     );
     drop(stream);
+    let mut through = Vec::new();
+    while through.len() < 30 {
+        through.push(next(&mut open).await.event.unwrap().event_id);
+    }
+    assert_eq!(through, got, "the tail open through the swap");
     // The last cursor is of the new generation and resumes there.
     let more = envelope(&t.id, "provisioning", "StepSucceeded", 31, json!({"s": 31}), None);
     mesh.publish(&more).await;
@@ -447,5 +454,66 @@ async fn get_rebuild_validates_and_is_for_operators() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    mesh.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_rebuild_under_traffic_swaps_and_loses_nothing() {
+    let mesh = Mesh::start_with(ENV).await;
+    let t = mesh.create_tenant(&slug()).await;
+    for e in &steps(&t.id, 2000) {
+        mesh.publish(e).await;
+    }
+    steps_in(&mesh, "timeline_events_g1", &t.id, 2000).await;
+    // Events keep coming, acked one by one, while the job replays, compares and swaps.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let publisher = {
+        let (bus, tenant, stop) = (mesh.bus.clone(), t.id.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut sent = Vec::new();
+            let mut s = 2000u64;
+            while !stop.is_cancelled() {
+                s += 1;
+                let e = envelope(&tenant, "provisioning", "StepSucceeded", s, json!({"s": s}), None);
+                let subject = keel_events::subjects::event(
+                    &bus.subject_prefix(),
+                    &tenant,
+                    "provisioning",
+                    "StepSucceeded",
+                );
+                bus.publish_envelope(subject, &e).await.unwrap().await.unwrap();
+                sent.push(e.id);
+            }
+            sent
+        })
+    };
+    let r = rebuild(&mesh.timeline(&mesh.operator).await).await;
+    stop.cancel();
+    let sent = publisher.await.unwrap();
+    assert_eq!(r.state(), pb::RebuildState::Swapped, "{r:?}");
+    assert!(!sent.is_empty());
+    let before = snapshot(&mesh.pool, "timeline_events_g1").await;
+    eventually(
+        "every event published during the rebuild in generation 2",
+        WAIT,
+        || async {
+            let n = count(
+                &mesh.pool,
+                "timeline_events_g2",
+                &t.id,
+                "provisioning.StepSucceeded",
+            )
+            .await;
+            (n == 2000 + sent.len() as i64).then_some(())
+        },
+    )
+    .await;
+    let after: HashSet<Row> = snapshot(&mesh.pool, "timeline_events_g2")
+        .await
+        .into_iter()
+        .collect();
+    for row in &before {
+        assert!(after.contains(row), "lost in the rebuild: {row:?}");
+    }
     mesh.cleanup().await;
 }
