@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else {
         return;
     };
-    match which % 4 {
+    match which % 5 {
         0 => {
             if let Ok(r) = pb::QueryTimelineRequest::decode(bytes) {
                 let now = DateTime::from_timestamp(1_780_000_000, 0).unwrap_or_default();
@@ -31,6 +31,11 @@ fuzz_target!(|data: &[u8]| {
         2 => {
             if let Ok(r) = pb::TraceEventsRequest::decode(bytes) {
                 let _ = validate::trace_events(&r);
+            }
+        }
+        3 => {
+            if let Ok(r) = pb::GetRebuildRequest::decode(bytes) {
+                let _ = validate::get_rebuild(&r);
             }
         }
         _ => {

@@ -241,6 +241,17 @@ impl Mesh {
         self.envs.insert(part, own);
     }
 
+    /// Another instance of `part` on the same schema and bus namespace, with the environment
+    /// `part` was started with (a second replica); the caller owns and stops it.
+    pub async fn start_replica(&self, part: Part) -> ServiceProc {
+        let mut env = self.base_env(part);
+        env.extend(self.envs.get(&part).cloned().unwrap_or_default());
+        let binary = crate::binary(part.binary()).expect("service binary");
+        ServiceProc::start(&binary, part.service(), &self.schema(part), &self.token, &env)
+            .await
+            .unwrap_or_else(|e| panic!("starting a replica of {}: {e:#}", part.binary()))
+    }
+
     /// The running process of `part` (panics when the mesh was built without it).
     pub fn proc(&self, part: Part) -> &ServiceProc {
         self.procs

@@ -18,6 +18,7 @@ use crate::domain::filter::invalid;
 use crate::domain::{Filter, TimeRange, query};
 use crate::error::{Error, Result};
 use crate::indexer::Indexer;
+use crate::rebuild::{Job, Rebuilds};
 use crate::store::read::{StoredRow, TailCursor, TraceKey};
 pub use crate::tails::TailSlots;
 
@@ -29,6 +30,8 @@ const TAIL_SOON: Duration = Duration::from_millis(25);
 
 pub struct TimelineApi {
     pub indexer: Arc<Indexer>,
+    /// Rebuild jobs (started here, run by whichever replica holds the lease).
+    pub rebuilds: Arc<Rebuilds>,
     /// Where refused calls are recorded.
     pub audit: keel_store::audit::AuditLog,
     pub shutdown: CancellationToken,
@@ -243,6 +246,16 @@ pub mod validate {
         Ok((size, after))
     }
 
+    /// GetRebuild: the job id.
+    pub fn get_rebuild(r: &pb::GetRebuildRequest) -> Result<Uuid> {
+        if r.job_id.len() > 64 {
+            return Err(invalid("job_id", "must be a UUID").into());
+        }
+        r.job_id
+            .parse()
+            .map_err(|_| Error::from(invalid("job_id", "must be a UUID")))
+    }
+
     /// TailTimeline: tenant, filter and query, and the cursor if one is given.
     pub fn tail(r: &pb::TailTimelineRequest) -> Result<(Filter, Option<TailCursor>)> {
         tenant("tenant_id", &r.tenant_id)?;
@@ -357,17 +370,12 @@ impl TimelineService for TimelineApi {
     ) -> Result<Response<TailStream>, Status> {
         let r = req.get_ref();
         let (filter, given) = validate::tail(r)?;
-        let (_, generation) = self.indexer.store.live.get();
         let mut cursor = match given {
             Some(cursor) => cursor,
             None => self.indexer.store.tail_start().await?,
         };
-        if cursor.generation != generation {
-            return Err(Error::Precondition(
-                "the cursor is from before a projection rebuild; start a new tail".into(),
-            )
-            .into());
-        }
+        // A cursor of the generation a rebuild replaced resumes; an older one is refused now.
+        self.indexer.store.tail_plan(cursor).await?;
         self.authorize(&req, &r.tenant_id, "timeline-tail").await?;
         let principal = keel_auth::from_request(&req)?;
         let (expires, operator) = (principal.claims.exp, principal.is_operator());
@@ -417,17 +425,18 @@ impl TimelineService for TimelineApi {
                         }
                     }
                 }
-                let rows = match indexer.store.tail(&tenant_id, &filter, cursor, TAIL_BATCH).await {
-                    Ok(rows) => rows,
+                let page = match indexer.store.tail(&tenant_id, &filter, cursor, TAIL_BATCH).await {
+                    Ok(page) => page,
                     Err(e) => {
                         let _ = tx.send(Err(e.into())).await;
                         return;
                     }
                 };
+                let (rows, generation) = (page.rows, page.generation);
                 let (idle, full) = (rows.is_empty(), rows.len() as i64 >= TAIL_BATCH);
                 for row in rows {
                     cursor = TailCursor {
-                        generation: cursor.generation,
+                        generation,
                         tx_id: row.tx_id,
                         seq: row.seq,
                     };
@@ -438,6 +447,10 @@ impl TimelineService for TimelineApi {
                     if tx.send(Ok(msg)).await.is_err() {
                         return; // the client went away
                     }
+                }
+                if let Some(next) = page.moved {
+                    cursor = next; // the replaced generation is done: on to the live one
+                    continue;
                 }
                 if full {
                     continue; // more is waiting
@@ -468,10 +481,77 @@ impl TimelineService for TimelineApi {
         &self,
         req: Request<pb::RebuildProjectionRequest>,
     ) -> Result<Response<pb::RebuildProjectionResponse>, Status> {
+        let principal = keel_auth::from_request(&req)?;
+        principal.require_operator()?;
+        let job = self.rebuilds.start(&principal.claims.sub).await?;
+        Ok(Response::new(pb::RebuildProjectionResponse {
+            job: Some(job_pb(&job)),
+        }))
+    }
+
+    async fn get_rebuild(
+        &self,
+        req: Request<pb::GetRebuildRequest>,
+    ) -> Result<Response<pb::RebuildJob>, Status> {
+        let id = validate::get_rebuild(req.get_ref())?;
         keel_auth::from_request(&req)?.require_operator()?;
-        let (rows, identical) = self.indexer.rebuild().await?;
-        tracing::info!(rows, identical, "projection rebuilt");
-        Ok(Response::new(pb::RebuildProjectionResponse { rows, identical }))
+        let job = self
+            .rebuilds
+            .get(id)
+            .await?
+            .ok_or(Error::NotFound("rebuild job"))?;
+        Ok(Response::new(job_pb(&job)))
+    }
+}
+
+/// A job as the API shows it.
+pub fn job_pb(j: &Job) -> pb::RebuildJob {
+    let state = match j.state.as_str() {
+        "running" => pb::RebuildState::Running,
+        "swapped" => pb::RebuildState::Swapped,
+        "different" => pb::RebuildState::Different,
+        "failed" => pb::RebuildState::Failed,
+        _ => pb::RebuildState::Unspecified,
+    };
+    let count = |n: i64| u64::try_from(n).unwrap_or(0);
+    let sample = j
+        .sample
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    let s = |k: &str| {
+                        d.get(k)
+                            .and_then(serde_json::Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    pb::RebuildDifference {
+                        kind: s("kind"),
+                        tenant_id: s("tenant_id"),
+                        event_id: s("event_id"),
+                        ts: s("ts").parse::<DateTime<Utc>>().ok().map(ts),
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    pb::RebuildJob {
+        job_id: j.id.to_string(),
+        state: state as i32,
+        phase: j.phase.clone(),
+        generation: j.generation,
+        rows: count(j.rows_rebuilt),
+        carried_over: count(j.carried_over),
+        missing: count(j.missing),
+        extra: count(j.extra),
+        changed: count(j.changed),
+        sample,
+        error: j.error.clone(),
+        attempts: u32::try_from(j.attempts).unwrap_or(0),
+        created_at: Some(ts(j.created_at)),
+        updated_at: Some(ts(j.updated_at)),
+        finished_at: j.finished_at.map(ts),
     }
 }
 

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{TailSlots, TimelineApi};
 use crate::indexer::Indexer;
+use crate::rebuild::Rebuilds;
 use crate::store::{TimelineStore, ddl};
 
 const GRPC_SERVICES: &[&str] = &["keel.v1.TimelineService"];
@@ -35,6 +36,12 @@ pub struct Settings {
     /// `KEEL_TIMELINE_TAIL_FALLBACK_SECS`: an idle tail reads again after this many seconds
     /// even without a wake-up from the projection.
     pub tail_fallback_secs: u64,
+    /// `KEEL_TIMELINE_REBUILD_LEASE_SECS`: a rebuild job whose replica stopped renewing its
+    /// lease for this long is resumed by another (or by the same one restarted).
+    pub rebuild_lease_secs: u64,
+    /// `KEEL_TIMELINE_GENERATION_POLL_MS`: how often a replica checks which generation is live
+    /// (after another replica swapped a rebuild in, it switches within this).
+    pub generation_poll_ms: u64,
 }
 
 impl Default for Settings {
@@ -45,6 +52,8 @@ impl Default for Settings {
             max_tails_per_tenant: 32,
             tail_pool_size: 8,
             tail_fallback_secs: 5,
+            rebuild_lease_secs: 15,
+            generation_poll_ms: 1000,
         }
     }
 }
@@ -99,6 +108,18 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         watched.stop().await;
         Ok(())
     });
+    let (follower, poll) = (
+        indexer.clone(),
+        Duration::from_millis(settings.generation_poll_ms.max(50)),
+    );
+    mesh.spawn("live generation", async move {
+        follower.follow_until_shutdown(poll).await
+    });
+    let rebuilds = Arc::new(Rebuilds::new(
+        indexer.clone(),
+        Duration::from_secs(settings.rebuild_lease_secs.max(1)),
+    ));
+    mesh.spawn("rebuild jobs", rebuilds.clone().work(mesh.stop_token()));
     let every = Duration::from_secs(settings.retention_interval_secs.max(1));
     mesh.spawn("retention", maintain(store, every, mesh.stop_token()));
     mesh.spawn(
@@ -119,6 +140,7 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
     let auth = mesh.auth(None).await?;
     let api = TimelineApi {
         indexer,
+        rebuilds,
         audit: mesh.audit_log()?,
         shutdown: mesh.stop_token(),
         tails: tails.clone(),

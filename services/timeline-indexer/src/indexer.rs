@@ -1,6 +1,6 @@
-//! Runs the two projections of the live generation and rebuilds: replay both streams into a
-//! fresh table with fresh consumers, pause the old generation once the new one has caught up,
-//! compare row for row, swap.
+//! Runs the two projections (events, audit) of the live generation, follows the generation the
+//! database names live (a rebuild on any replica swaps it), and runs a rebuild's projections
+//! into its own table ([`Indexer::spawn_target`], driven by [`crate::rebuild`]).
 
 use std::time::Duration;
 
@@ -10,9 +10,9 @@ use prometheus::IntCounterVec;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::projection::{Source, TimelineProjection};
-use crate::store::{Live, TimelineStore, ddl};
+use crate::store::{Live, TimelineStore};
 
 /// One generation's two runners.
 pub struct Generation {
@@ -28,11 +28,30 @@ impl Generation {
         Ok(self.events.lag().await? + self.audit.lag().await?)
     }
 
+    /// Messages applied by both runners since they started.
+    pub fn applied(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.events.stats().applied.load(Relaxed) + self.audit.stats().applied.load(Relaxed)
+    }
+
     pub async fn stop(self) {
         self.stop.cancel();
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+}
+
+/// The durable consumer of `source` in `generation`.
+pub fn consumer_name(source: Source, generation: i32) -> String {
+    format!("timeline-{}-g{generation}", source.as_str())
+}
+
+/// The stream each source is read from.
+pub fn stream_of(source: Source) -> StreamKind {
+    match source {
+        Source::Events => StreamKind::Events,
+        Source::Audit => StreamKind::Audit,
     }
 }
 
@@ -67,18 +86,21 @@ impl Indexer {
         }
     }
 
-    fn spawn(&self, generation: i32, table: Live) -> Generation {
-        let stop = self.shutdown.child_token();
-        let make = |source: Source, stream: StreamKind, filter: &str| {
+    pub fn bus(&self) -> &Bus {
+        &self.bus
+    }
+
+    fn spawn(&self, generation: i32, table: Live, stop: CancellationToken) -> Generation {
+        let make = |source: Source, filter: &str| {
             ProjectionRunner::new(
                 self.store.pool.clone(),
                 self.bus.clone(),
                 TimelineProjection::new(source, generation, table.clone(), self.malformed.clone()),
-                config(stream, filter),
+                config(stream_of(source), filter),
             )
         };
-        let events = make(Source::Events, StreamKind::Events, "keel.evt.>");
-        let audit = make(Source::Audit, StreamKind::Audit, "keel.audit.>");
+        let events = make(Source::Events, "keel.evt.>");
+        let audit = make(Source::Audit, "keel.audit.>");
         let tasks = vec![
             events.clone().spawn(stop.clone()),
             audit.clone().spawn(stop.clone()),
@@ -92,11 +114,55 @@ impl Indexer {
         }
     }
 
+    /// A rebuild's runners: generation `generation`'s consumers writing into `table` whatever
+    /// is live, until `stop` (or the service's shutdown).
+    pub fn spawn_target(&self, generation: i32, table: String, stop: &CancellationToken) -> Generation {
+        let stop = stop.child_token();
+        let shutdown = self.shutdown.clone();
+        let linked = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => linked.cancel(),
+                () = linked.cancelled() => {}
+            }
+        });
+        self.spawn(generation, Live::fixed(table, generation), stop)
+    }
+
     /// Starts the live generation's projections.
     pub async fn start(&self) {
         let (_, generation) = self.store.live.get();
-        let g = self.spawn(generation, self.store.live.clone());
+        let g = self.spawn(generation, self.store.live.clone(), self.shutdown.child_token());
         *self.current.lock().await = Some(g);
+    }
+
+    /// Switches to the stored live generation if it moved (a swap here or on another replica):
+    /// reads and writes go to its table, its consumers take over. Whether it moved.
+    pub async fn follow(&self) -> Result<bool> {
+        let mut current = self.current.lock().await;
+        if !self.store.follow().await? {
+            return Ok(false);
+        }
+        if let Some(old) = current.take() {
+            old.stop().await;
+        }
+        let (_, generation) = self.store.live.get();
+        *current = Some(self.spawn(generation, self.store.live.clone(), self.shutdown.child_token()));
+        Ok(true)
+    }
+
+    /// Follows the stored live generation every `every` until shutdown.
+    pub async fn follow_until_shutdown(&self, every: Duration) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.follow().await {
+                tracing::warn!(error = %e, "could not read the live generation");
+            }
+        }
     }
 
     /// Messages the live projections have not applied yet.
@@ -121,87 +187,4 @@ impl Indexer {
             g.stop().await;
         }
     }
-
-    /// Replays both streams into a fresh table and swaps it in. Returns (rows, identical).
-    pub async fn rebuild(&self) -> Result<(u64, bool)> {
-        let mut current = self.current.lock().await;
-        let (old_table, old_gen) = self.store.live.get();
-        let new_gen = old_gen + 1;
-        let new_table = format!("timeline_events_g{new_gen}");
-        let mut conn = self.store.pool.acquire().await?;
-        sqlx::query(&format!("DROP TABLE IF EXISTS {new_table}"))
-            .execute(&mut *conn)
-            .await?;
-        ddl::create_table(&mut conn, &new_table).await?;
-        let target = Live::fixed(new_table.clone(), new_gen);
-        let next = self.spawn(new_gen, target);
-        wait_caught_up(&next).await?;
-        // Pause the old generation, let the new one take the last messages, then compare.
-        if let Some(old) = current.take() {
-            old.stop().await;
-        }
-        wait_caught_up(&next).await?;
-        let identical = same_rows(&mut conn, &old_table, &new_table).await?;
-        let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {new_table}"))
-            .fetch_one(&mut *conn)
-            .await?;
-        let mut tx = self.store.pool.begin().await?;
-        sqlx::query("UPDATE timeline_state SET live_table = $1, generation = $2 WHERE id = 1")
-            .bind(&new_table)
-            .bind(new_gen)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        self.store.live.set(new_table.clone(), new_gen);
-        // The new runners write through a fixed name; from now on they follow the live pointer.
-        next.stop().await;
-        *current = Some(self.spawn(new_gen, self.store.live.clone()));
-        sqlx::query(&format!("DROP TABLE IF EXISTS {old_table}"))
-            .execute(&mut *conn)
-            .await?;
-        for source in ["events", "audit"] {
-            let stream = if source == "events" {
-                StreamKind::Events
-            } else {
-                StreamKind::Audit
-            };
-            if let Ok(s) = self
-                .bus
-                .jetstream()
-                .get_stream(self.bus.stream_name(stream))
-                .await
-            {
-                let _ = s.delete_consumer(&format!("timeline-{source}-g{old_gen}")).await;
-            }
-        }
-        Ok((u64::try_from(rows).unwrap_or_default(), identical))
-    }
-}
-
-async fn wait_caught_up(g: &Generation) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
-    loop {
-        if g.lag().await? == 0 {
-            return Ok(());
-        }
-        if tokio::time::Instant::now() > deadline {
-            return Err(Error::Internal(
-                "rebuild did not catch up within 10 minutes".into(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Row for row: the same (event_id, digest, kind, ts, tenant) in both tables.
-async fn same_rows(conn: &mut sqlx::PgConnection, a: &str, b: &str) -> Result<bool> {
-    ddl::check_name(a)?;
-    ddl::check_name(b)?;
-    let cols = "tenant_id, ts, event_id, digest, kind, actor, resource_type, resource_id, trace_id, result";
-    let differ: bool = sqlx::query_scalar(&format!(
-        "SELECT EXISTS ((SELECT {cols} FROM {a} EXCEPT SELECT {cols} FROM {b}) UNION ALL (SELECT {cols} FROM {b} EXCEPT SELECT {cols} FROM {a}))"
-    ))
-    .fetch_one(conn)
-    .await?;
-    Ok(!differ)
 }

@@ -73,6 +73,18 @@ impl Projection for TimelineProjection {
 
     async fn apply_batch(&self, conn: &mut PgConnection, items: &[&TimelineRow]) -> Result<(), ApplyError> {
         let (table, _) = self.table.get();
+        if self.table.follows() {
+            // Shared with every writer of the live table, exclusive with a rebuild's swap: once
+            // a swap commits, the replaced table is frozen. A replica that has not followed the
+            // swap yet writes nothing; the new generation's consumers read the same messages.
+            let live: String =
+                sqlx::query_scalar("SELECT live_table FROM timeline_state WHERE id = 1 FOR SHARE")
+                    .fetch_one(&mut *conn)
+                    .await?;
+            if live != table {
+                return Ok(());
+            }
+        }
         insert_rows(conn, &table, items)
             .await
             .map_err(|e| e.into_apply())?;

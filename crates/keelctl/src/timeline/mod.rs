@@ -20,7 +20,7 @@ use crate::client::{self, Authed, ConnectionArgs, Session, is_slug, tenant_ref};
 use crate::output::{self, Format, Table, key_values, or_dash};
 use view::EventView;
 
-/// Unary calls give up after this long (a rebuild is not bounded: it replays every stream).
+/// Unary calls give up after this long (a rebuild is a job in the service: keelctl polls it).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Args)]
@@ -83,8 +83,14 @@ pub enum TimelineCommand {
         #[arg(value_name = "EVENT_ID", value_parser = view::parse_event_id)]
         event_id: String,
     },
-    /// Replay the streams into a fresh projection and swap it in (operator).
-    Rebuild,
+    /// Rebuild the projection as a job in the service and wait for it: swapped in only when
+    /// identical to the live one, else its differences are shown (operator). Interrupting
+    /// keelctl leaves the job running; `rebuild --job <id>` watches it again.
+    Rebuild {
+        /// Watch this job instead of starting (or joining) the running one.
+        #[arg(long)]
+        job: Option<String>,
+    },
 }
 
 /// The timeline service, authenticated, and the session that can still reach the tenant
@@ -144,19 +150,35 @@ pub async fn run(args: TimelineArgs, conn: &ConnectionArgs, format: Format) -> a
                 .await?;
             print_event(EventView::from(event.into_inner()), format)
         }
-        Some(TimelineCommand::Rebuild) => {
-            let done = api
-                .timeline
-                .rebuild_projection(pb::RebuildProjectionRequest {})
-                .await?
-                .into_inner();
-            print_rebuild(
-                &Rebuilt {
-                    rows: done.rows,
-                    identical: done.identical,
-                },
-                format,
-            )
+        Some(TimelineCommand::Rebuild { job }) => {
+            let mut id = match job {
+                Some(id) => id,
+                None => {
+                    let started = api
+                        .timeline
+                        .rebuild_projection(call(pb::RebuildProjectionRequest {}))
+                        .await?
+                        .into_inner();
+                    let job = started.job.unwrap_or_default();
+                    eprintln!("rebuild job {} (generation {})", job.job_id, job.generation);
+                    job.job_id
+                }
+            };
+            let job = loop {
+                let job = api
+                    .timeline
+                    .get_rebuild(call(pb::GetRebuildRequest {
+                        job_id: std::mem::take(&mut id),
+                    }))
+                    .await?
+                    .into_inner();
+                if job.state() != pb::RebuildState::Running {
+                    break job;
+                }
+                id = job.job_id.clone();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            };
+            print_rebuild(&Rebuilt::from(job), format)
         }
     }
 }
@@ -252,20 +274,71 @@ fn print_event(e: EventView, format: Format) -> anyhow::Result<()> {
 
 #[derive(Serialize)]
 struct Rebuilt {
+    job_id: String,
+    state: String,
+    generation: i32,
     rows: u64,
+    carried_over: u64,
     identical: bool,
+    missing: u64,
+    extra: u64,
+    changed: u64,
+    sample: Vec<String>,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    error: String,
+}
+
+impl From<pb::RebuildJob> for Rebuilt {
+    fn from(j: pb::RebuildJob) -> Self {
+        let state = j.state();
+        Rebuilt {
+            state: state
+                .as_str_name()
+                .trim_start_matches("REBUILD_STATE_")
+                .to_lowercase(),
+            identical: state == pb::RebuildState::Swapped,
+            sample: j
+                .sample
+                .iter()
+                .map(|d| format!("{} {}/{}", d.kind, d.tenant_id, d.event_id))
+                .collect(),
+            job_id: j.job_id,
+            generation: j.generation,
+            rows: j.rows,
+            carried_over: j.carried_over,
+            missing: j.missing,
+            extra: j.extra,
+            changed: j.changed,
+            error: j.error,
+        }
+    }
 }
 
 fn print_rebuild(r: &Rebuilt, format: Format) -> anyhow::Result<()> {
     if format == Format::Json {
-        return output::print_json(r);
+        output::print_json(r)?;
+    } else {
+        output::emit(&key_values(&[
+            ("job", r.job_id.clone()),
+            ("state", r.state.clone()),
+            ("generation", r.generation.to_string()),
+            ("rows", r.rows.to_string()),
+            ("carried over", r.carried_over.to_string()),
+            ("identical", r.identical.to_string()),
+            (
+                "missing / extra / changed",
+                format!("{} / {} / {}", r.missing, r.extra, r.changed),
+            ),
+        ]))?;
+        for d in &r.sample {
+            eprintln!("differs: {d}");
+        }
     }
-    output::emit(&key_values(&[
-        ("rows", r.rows.to_string()),
-        ("identical", r.identical.to_string()),
-    ]))?;
+    if !r.error.is_empty() {
+        anyhow::bail!("the rebuild failed: {}", r.error);
+    }
     if !r.identical {
-        eprintln!("the rebuilt projection differs from the one it replaced");
+        eprintln!("the rebuilt projection differs from the live one, which stays");
     }
     Ok(())
 }

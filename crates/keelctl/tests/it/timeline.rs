@@ -151,20 +151,28 @@ async fn timeline_query_get_trace_tail_and_rebuild() {
         "{allowed:?}"
     );
 
-    // The operator rebuilds the projection from the streams.
+    // The operator rebuilds the projection (a job keelctl waits for): identical, swapped in.
     let rebuilt = w.json(&["timeline", "rebuild"]).await;
     assert!(rebuilt["rows"].as_u64().unwrap() >= 3, "{rebuilt}");
-    assert!(rebuilt["identical"].is_boolean(), "{rebuilt}");
+    assert_eq!(rebuilt["state"], "swapped", "{rebuilt}");
+    assert_eq!(rebuilt["identical"], true, "{rebuilt}");
 
-    // A cursor from before the rebuild is refused; a tail whose service dies fails.
+    // A cursor from before the rebuild resumes in the new generation; one from before an
+    // earlier rebuild (generation 0 never was) is refused.
+    let mut resumed = Tail::spawn(w.keelctl(&["timeline", "tail", "--tenant", &id, "--cursor", &cursor]));
+    resumed
+        .stdout_line(|l| l.contains("tenant.TenantTierChanged"), WAIT)
+        .await;
+    resumed.stop().await;
     let stale = w
-        .run(&["timeline", "tail", "--tenant", &id, "--cursor", &cursor])
+        .run(&["timeline", "tail", "--tenant", &id, "--cursor", "MDowOjA"])
         .await;
     assert_eq!(stale.code, Some(1), "{stale:?}");
     assert!(
         stale.stderr.starts_with("error: FAILED_PRECONDITION: ") && stale.stderr.contains("rebuild"),
         "{stale:?}"
     );
+    // A tail whose service dies fails.
     let mut tail = Tail::spawn(w.keelctl(&["timeline", "tail", "--tenant", &id]));
     tail.stderr_line("tailing", WAIT).await;
     w.e2e.proc_mut(keel_e2e::mesh::Part::Timeline).kill().await;

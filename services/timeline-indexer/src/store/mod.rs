@@ -2,6 +2,7 @@
 //! RLS-bound reader role, tenant set per transaction), and the live-table pointer.
 
 pub mod ddl;
+pub mod generations;
 pub mod read;
 pub mod retention;
 
@@ -13,24 +14,39 @@ use crate::domain::TimelineRow;
 use crate::error::Result;
 
 /// Which table is live and its generation. Shared by the projection, the API and the rebuild.
+/// The process's copy of `timeline_state`: [`TimelineStore::follow`] moves it when another
+/// replica (or this one) swaps a rebuilt generation in.
 #[derive(Clone, Debug)]
-pub struct Live(Arc<RwLock<(String, i32)>>);
+pub struct Live {
+    at: Arc<RwLock<(String, i32)>>,
+    /// Whether writes through this pointer go only to the table the database names live (the
+    /// live projections), or to this table whatever is live (a rebuild's target).
+    follows: bool,
+}
 
 impl Live {
     /// A pointer that never moves (a rebuild writes its new table through one).
     pub fn fixed(table: String, generation: i32) -> Self {
-        Live(Arc::new(RwLock::new((table, generation))))
+        Live {
+            at: Arc::new(RwLock::new((table, generation))),
+            follows: false,
+        }
+    }
+
+    /// Whether this pointer follows the database's live generation.
+    pub fn follows(&self) -> bool {
+        self.follows
     }
 
     pub fn get(&self) -> (String, i32) {
-        self.0
+        self.at
             .read()
             .map(|g| g.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     pub fn set(&self, table: String, generation: i32) {
-        match self.0.write() {
+        match self.at.write() {
             Ok(mut g) => *g = (table, generation),
             Err(p) => *p.into_inner() = (table, generation),
         }
@@ -58,10 +74,19 @@ impl TimelineStore {
                 .fetch_one(&mut *conn)
                 .await?;
         ddl::create_table(&mut conn, &table).await?;
+        // Tail cursors of the live generation resume after the next swap through this row.
+        sqlx::query("INSERT INTO timeline_generations (generation, live_table) VALUES ($1, $2) ON CONFLICT (generation) DO NOTHING")
+            .bind(generation)
+            .bind(&table)
+            .execute(&mut *conn)
+            .await?;
         Ok(Self {
             tail_pool: pool.clone(),
             pool,
-            live: Live(Arc::new(RwLock::new((table, generation)))),
+            live: Live {
+                at: Arc::new(RwLock::new((table, generation))),
+                follows: true,
+            },
         })
     }
 

@@ -7,6 +7,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Postgres, QueryBuilder, Row, Transaction};
 use uuid::Uuid;
 
+use super::generations::TailPlan;
 use super::{TimelineStore, ddl};
 use crate::domain::{Filter, TimeRange};
 use crate::error::Result;
@@ -267,15 +268,27 @@ impl TimelineStore {
     }
 
     /// Rows after `cursor` in commit order, only below the oldest running transaction, so a
-    /// row committed later can never appear behind a cursor already handed out.
+    /// row committed later can never appear behind a cursor already handed out. A cursor of the
+    /// generation a rebuild replaced reads the rest of the replaced (frozen) table, then moves
+    /// to the live generation, skipping what it already delivered.
     pub async fn tail(
         &self,
         tenant: &str,
         filter: &Filter,
         cursor: TailCursor,
         limit: i64,
-    ) -> Result<Vec<StoredRow>> {
-        let (table, _) = self.live.get();
+    ) -> Result<TailPage> {
+        let (table, generation, bridge, next) = match self.tail_plan(cursor).await? {
+            TailPlan::Live {
+                table,
+                generation,
+                bridge,
+            } => (table, generation, bridge, None),
+            TailPlan::Replaced {
+                table,
+                live_generation,
+            } => (table, cursor.generation, None, Some(live_generation)),
+        };
         ddl::check_name(&table)?;
         let mut tx = reader_on(&self.tail_pool, tenant).await?;
         let mut qb: QueryBuilder<Postgres> =
@@ -287,14 +300,47 @@ impl TimelineStore {
             .push_bind(cursor.seq)
             .push(")");
         qb.push(" AND tx_id < pg_snapshot_xmin(pg_current_snapshot())");
+        if let Some((previous, at)) = &bridge {
+            ddl::check_name(previous)?;
+            qb.push(" AND ((tx_id, seq) > (")
+                .push_bind(at.tx_id.to_string())
+                .push("::text::xid8, ")
+                .push_bind(at.seq)
+                .push(format!(
+                    ") OR NOT EXISTS (SELECT 1 FROM {previous} o WHERE o.tenant_id = {table}.tenant_id \
+                     AND o.event_id = {table}.event_id))"
+                ));
+        }
         push_filter(&mut qb, filter);
         // Qualified: a bare `tx_id` would name the `tx_id::text` output column and sort as text.
         qb.push(format!(" ORDER BY {table}.tx_id, {table}.seq LIMIT "))
             .push_bind(limit);
         let rows = qb.build().fetch_all(&mut *tx).await?;
         tx.commit().await?;
-        rows.iter().map(row).collect()
+        let rows = rows.iter().map(row).collect::<Result<Vec<_>>>()?;
+        // The replaced table is frozen: once it has nothing more, continue in the live one.
+        let moved = next
+            .filter(|_| (rows.len() as i64) < limit)
+            .map(|generation| TailCursor {
+                generation,
+                tx_id: 0,
+                seq: 0,
+            });
+        Ok(TailPage {
+            generation,
+            rows,
+            moved,
+        })
     }
+}
+
+/// One page of a tail: rows of `generation` in commit order, and where to continue when the
+/// tail moved to a newer generation.
+#[derive(Debug)]
+pub struct TailPage {
+    pub generation: i32,
+    pub rows: Vec<StoredRow>,
+    pub moved: Option<TailCursor>,
 }
 
 /// Counts rows visible under RLS as `tenant` (tests and the rebuild's comparison).

@@ -120,3 +120,33 @@ pub fn envelope(
 pub fn slug() -> String {
     format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
 }
+
+/// Starts a rebuild (or joins the running one) and waits until it ended.
+pub async fn rebuild(tl: &Timeline) -> pb::RebuildJob {
+    let job = tl
+        .clone()
+        .rebuild_projection(pb::RebuildProjectionRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    finished(tl, &job.job_id).await
+}
+
+/// Waits until the rebuild job `id` ended.
+pub async fn finished(tl: &Timeline, id: &str) -> pb::RebuildJob {
+    keel_store::testing::eventually("the rebuild ended", std::time::Duration::from_secs(120), || {
+        let mut tl = tl.clone();
+        let id = id.to_owned();
+        async move {
+            let job = tl
+                .get_rebuild(pb::GetRebuildRequest { job_id: id })
+                .await
+                .ok()?
+                .into_inner();
+            (job.state() != pb::RebuildState::Running).then_some(job)
+        }
+    })
+    .await
+}

@@ -6,5 +6,6 @@ mod ingest;
 mod isolation;
 mod projection;
 mod query;
+mod rebuild;
 mod retention;
 mod tail;
