@@ -128,8 +128,7 @@ where
 /// `traceparent` when it sent a valid one. The auth layer fills in the tenant, the actor and the
 /// authorization outcome; the status code is recorded here when the call ends.
 fn server_span(path: &str, headers: &http::HeaderMap) -> tracing::Span {
-    let full = path.trim_start_matches('/');
-    let (service, method) = full.split_once('/').unwrap_or((full, ""));
+    let (full, service, method) = crate::telemetry::client::rpc_names(path);
     let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())

@@ -5,6 +5,14 @@ use std::task::{Context, Poll};
 
 use tracing::Instrument as _;
 
+/// `(service/method, service, method)` of a gRPC path `/service/method`: the span name and its
+/// `rpc.service` / `rpc.method` attributes, on both sides of a call.
+pub(crate) fn rpc_names(path: &str) -> (&str, &str, &str) {
+    let full = path.trim_start_matches('/');
+    let (service, method) = full.split_once('/').unwrap_or((full, ""));
+    (full, service, method)
+}
+
 /// A tonic channel (or any HTTP service) with a client span around every call. Clients are
 /// built on it: `TenantServiceClient::new(Traced::new(channel))`.
 #[derive(Clone, Debug)]
@@ -36,8 +44,7 @@ where
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let full = req.uri().path().trim_start_matches('/').to_owned();
-        let (service, method) = full.split_once('/').unwrap_or((full.as_str(), ""));
+        let (full, service, method) = rpc_names(req.uri().path());
         let span = tracing::info_span!(
             "rpc.client",
             otel.name = %full,
