@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 
 use super::kind::RunKind;
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum RunCommand {
     Start {
         run_id: String,

@@ -100,6 +100,11 @@ pub enum RunError {
     Finished(RunStatus),
     #[error("step {0} is not in the plan")]
     UnknownStep(String),
+    /// The command was decided on a state that has moved on: another driver (a replica whose
+    /// lease it outlived, or the one that took the lease over) recorded this step first. The
+    /// stale driver stops; the run's events, not the drivers, say what happens next.
+    #[error("step {step} attempt {attempt} is stale: the run has moved on ({now})")]
+    Stale { step: String, attempt: u32, now: String },
 }
 
 /// What the executor should do next.
@@ -235,6 +240,43 @@ impl Run {
         }
     }
 
+    /// `step`'s `attempt` must be the one this command was decided for: `next` when it starts,
+    /// the running one when it ends.
+    fn fresh(&self, step: &str, attempt: u32, starting: bool) -> Result<(), RunError> {
+        let s = self.step(step);
+        let ok = if starting {
+            attempt == s.attempts + 1 && s.status != StepStatus::Succeeded
+        } else {
+            attempt == s.attempts && s.status == StepStatus::Running
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(RunError::Stale {
+                step: step.to_owned(),
+                attempt,
+                now: format!("{:?} at attempt {}", s.status, s.attempts),
+            })
+        }
+    }
+
+    /// `step`'s undo `attempt` must be the next one, and the step not undone or given up yet.
+    fn fresh_undo(&self, step: &str, attempt: Option<u32>) -> Result<(), RunError> {
+        let s = self.step(step);
+        let ok = self.status == RunStatus::Compensating
+            && !matches!(s.status, StepStatus::Compensated | StepStatus::Abandoned)
+            && attempt.is_none_or(|a| a == s.undo_attempts + 1);
+        if ok {
+            Ok(())
+        } else {
+            Err(RunError::Stale {
+                step: step.to_owned(),
+                attempt: attempt.unwrap_or(s.undo_attempts + 1),
+                now: format!("{:?} after {} undo attempts", s.status, s.undo_attempts),
+            })
+        }
+    }
+
     pub fn decide(&self, command: RunCommand) -> Result<Vec<RunEvent>, RunError> {
         use RunCommand as C;
         use RunEvent as E;
@@ -265,6 +307,7 @@ impl Run {
             C::StepStarted { step, attempt, at } => {
                 self.live()?;
                 self.known(&step)?;
+                self.fresh(&step, attempt, true)?;
                 vec![E::StepStarted { step, attempt, at }]
             }
             C::StepSucceeded {
@@ -276,6 +319,7 @@ impl Run {
             } => {
                 self.live()?;
                 self.known(&step)?;
+                self.fresh(&step, attempt, false)?;
                 vec![E::StepSucceeded {
                     step,
                     attempt,
@@ -293,6 +337,7 @@ impl Run {
             } => {
                 self.live()?;
                 self.known(&step)?;
+                self.fresh(&step, attempt, false)?;
                 let retry_at = (!permanent && attempt < MAX_ATTEMPTS)
                     .then(|| at + backoff(attempt, rand::random::<f64>()));
                 vec![E::StepFailed {
@@ -314,6 +359,7 @@ impl Run {
             C::StepCompensated { step, removed } => {
                 self.live()?;
                 self.known(&step)?;
+                self.fresh_undo(&step, None)?;
                 vec![E::StepCompensated { step, removed }]
             }
             C::CompensationFailed {
@@ -325,6 +371,7 @@ impl Run {
             } => {
                 self.live()?;
                 self.known(&step)?;
+                self.fresh_undo(&step, Some(attempt))?;
                 if attempt >= max_attempts {
                     vec![
                         E::CompensationFailed {

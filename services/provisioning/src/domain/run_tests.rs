@@ -109,6 +109,14 @@ fn transient_failures_wait_with_backoff_then_retry() {
     succeed(&mut r, "begin");
     record(
         &mut r,
+        RunCommand::StepStarted {
+            step: "database".into(),
+            attempt: 1,
+            at: t0(),
+        },
+    );
+    record(
+        &mut r,
         RunCommand::StepFailed {
             step: "database".into(),
             attempt: 1,
@@ -328,6 +336,14 @@ fn too_many_transient_failures_count_as_permanent() {
     for attempt in 1..=MAX_ATTEMPTS {
         record(
             &mut r,
+            RunCommand::StepStarted {
+                step: "quotas".into(),
+                attempt,
+                at: t0(),
+            },
+        );
+        record(
+            &mut r,
             RunCommand::StepFailed {
                 step: "quotas".into(),
                 attempt,
@@ -413,4 +429,73 @@ fn destructive_and_granting_plans_confirm_the_tenant_state_first() {
 fn backoff_grows_and_is_capped() {
     assert!(backoff(1, 0.5) < backoff(2, 0.5));
     assert!(backoff(30, 0.99) <= Duration::seconds(36));
+}
+
+#[test]
+fn a_second_driver_deciding_on_the_same_state_is_refused_as_stale() {
+    // Two replicas (one whose lease expired mid-step, one that took it over) both read the run
+    // with `begin` pending and both decide to start attempt 1: only the first is recorded.
+    let mut r = started(RunKind::Provision);
+    let Next::Perform { step, attempt, .. } = r.next(t0()) else {
+        panic!("begin first");
+    };
+    let start = RunCommand::StepStarted {
+        step: step.clone(),
+        attempt,
+        at: t0(),
+    };
+    record(&mut r, start.clone());
+    assert!(matches!(r.decide(start), Err(RunError::Stale { .. })));
+
+    // The one that took over starts attempt 2; the late one's outcome of attempt 1 is refused.
+    record(
+        &mut r,
+        RunCommand::StepStarted {
+            step: step.clone(),
+            attempt: 2,
+            at: t0(),
+        },
+    );
+    let late = |attempt| RunCommand::StepSucceeded {
+        step: step.clone(),
+        attempt,
+        detail: serde_json::json!({}),
+        removed: vec![],
+        at: t0(),
+    };
+    assert!(matches!(r.decide(late(1)), Err(RunError::Stale { .. })));
+    record(&mut r, late(2));
+    // Once it succeeded nobody starts it again, nor records a second outcome.
+    assert!(matches!(r.decide(late(2)), Err(RunError::Stale { .. })));
+    assert!(matches!(
+        r.decide(RunCommand::StepStarted {
+            step,
+            attempt: 3,
+            at: t0()
+        }),
+        Err(RunError::Stale { .. })
+    ));
+}
+
+#[test]
+fn an_undo_is_recorded_once_and_its_attempts_in_order() {
+    let mut r = started(RunKind::Provision);
+    succeed(&mut r, "begin");
+    succeed(&mut r, "database");
+    record(&mut r, RunCommand::StartCompensation { reason: "x".into() });
+    let failed = |attempt| RunCommand::CompensationFailed {
+        step: "database".into(),
+        attempt,
+        error: "down".into(),
+        max_attempts: 5,
+        at: t0(),
+    };
+    record(&mut r, failed(1));
+    assert!(matches!(r.decide(failed(1)), Err(RunError::Stale { .. })));
+    let undone = RunCommand::StepCompensated {
+        step: "database".into(),
+        removed: vec![],
+    };
+    record(&mut r, undone.clone());
+    assert!(matches!(r.decide(undone), Err(RunError::Stale { .. })));
 }
