@@ -1,5 +1,6 @@
 //! The contract every projection keeps, as one test suite run against each of them
-//! ([`projection_contract!`](crate::projection_contract)): redelivery is idempotent, a rebuild
+//! ([`projection_contract!`](crate::projection_contract)): redelivery is idempotent, delivery
+//! in any order (shuffled and duplicated) gives the rows of delivery in order, a rebuild
 //! from the stream gives identical rows, malformed input goes to the DLQ without blocking
 //! what follows it, and a message whose subject disagrees with its envelope is never applied. A new consumer gets the suite by writing a [`Fixture`].
 
@@ -96,6 +97,65 @@ pub async fn redelivery_is_idempotent<F: Fixture>() {
         F::rows(&env).await,
         once,
         "a redelivered history changed the rows"
+    );
+    stop.cancel();
+    task.await.expect("runner task").expect("runner");
+    env.cleanup().await.expect("cleanup");
+}
+
+/// The history delivered out of order, many messages twice (the order nak-with-backoff
+/// redelivery makes real), gives the rows of the history delivered in order, and leaves
+/// nothing waiting.
+pub async fn any_order_gives_the_rows_of_the_order<F: Fixture>() {
+    let history = F::history();
+    let in_order = {
+        let env = TestEnv::new(F::SERVICE).await.expect("test env");
+        let runner = runner::<F>(&env).await;
+        for e in &history {
+            publish(&env, e, e.id.to_string()).await;
+        }
+        let stop = CancellationToken::new();
+        let task = runner.clone().spawn(stop.clone());
+        drained(&runner, "the history projected in order").await;
+        let rows = F::rows(&env).await;
+        stop.cancel();
+        task.await.expect("runner task").expect("runner");
+        env.cleanup().await.expect("cleanup");
+        rows
+    };
+    assert!(!in_order.is_empty(), "the history projects to no row");
+    // Reversed (every aggregate's last event first), then interleaved with a second copy of
+    // every other event in a different permutation.
+    let mut shuffled: Vec<(&Envelope, String)> =
+        history.iter().rev().map(|e| (e, e.id.to_string())).collect();
+    let n = history.len();
+    for k in 0..n {
+        let i = (k * 7 + 3) % n;
+        if k % 2 == 0 {
+            let at = (k * 5) % (shuffled.len() + 1);
+            shuffled.insert(at, (&history[i], format!("again-{}-{k}", history[i].id)));
+        }
+    }
+    let env = TestEnv::new(F::SERVICE).await.expect("test env");
+    let runner = runner::<F>(&env).await;
+    for (e, msg_id) in &shuffled {
+        publish(&env, e, msg_id.clone()).await;
+    }
+    let stop = CancellationToken::new();
+    let task = runner.clone().spawn(stop.clone());
+    drained(&runner, "the shuffled history projected").await;
+    eventually("nothing left parked", DEADLINE, || async {
+        let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_parked")
+            .fetch_one(env.store.pool())
+            .await
+            .ok()?;
+        (parked == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        F::rows(&env).await,
+        in_order,
+        "delivery out of order gave other rows than delivery in order"
     );
     stop.cancel();
     task.await.expect("runner task").expect("runner");
@@ -225,13 +285,18 @@ pub async fn forged_provenance_goes_to_the_dlq<F: Fixture>() {
     env.cleanup().await.expect("cleanup");
 }
 
-/// The contract suite as four `#[tokio::test]`s for the [`Fixture`] `$fixture`.
+/// The contract suite as five `#[tokio::test]`s for the [`Fixture`] `$fixture`.
 #[macro_export]
 macro_rules! projection_contract {
     ($fixture:ty) => {
         #[tokio::test]
         async fn redelivery_is_idempotent() {
             $crate::contract::redelivery_is_idempotent::<$fixture>().await;
+        }
+
+        #[tokio::test]
+        async fn any_order_gives_the_rows_of_the_order() {
+            $crate::contract::any_order_gives_the_rows_of_the_order::<$fixture>().await;
         }
 
         #[tokio::test]

@@ -8,6 +8,7 @@
 //! blocks what comes behind it. Delivery is at-least-once; projections make it exactly-once in
 //! effect by writing idempotently (`ON CONFLICT (event_id) DO NOTHING`).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -25,6 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::{Error, Result};
+
+pub mod order;
+pub use order::Position;
 
 /// Why applying one message failed, and whether trying again can help.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +72,12 @@ pub trait Projection: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Decodes a message; an error dead-letters it at once with the error as reason.
     fn decode(&self, subject: &str, payload: &[u8]) -> Result<Self::Item, String>;
+    /// Where `item` stands in its aggregate's history, for a projection whose items must be
+    /// applied in each aggregate's order (see [`order`]): duplicates are then skipped and items
+    /// that arrive ahead of a gap wait for it. `None` (the default) applies items as they come.
+    fn position(&self, _item: &Self::Item) -> Option<Position> {
+        None
+    }
     /// Applies one item inside the batch transaction. Must be idempotent.
     async fn apply(&self, conn: &mut PgConnection, item: &Self::Item) -> Result<(), ApplyError>;
     /// Applies a whole batch (the fast path: override it with one multi-row statement). If it
@@ -116,6 +126,9 @@ pub struct ProjectionConfig {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub ack_wait: Duration,
+    /// How long an item parked ahead of a gap in its aggregate waits for the gap to fill before
+    /// the gap is declared lost (ordered projections only).
+    pub gap_timeout: Duration,
 }
 
 impl ProjectionConfig {
@@ -128,6 +141,8 @@ impl ProjectionConfig {
             backoff_base: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             ack_wait: Duration::from_secs(30),
+            // Longer than a nak'ed message's whole redelivery schedule (max_deliver backoffs).
+            gap_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -138,6 +153,12 @@ pub struct ProjectionStats {
     pub applied: AtomicU64,
     pub dead_lettered: AtomicU64,
     pub retried: AtomicU64,
+    /// Items that arrived ahead of a gap in their aggregate and were parked.
+    pub parked: AtomicU64,
+    /// Redeliveries of items already applied, skipped by their position.
+    pub duplicates: AtomicU64,
+    /// Gaps declared lost after the gap timeout.
+    pub gaps_skipped: AtomicU64,
 }
 
 pub struct ProjectionRunner<P: Projection> {
@@ -146,6 +167,8 @@ pub struct ProjectionRunner<P: Projection> {
     projection: Arc<P>,
     config: ProjectionConfig,
     stats: Arc<ProjectionStats>,
+    /// Whether any item so far had a position (then parked items are swept for overdue gaps).
+    ordered: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<P: Projection> Clone for ProjectionRunner<P> {
@@ -156,6 +179,7 @@ impl<P: Projection> Clone for ProjectionRunner<P> {
             projection: self.projection.clone(),
             config: self.config.clone(),
             stats: self.stats.clone(),
+            ordered: self.ordered.clone(),
         }
     }
 }
@@ -174,6 +198,7 @@ impl<P: Projection> ProjectionRunner<P> {
             projection: Arc::new(projection),
             config,
             stats: Arc::default(),
+            ordered: Arc::default(),
         }
     }
 
@@ -228,8 +253,10 @@ impl<P: Projection> ProjectionRunner<P> {
     /// Forgets everything: empties the tables and deletes the consumer, so the next run replays
     /// the stream from its first message. Stop the runner first.
     pub async fn reset(&self) -> Result<()> {
+        crate::migrate(&self.pool, order::migrator()).await?;
         let mut tx = self.pool.begin().await?;
         self.projection.reset(&mut tx).await.map_err(|e| self.fail(e))?;
+        order::forget(&mut tx, self.projection.name()).await?;
         tx.commit().await?;
         let stream = self
             .bus
@@ -266,7 +293,12 @@ impl<P: Projection> ProjectionRunner<P> {
     }
 
     async fn consume(&self, shutdown: &CancellationToken) -> Result<()> {
+        crate::migrate(&self.pool, order::migrator()).await?;
         let consumer = self.consumer().await?;
+        let mut sweep = tokio::time::interval(
+            (self.config.gap_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(15)),
+        );
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let batch_size = self.config.batch_size.clamp(1, 1000);
         let mut messages = consumer
             .stream()
@@ -279,6 +311,12 @@ impl<P: Projection> ProjectionRunner<P> {
         loop {
             let first = tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
+                _ = sweep.tick() => {
+                    if self.ordered.load(Ordering::Relaxed) {
+                        self.sweep().await?;
+                    }
+                    continue;
+                }
                 next = messages.next() => next,
             };
             let Some(first) = first else {
@@ -325,37 +363,28 @@ impl<P: Projection> ProjectionRunner<P> {
         batch: Vec<async_nats::jetstream::Message>,
         spans: &[Option<tracing::Span>],
     ) -> Result<()> {
+        let prefix = self.bus.subject_prefix();
         let decoded: Vec<Result<P::Item, String>> = batch
             .iter()
             .map(|m| self.projection.decode(m.subject.as_str(), &m.payload))
             .collect();
-        let mut outcomes: Vec<Outcome> = decoded
+        let incoming: Vec<Incoming<'_, P::Item>> = batch
             .iter()
-            .map(|d| match d {
-                Ok(_) => Outcome::Ack,
-                Err(reason) => Outcome::DeadLetter(reason.clone()),
+            .zip(&decoded)
+            .map(|(m, d)| Incoming {
+                item: d.as_ref().ok(),
+                position: d.as_ref().ok().and_then(|item| self.projection.position(item)),
+                delivered: m.info().map(|i| i.delivered).unwrap_or(1),
+                subject: m.subject.as_str(),
+                payload: &m.payload,
+                tenant: tenant_of_subject(m.subject.as_str(), &prefix).unwrap_or("unknown"),
             })
             .collect();
-        let items: Vec<(usize, &P::Item)> = decoded
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| d.as_ref().ok().map(|item| (i, item)))
-            .collect();
         let mut tx = self.pool.begin().await?;
-        if !items.is_empty() {
-            // Fast path: the whole batch at once.
-            let mut sp = tx.begin().await?;
-            let all: Vec<&P::Item> = items.iter().map(|(_, item)| *item).collect();
-            match self.projection.apply_batch(&mut sp, &all).await {
-                Ok(()) => sp.commit().await?,
-                Err(_) => {
-                    // Slow path: one savepoint per item, so one bad message cannot undo the rest.
-                    sp.rollback().await?;
-                    for (i, item) in &items {
-                        let delivered = batch[*i].info().map(|info| info.delivered).unwrap_or(1);
-                        outcomes[*i] = self.apply_one(&mut tx, item, delivered).await?;
-                    }
-                }
+        let (mut outcomes, parked_dead) = self.apply_in_order(&mut tx, &incoming, &HashSet::new()).await?;
+        for (o, d) in outcomes.iter_mut().zip(&decoded) {
+            if let Err(reason) = d {
+                *o = Outcome::DeadLetter(reason.clone());
             }
         }
         if let Err(e) = tx.commit().await {
@@ -366,6 +395,7 @@ impl<P: Projection> ProjectionRunner<P> {
             }
             return Err(e.into());
         }
+        self.dead_letter_parked(parked_dead).await?;
         for (index, (msg, outcome)) in batch.iter().zip(outcomes).enumerate() {
             match outcome {
                 Outcome::Ack => {
@@ -387,6 +417,206 @@ impl<P: Projection> ProjectionRunner<P> {
                     msg.ack().await.map_err(|e| self.fail(e))?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Applies the decoded `incoming` items in `tx`: unpositioned ones as they come, positioned
+    /// ones in their aggregates' order with whatever parked items they unblock (and those of the
+    /// `overdue` streams, whose gaps are declared lost). Returns each incoming item's outcome
+    /// and the parked items that failed for good (to dead-letter once `tx` commits).
+    async fn apply_in_order(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        incoming: &[Incoming<'_, P::Item>],
+        overdue: &HashSet<String>,
+    ) -> Result<(Vec<Outcome>, Vec<(order::Parked, String)>)> {
+        let name = self.projection.name();
+        let mut outcomes: Vec<Outcome> = incoming.iter().map(|_| Outcome::Ack).collect();
+        let positions: Vec<Option<Position>> = incoming.iter().map(|i| i.position.clone()).collect();
+        let mut streams: Vec<String> = positions.iter().flatten().map(|p| p.stream.clone()).collect();
+        streams.extend(overdue.iter().cloned());
+        streams.sort_unstable();
+        streams.dedup();
+        let (plan, parked) = if streams.is_empty() {
+            (order::Plan::default(), Vec::new())
+        } else {
+            self.ordered.store(true, Ordering::Relaxed);
+            let (applied, parked) = order::load(tx, name, &streams).await?;
+            (order::plan(&applied, &positions, &parked, overdue), parked)
+        };
+        for (stream, last, first) in &plan.gaps {
+            tracing::warn!(projection = name, %stream, last_applied = last, resumed_at = first,
+                "gap in an aggregate's events waited past the gap timeout; applying what follows it");
+            self.stats.gaps_skipped.fetch_add(1, Ordering::Relaxed);
+        }
+        // Parked items to apply, read again from their raw form.
+        let revived: HashMap<usize, std::result::Result<P::Item, String>> = plan
+            .ready
+            .iter()
+            .filter_map(|(_, _, from)| match from {
+                order::From::Parked(j) => Some(*j),
+                order::From::Batch(_) => None,
+            })
+            .map(|j| (j, self.projection.decode(&parked[j].subject, &parked[j].payload)))
+            .collect();
+        // What to apply, in order: unpositioned items first (their order is free), then the plan.
+        let mut list: Vec<Entry> = incoming
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.item.is_some() && i.position.is_none())
+            .map(|(i, _)| Entry {
+                stream: None,
+                from: order::From::Batch(i),
+            })
+            .collect();
+        list.extend(plan.ready.iter().map(|(stream, seq, from)| Entry {
+            stream: Some((stream.clone(), *seq)),
+            from: *from,
+        }));
+        let item_of = |from: order::From| -> Option<&P::Item> {
+            match from {
+                order::From::Batch(i) => incoming[i].item,
+                order::From::Parked(j) => revived.get(&j).and_then(|r| r.as_ref().ok()),
+            }
+        };
+        let mut advanced: HashMap<String, i64> = HashMap::new();
+        let mut unparked: Vec<(String, i64)> = plan.stale.clone();
+        let mut park: Vec<usize> = plan
+            .verdicts
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v == Some(order::Verdict::Park))
+            .map(|(i, _)| i)
+            .collect();
+        let mut parked_dead: Vec<(order::Parked, String)> = Vec::new();
+        let skipped = plan
+            .verdicts
+            .iter()
+            .filter(|v| **v == Some(order::Verdict::Skip))
+            .count();
+        self.stats.duplicates.fetch_add(skipped as u64, Ordering::Relaxed);
+
+        // Fast path: the whole list at once.
+        let all: Vec<&P::Item> = list.iter().filter_map(|e| item_of(e.from)).collect();
+        let mut sp = tx.begin().await?;
+        let fast = if all.is_empty() {
+            Ok(())
+        } else {
+            self.projection.apply_batch(&mut sp, &all).await
+        };
+        let slow = match fast {
+            Ok(()) if all.len() == list.len() => {
+                sp.commit().await?;
+                for e in &list {
+                    if let Some((stream, seq)) = &e.stream {
+                        advanced.insert(stream.clone(), *seq);
+                        if matches!(e.from, order::From::Parked(_)) {
+                            unparked.push((stream.clone(), *seq));
+                        }
+                    }
+                }
+                false
+            }
+            _ => {
+                sp.rollback().await?;
+                true
+            }
+        };
+        if slow {
+            // One savepoint per item, so one bad message cannot undo the rest; a stream stops at
+            // its first item that must be retried (what follows it waits, parked).
+            let mut blocked: HashSet<String> = HashSet::new();
+            for e in &list {
+                let stream = e.stream.as_ref();
+                if let Some((s, _)) = stream
+                    && blocked.contains(s)
+                {
+                    if let order::From::Batch(i) = e.from {
+                        park.push(i);
+                    }
+                    continue;
+                }
+                let (delivered, item) = match e.from {
+                    order::From::Batch(i) => (incoming[i].delivered, item_of(e.from).ok_or(i)),
+                    order::From::Parked(j) => (1, item_of(e.from).ok_or(j)),
+                };
+                let outcome = match item {
+                    Ok(item) => self.apply_one(tx, item, delivered).await?,
+                    Err(j) => Outcome::DeadLetter(match revived.get(&j) {
+                        Some(Err(reason)) => reason.clone(),
+                        _ => "parked message cannot be read".to_owned(),
+                    }),
+                };
+                let retry = matches!(outcome, Outcome::Retry(_));
+                match (e.from, &outcome) {
+                    (order::From::Parked(_), Outcome::Retry(_)) => {}
+                    (order::From::Parked(j), Outcome::DeadLetter(reason)) => {
+                        parked_dead.push((parked[j].clone(), reason.clone()));
+                    }
+                    _ => {}
+                }
+                if let Some((s, seq)) = stream {
+                    if retry {
+                        blocked.insert(s.clone());
+                    } else {
+                        advanced.insert(s.clone(), *seq);
+                        if matches!(e.from, order::From::Parked(_)) {
+                            unparked.push((s.clone(), *seq));
+                        }
+                    }
+                }
+                if let order::From::Batch(i) = e.from {
+                    outcomes[i] = outcome;
+                }
+            }
+        }
+        let to_park: Vec<order::ToPark<'_>> = park
+            .iter()
+            .filter_map(|&i| {
+                let p = incoming[i].position.as_ref()?;
+                Some(order::ToPark {
+                    stream: &p.stream,
+                    sequence: p.sequence,
+                    tenant: incoming[i].tenant,
+                    subject: incoming[i].subject,
+                    payload: incoming[i].payload,
+                })
+            })
+            .collect();
+        self.stats
+            .parked
+            .fetch_add(to_park.len() as u64, Ordering::Relaxed);
+        order::record(tx, name, &advanced, &unparked, &to_park).await?;
+        Ok((outcomes, parked_dead))
+    }
+
+    /// Applies what waited past the gap timeout behind a gap in its aggregate.
+    async fn sweep(&self) -> Result<()> {
+        let overdue: HashSet<String> =
+            order::overdue(&self.pool, self.projection.name(), self.config.gap_timeout, 100)
+                .await?
+                .into_iter()
+                .collect();
+        if overdue.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let (_, dead) = self.apply_in_order(&mut tx, &[], &overdue).await?;
+        tx.commit().await?;
+        self.dead_letter_parked(dead).await
+    }
+
+    async fn dead_letter_parked(&self, dead: Vec<(order::Parked, String)>) -> Result<()> {
+        for (p, reason) in dead {
+            let tenant = tenant_of_subject(&p.subject, &self.bus.subject_prefix())
+                .unwrap_or("unknown")
+                .to_owned();
+            // "Stream" `parked:<aggregate>` and its sequence: dead-lettered once, whoever got there.
+            let from = format!("parked:{}", p.stream);
+            self.publish_dead_letter(&p.subject, &p.payload, &tenant, (&from, p.sequence, 1), &reason)
+                .await?;
+            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
@@ -430,31 +660,70 @@ impl<P: Projection> ProjectionRunner<P> {
             .as_ref()
             .map(|i| (i.stream.to_owned(), i.stream_sequence, i.delivered))
             .unwrap_or_default();
-        let tenant = tenant_of_subject(msg.subject.as_str(), &self.bus.subject_prefix()).unwrap_or("unknown");
+        let tenant = tenant_of_subject(msg.subject.as_str(), &self.bus.subject_prefix())
+            .unwrap_or("unknown")
+            .to_owned();
+        let seq = i64::try_from(seq).unwrap_or(i64::MAX);
+        self.publish_dead_letter(
+            msg.subject.as_str(),
+            &msg.payload,
+            &tenant,
+            (&stream, seq, delivered),
+            reason,
+        )
+        .await
+    }
+
+    /// Publishes a message to KEEL_DLQ with `reason`; `from` is (stream, sequence, deliveries).
+    async fn publish_dead_letter(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        tenant: &str,
+        (stream, seq, delivered): (&str, i64, i64),
+        reason: &str,
+    ) -> Result<()> {
         tracing::error!(projection = self.projection.name(), %stream, seq, %reason, "dead-lettering message");
         let reason: String = reason.chars().take(1024).collect();
         let headers = vec![
             (headers::DLQ_REASON.to_owned(), reason.replace(['\r', '\n'], " ")),
-            (headers::DLQ_STREAM.to_owned(), stream.clone()),
+            (headers::DLQ_STREAM.to_owned(), stream.to_owned()),
             (headers::DLQ_SEQUENCE.to_owned(), seq.to_string()),
-            (headers::DLQ_SUBJECT.to_owned(), msg.subject.to_string()),
+            (headers::DLQ_SUBJECT.to_owned(), subject.to_owned()),
             (
                 headers::DLQ_CONSUMER.to_owned(),
                 self.projection.name().to_owned(),
             ),
             (headers::DLQ_DELIVERIES.to_owned(), delivered.to_string()),
         ];
+        let msg_id = format!("{}:{stream}:{seq}", self.projection.name());
         self.bus
             .publish_acked(Outgoing {
                 subject: subjects::dlq(&self.bus.subject_prefix(), self.projection.name(), tenant),
-                payload: Bytes::copy_from_slice(&msg.payload),
-                msg_id: format!("{}:{stream}:{seq}", self.projection.name()),
+                payload: Bytes::copy_from_slice(payload),
+                msg_id,
                 traceparent: None,
                 headers,
             })
             .await?;
         Ok(())
     }
+}
+
+/// One message of a batch, decoded (or not), with where it stands.
+struct Incoming<'a, T> {
+    item: Option<&'a T>,
+    position: Option<Position>,
+    delivered: i64,
+    subject: &'a str,
+    payload: &'a [u8],
+    tenant: &'a str,
+}
+
+/// One entry to apply: from the batch or the parked rows, with its stream position if any.
+struct Entry {
+    stream: Option<(String, i64)>,
+    from: order::From,
 }
 
 /// The consumer span of a message that carries a `traceparent` header (`messaging.*`).

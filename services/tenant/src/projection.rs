@@ -1,5 +1,6 @@
 //! `tenants_view`, the read model behind ListTenants, projected from the tenant service's own
-//! events on KEEL_EVENTS. Idempotent and order-safe: a row only moves forward in `version`.
+//! events on KEEL_EVENTS, applied in each tenant's order by the runner (see
+//! `keel_store::projection::order`); a row also only moves forward in `version`.
 
 use async_trait::async_trait;
 use keel_events::Envelope;
@@ -25,6 +26,12 @@ impl Projection for TenantsView {
 
     fn name(&self) -> &str {
         "tenant-tenants-view"
+    }
+
+    /// Each tenant's events in their order: a lifecycle event that arrives before
+    /// `TenantCreated` (or before the one it follows) waits for it.
+    fn position(&self, e: &Envelope) -> Option<keel_store::projection::Position> {
+        keel_store::projection::Position::of(e)
     }
 
     async fn apply(&self, conn: &mut PgConnection, e: &Envelope) -> Result<(), ApplyError> {

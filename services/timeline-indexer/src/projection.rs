@@ -99,10 +99,14 @@ impl Projection for TimelineProjection {
         Ok(())
     }
 
+    /// Empties the table and the tenant policies the rows set: a reset replays both sources
+    /// from their start (a rebuild does not reset: it fills a new generation's table).
     async fn reset(&self, conn: &mut PgConnection) -> Result<(), ApplyError> {
         let (table, _) = self.table.get();
         crate::store::ddl::check_name(&table).map_err(|e| e.into_apply())?;
-        sqlx::query(&format!("TRUNCATE {table}")).execute(conn).await?;
+        sqlx::query(&format!("TRUNCATE {table}, tenant_policies"))
+            .execute(conn)
+            .await?;
         Ok(())
     }
 }

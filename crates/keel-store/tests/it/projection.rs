@@ -207,3 +207,145 @@ async fn rebuilt_projection_equals_the_live_one_and_redelivery_does_not_double()
     task.await.unwrap().unwrap();
     env.cleanup().await.unwrap();
 }
+
+/// `seen` again, applied in each aggregate's order; an apply that is not later than the last
+/// one applied of its aggregate is refused for good (so an out-of-order apply shows in the DLQ).
+struct InOrder;
+
+#[async_trait]
+impl Projection for InOrder {
+    type Item = Envelope;
+
+    fn decode(&self, subject: &str, payload: &[u8]) -> Result<Envelope, String> {
+        keel_store::projection::decode_envelope(subject, payload)
+    }
+
+    fn name(&self) -> &str {
+        "in-order"
+    }
+
+    fn position(&self, e: &Envelope) -> Option<keel_store::projection::Position> {
+        keel_store::projection::Position::of(e)
+    }
+
+    async fn apply(&self, conn: &mut PgConnection, e: &Envelope) -> Result<(), ApplyError> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT max(sequence) FROM seen WHERE aggregate_id = $1")
+            .bind(&e.aggregateid)
+            .fetch_one(&mut *conn)
+            .await?;
+        if last.is_some_and(|l| l >= e.sequence as i64) {
+            return Err(ApplyError::Permanent(format!(
+                "{} applied after {last:?}",
+                e.sequence
+            )));
+        }
+        Seen.apply(conn, e).await
+    }
+
+    async fn reset(&self, conn: &mut PgConnection) -> Result<(), ApplyError> {
+        Seen.reset(conn).await
+    }
+}
+
+async fn in_order_env() -> TestEnv {
+    let env = TestEnv::new("store").await.unwrap();
+    sqlx::query("CREATE TABLE seen (event_id uuid PRIMARY KEY, tenant_id text, aggregate_id text, sequence bigint, data jsonb)")
+        .execute(env.store.pool())
+        .await
+        .unwrap();
+    env
+}
+
+fn in_order_runner(env: &TestEnv, gap_timeout: Duration) -> ProjectionRunner<InOrder> {
+    let mut config = ProjectionConfig::new(StreamKind::Events);
+    config.filter_subject = "keel.evt.>".into();
+    config.max_deliver = 3;
+    config.backoff_base = Duration::from_millis(20);
+    config.gap_timeout = gap_timeout;
+    ProjectionRunner::new(env.store.pool().clone(), env.bus.clone(), InOrder, config)
+}
+
+async fn sequences(env: &TestEnv) -> Vec<i64> {
+    sqlx::query_scalar("SELECT sequence FROM seen ORDER BY sequence")
+        .fetch_all(env.store.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn events_behind_one_that_keeps_failing_wait_for_it_then_follow_it_in_order() {
+    let env = in_order_env().await;
+    publish(&env, &envelope("acme", 1, json!({}))).await;
+    publish(&env, &envelope("acme", 2, json!({"poison": true}))).await;
+    for s in 3..=6 {
+        publish(&env, &envelope("acme", s, json!({}))).await;
+    }
+    let runner = in_order_runner(&env, Duration::from_secs(3600));
+    let shutdown = CancellationToken::new();
+    let task = runner.clone().spawn(shutdown.clone());
+    // 3..6 wait parked behind 2 until it is dead-lettered (after max_deliver), then follow it.
+    eventually(
+        "the aggregate projected past its poison",
+        Duration::from_secs(30),
+        || async { (sequences(&env).await == [1, 3, 4, 5, 6]).then_some(()) },
+    )
+    .await;
+    let stats = runner.stats();
+    assert!(stats.parked.load(std::sync::atomic::Ordering::Relaxed) >= 4);
+    assert_eq!(
+        stats.dead_lettered.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "only the poison"
+    );
+    assert_eq!(stats.gaps_skipped.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_parked")
+        .fetch_one(env.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(parked, 0);
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    env.cleanup().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_gap_that_never_fills_is_declared_lost_after_the_gap_timeout() {
+    let env = in_order_env().await;
+    // Event 1 of the aggregate never comes (dead-lettered unread, or past the stream's retention).
+    for s in [3, 2, 4] {
+        publish(&env, &envelope("acme", s, json!({}))).await;
+    }
+    let runner = in_order_runner(&env, Duration::from_secs(1));
+    let shutdown = CancellationToken::new();
+    let task = runner.clone().spawn(shutdown.clone());
+    eventually(
+        "the events after the gap applied",
+        Duration::from_secs(30),
+        || async { (sequences(&env).await == [2, 3, 4]).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        runner
+            .stats()
+            .gaps_skipped
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The lost event turning up late is a duplicate now: nothing changes, nothing dead-lettered.
+    publish(&env, &envelope("acme", 1, json!({}))).await;
+    publish(&env, &envelope("acme", 5, json!({}))).await;
+    eventually("the next event applied", Duration::from_secs(30), || async {
+        (sequences(&env).await == [2, 3, 4, 5]).then_some(())
+    })
+    .await;
+    assert_eq!(
+        runner
+            .stats()
+            .dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    env.cleanup().await.unwrap();
+}

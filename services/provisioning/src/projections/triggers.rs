@@ -18,6 +18,12 @@ impl Projection for Triggers {
         "provisioning-triggers"
     }
 
+    /// Each tenant's events in their order: a lifecycle event that arrives before
+    /// `TenantCreated` (or before the one it follows) waits for it.
+    fn position(&self, e: &Envelope) -> Option<keel_store::projection::Position> {
+        keel_store::projection::Position::of(e)
+    }
+
     fn decode(&self, subject: &str, payload: &[u8]) -> Result<Envelope, String> {
         keel_store::projection::decode_envelope(subject, payload)
     }

@@ -125,6 +125,18 @@ impl TimelineRow {
         })
     }
 
+    /// The event's sequence in its aggregate (0 for an audit record, which has none): what
+    /// orders the policies a tenant's events set.
+    pub fn sequence(&self) -> i64 {
+        if self.source != "events" {
+            return 0;
+        }
+        self.stored
+            .get("sequence")
+            .and_then(Value::as_i64)
+            .unwrap_or_default()
+    }
+
     /// Whether this event places or lifts a legal hold on its tenant: `Some(true)` / `Some(false)`.
     pub fn legal_hold(&self) -> Option<bool> {
         let event = self.kind.rsplit('.').next().unwrap_or_default();

@@ -127,25 +127,34 @@ pub async fn insert_rows(conn: &mut PgConnection, table: &str, rows: &[&Timeline
     qb.push(" ON CONFLICT (tenant_id, ts, event_id) DO NOTHING");
     qb.build().execute(&mut *conn).await?;
     // What a row says about its tenant's policies (tier, suspension, legal hold): one upsert
-    // that changes only what the row sets.
+    // that changes only what the row sets, and only if the row is later than what set it (so
+    // rows applied in any order leave the same policies).
     for r in rows {
         let (tier, suspended, hold) = (r.tier(), r.suspends(), r.legal_hold());
         if tier.is_none() && suspended.is_none() && hold.is_none() {
             continue;
         }
         sqlx::query(
-            "INSERT INTO tenant_policies (tenant_id, tier, suspended, legal_hold) \
-             VALUES ($1, $2, COALESCE($3, false), COALESCE($4, false)) \
+            "INSERT INTO tenant_policies AS p (tenant_id, tier, suspended, legal_hold, tier_seq, suspended_seq, hold_at, hold_seq) \
+             VALUES ($1, $2, COALESCE($3, false), COALESCE($4, false), \
+                     CASE WHEN $2 IS NULL THEN 0 ELSE $5 END, CASE WHEN $3 IS NULL THEN 0 ELSE $5 END, \
+                     CASE WHEN $4 IS NULL THEN '-infinity' ELSE $6 END, CASE WHEN $4 IS NULL THEN 0 ELSE $5 END) \
              ON CONFLICT (tenant_id) DO UPDATE SET \
-               tier = COALESCE($2, tenant_policies.tier), \
-               suspended = COALESCE($3, tenant_policies.suspended), \
-               legal_hold = COALESCE($4, tenant_policies.legal_hold), \
+               tier = CASE WHEN $2 IS NOT NULL AND $5 > p.tier_seq THEN $2 ELSE p.tier END, \
+               tier_seq = CASE WHEN $2 IS NOT NULL THEN GREATEST(p.tier_seq, $5) ELSE p.tier_seq END, \
+               suspended = CASE WHEN $3 IS NOT NULL AND $5 > p.suspended_seq THEN $3 ELSE p.suspended END, \
+               suspended_seq = CASE WHEN $3 IS NOT NULL THEN GREATEST(p.suspended_seq, $5) ELSE p.suspended_seq END, \
+               legal_hold = CASE WHEN $4 IS NOT NULL AND ($6, $5) > (p.hold_at, p.hold_seq) THEN $4 ELSE p.legal_hold END, \
+               hold_seq = CASE WHEN $4 IS NOT NULL AND ($6, $5) > (p.hold_at, p.hold_seq) THEN $5 ELSE p.hold_seq END, \
+               hold_at = CASE WHEN $4 IS NOT NULL AND ($6, $5) > (p.hold_at, p.hold_seq) THEN $6 ELSE p.hold_at END, \
                updated_at = now()",
         )
         .bind(&r.tenant_id)
         .bind(tier)
         .bind(suspended)
         .bind(hold)
+        .bind(r.sequence())
+        .bind(r.ts)
         .execute(&mut *conn)
         .await?;
     }

@@ -36,7 +36,63 @@ impl Fixture for Rows {
     }
 
     fn history() -> Vec<Envelope> {
-        (1..=40)
+        // Policies: the tenant's tier and suspension, and a legal hold placed then released.
+        let lifecycle = |tenant: &str, service: &str, aggregate: &str, seq: u64, name: &str, data| {
+            Envelope::builder(service, name, 1)
+                .tenant(tenant)
+                .actor("user:u-1")
+                .aggregate(aggregate, format!("{aggregate}-{tenant}"), seq)
+                .data(data)
+                .build()
+                .unwrap()
+        };
+        let mut policies = vec![
+            lifecycle(
+                "t-acme",
+                "tenant",
+                "tenant",
+                1,
+                "TenantCreated",
+                json!({"name": "A", "slug": "acme", "tier": "low"}),
+            ),
+            lifecycle(
+                "t-acme",
+                "tenant",
+                "tenant",
+                2,
+                "TenantSuspended",
+                json!({"reason": "unpaid"}),
+            ),
+            lifecycle("t-acme", "tenant", "tenant", 3, "TenantReactivated", json!({})),
+            lifecycle(
+                "t-acme",
+                "tenant",
+                "tenant",
+                4,
+                "TenantTierChanged",
+                json!({"from": "low", "to": "high"}),
+            ),
+            lifecycle(
+                "t-globex",
+                "tenant",
+                "tenant",
+                1,
+                "TenantCreated",
+                json!({"name": "G", "slug": "globex", "tier": "mid"}),
+            ),
+            lifecycle(
+                "t-globex",
+                "tenant",
+                "tenant",
+                2,
+                "TenantSuspended",
+                json!({"reason": "abuse"}),
+            ),
+            lifecycle("t-acme", "evidence", "hold", 1, "LegalHoldPlaced", json!({})),
+            lifecycle("t-acme", "evidence", "hold", 2, "LegalHoldReleased", json!({})),
+            lifecycle("t-globex", "evidence", "hold", 1, "LegalHoldPlaced", json!({})),
+        ];
+        let steps: Vec<Envelope> = (1..=40)
             .map(|seq| {
                 let tenant = if seq % 2 == 0 { "t-acme" } else { "t-globex" };
                 envelope(
@@ -48,19 +104,32 @@ impl Fixture for Rows {
                     None,
                 )
             })
-            .collect()
+            .collect();
+        policies.extend(steps);
+        policies
     }
 
     async fn rows(env: &TestEnv) -> Vec<String> {
         let store = TimelineStore::open(env.store.pool().clone()).await.unwrap();
         let (table, _) = store.live.get();
-        sqlx::query_scalar(&format!(
+        let rows: Vec<String> = sqlx::query_scalar(&format!(
             "SELECT row_to_json(v)::text FROM (SELECT event_id, ts, tenant_id, kind, actor, resource_type, \
              resource_id, trace_id, result, digest, details, source FROM {table} ORDER BY tenant_id, ts, event_id) v"
         ))
         .fetch_all(env.store.pool())
         .await
-        .unwrap()
+        .unwrap();
+        let mut rows = rows;
+        rows.extend(
+            sqlx::query_scalar::<_, String>(
+                "SELECT row_to_json(v)::text FROM (SELECT tenant_id, tier, suspended, legal_hold \
+                 FROM tenant_policies ORDER BY tenant_id) v",
+            )
+            .fetch_all(env.store.pool())
+            .await
+            .unwrap(),
+        );
+        rows
     }
 }
 
