@@ -35,30 +35,34 @@ pub enum Part {
     /// A second provisioning process on the same schema, bus namespace and resources: a replica.
     ProvisioningReplica,
     Timeline,
+    /// A second tenant process on the same schema and bus namespace.
+    TenantReplica,
+    /// A second timeline process on the same schema and bus namespace.
+    TimelineReplica,
 }
 
 impl Part {
     fn binary(self) -> &'static str {
         match self {
-            Part::Tenant => "keel-tenant",
+            Part::Tenant | Part::TenantReplica => "keel-tenant",
             Part::Provisioning | Part::ProvisioningReplica => "keel-provisioning",
-            Part::Timeline => "keel-timeline",
+            Part::Timeline | Part::TimelineReplica => "keel-timeline",
         }
     }
 
     fn service(self) -> &'static str {
         match self {
-            Part::Tenant => "tenant",
+            Part::Tenant | Part::TenantReplica => "tenant",
             Part::Provisioning | Part::ProvisioningReplica => "provisioning",
-            Part::Timeline => "timeline",
+            Part::Timeline | Part::TimelineReplica => "timeline",
         }
     }
 
     fn suffix(self) -> &'static str {
         match self {
-            Part::Tenant => "t",
+            Part::Tenant | Part::TenantReplica => "t",
             Part::Provisioning | Part::ProvisioningReplica => "p",
-            Part::Timeline => "l",
+            Part::Timeline | Part::TimelineReplica => "l",
         }
     }
 }
@@ -78,6 +82,7 @@ pub struct MeshBuilder {
     tenant: HashMap<String, String>,
     provisioning: Option<HashMap<String, String>>,
     provisioning_replica: bool,
+    replicated: bool,
     timeline: Option<HashMap<String, String>>,
 }
 
@@ -97,6 +102,14 @@ impl MeshBuilder {
     /// Starts a second provisioning process ([`Part::ProvisioningReplica`]) with the same
     /// environment as the first (needs [`MeshBuilder::provisioning`]).
     pub fn provisioning_replica(mut self) -> Self {
+        self.provisioning_replica = true;
+        self
+    }
+
+    /// Two processes of every service started: each `*Replica` part too. The mesh's tenant
+    /// clients spread their calls over both tenant processes.
+    pub fn replicated(mut self) -> Self {
+        self.replicated = true;
         self.provisioning_replica = true;
         self
     }
@@ -131,8 +144,19 @@ impl MeshBuilder {
             tenant_channel: None,
             provisioning_key: None,
         };
-        mesh.start_part(Part::Tenant, self.tenant).await;
-        let channel = mesh.proc(Part::Tenant).channel().await.expect("tenant channel");
+        mesh.start_part(Part::Tenant, self.tenant.clone()).await;
+        let channel = if self.replicated {
+            mesh.start_part(Part::TenantReplica, self.tenant).await;
+            // Calls spread over both processes (tonic's balancer over the two endpoints).
+            let endpoints = [Part::Tenant, Part::TenantReplica].map(|p| {
+                keel_store::testing::tls_client()
+                    .endpoint(&mesh.proc(p).grpc_url(), "grpc url")
+                    .expect("tenant endpoint")
+            });
+            Channel::balance_list(endpoints.into_iter())
+        } else {
+            mesh.proc(Part::Tenant).channel().await.expect("tenant channel")
+        };
         mesh.operator = TokenServiceClient::new(channel.clone())
             .exchange_api_key(pb::ExchangeApiKeyRequest {
                 api_key: mesh.bootstrap.clone(),
@@ -162,8 +186,10 @@ impl MeshBuilder {
         }
         mesh.tenant_channel = Some(channel);
         let replica = self.provisioning.clone().filter(|_| self.provisioning_replica);
+        let timeline_replica = self.timeline.clone().filter(|_| self.replicated);
         for (part, env) in [
             (Part::Timeline, self.timeline),
+            (Part::TimelineReplica, timeline_replica),
             (Part::Provisioning, self.provisioning),
             (Part::ProvisioningReplica, replica),
         ] {
@@ -207,7 +233,7 @@ impl Mesh {
     /// The environment every part gets from the mesh, before its own.
     fn base_env(&self, part: Part) -> HashMap<String, String> {
         let mut env = env_of([("KEEL_BOOTSTRAP_TOKEN", self.bootstrap.clone())]);
-        if part == Part::Tenant {
+        if matches!(part, Part::Tenant | Part::TenantReplica) {
             return env;
         }
         let tenant = self.proc(Part::Tenant);
@@ -363,7 +389,9 @@ impl Mesh {
         for part in [
             Part::ProvisioningReplica,
             Part::Provisioning,
+            Part::TimelineReplica,
             Part::Timeline,
+            Part::TenantReplica,
             Part::Tenant,
         ] {
             if let Some(mut proc) = self.procs.remove(&part) {

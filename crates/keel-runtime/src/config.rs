@@ -105,6 +105,9 @@ pub struct Config {
     /// `KEEL_READY_STALL_SECS` (default 60): a relay or consumer with work waiting and no
     /// progress for this long makes the service unready.
     pub ready_stall_secs: u64,
+    /// `KEEL_PROJECTION_GAP_SECS` (default 120): how long an ordered projection keeps an event
+    /// that arrived ahead of a gap in its aggregate before it declares the gap lost.
+    pub projection_gap_secs: u64,
     /// Every other `KEEL_<SERVICE>_*` variable, keyed by the lower-cased rest of its name; a
     /// service reads them through its typed settings ([`crate::settings`]).
     pub extra: BTreeMap<String, String>,
@@ -263,6 +266,10 @@ impl Config {
             Some(v) => parse_named::<u64>("KEEL_READY_STALL_SECS", v)?.max(1),
             None => 60,
         };
+        let projection_gap_secs = match env("KEEL_PROJECTION_GAP_SECS") {
+            Some(v) => parse_named::<u64>("KEEL_PROJECTION_GAP_SECS", v)?.max(1),
+            None => 120,
+        };
         let trimmed = |name: &str| env(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let tls = crate::tls::TlsSetting::resolve(service, env)?;
 
@@ -314,6 +321,7 @@ impl Config {
             jwks_url: trimmed("KEEL_JWKS_URL"),
             jwks_ttl_secs,
             ready_stall_secs,
+            projection_gap_secs,
             tls,
             extra: BTreeMap::new(),
         };

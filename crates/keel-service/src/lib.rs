@@ -282,8 +282,9 @@ impl Assembly {
         &mut self,
         pool: sqlx::PgPool,
         projection: P,
-        config: ProjectionConfig,
+        mut config: ProjectionConfig,
     ) {
+        config.gap_timeout = std::time::Duration::from_secs(self.rt.config.projection_gap_secs);
         let durable = projection.name().to_owned();
         let name = format!("projection {durable}");
         let stream = config.stream;

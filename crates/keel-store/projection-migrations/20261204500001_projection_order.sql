@@ -27,3 +27,18 @@ ALTER TABLE projection_parked ENABLE ROW LEVEL SECURITY;
 DROP POLICY IF EXISTS tenant_isolation ON projection_parked;
 CREATE POLICY tenant_isolation ON projection_parked
     USING (tenant_id = current_setting('keel.tenant_id', true) AND tenant_id <> '*');
+
+-- The schema's reader roles (keel_<service>_reader, created by the service's own migrations,
+-- which run before any projection starts) read parked rows as they read every tenant table:
+-- through the policy, one tenant at a time.
+DO $$
+DECLARE
+    r text;
+BEGIN
+    FOR r IN SELECT rolname FROM pg_roles
+             WHERE rolname LIKE 'keel\_%\_reader' AND has_schema_privilege(rolname, current_schema(), 'USAGE')
+    LOOP
+        EXECUTE format('GRANT SELECT ON projection_parked TO %I', r);
+    END LOOP;
+END
+$$;

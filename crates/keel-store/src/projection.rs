@@ -454,6 +454,7 @@ impl<P: Projection> ProjectionRunner<P> {
         let revived: HashMap<usize, std::result::Result<P::Item, String>> = plan
             .ready
             .iter()
+            .chain(&plan.detached)
             .filter_map(|(_, _, from)| match from {
                 order::From::Parked(j) => Some(*j),
                 order::From::Batch(_) => None,
@@ -468,12 +469,23 @@ impl<P: Projection> ProjectionRunner<P> {
             .map(|(i, _)| Entry {
                 stream: None,
                 from: order::From::Batch(i),
+                advance: false,
             })
             .collect();
         list.extend(plan.ready.iter().map(|(stream, seq, from)| Entry {
             stream: Some((stream.clone(), *seq)),
             from: *from,
+            advance: true,
         }));
+        list.extend(plan.detached.iter().map(|(stream, seq, from)| Entry {
+            stream: Some((stream.clone(), *seq)),
+            from: *from,
+            advance: false,
+        }));
+        for (stream, seq, _) in &plan.detached {
+            tracing::warn!(projection = name, %stream, seq,
+                "event far ahead of its aggregate's position applied on its own; the position stays");
+        }
         let item_of = |from: order::From| -> Option<&P::Item> {
             match from {
                 order::From::Batch(i) => incoming[i].item,
@@ -510,7 +522,9 @@ impl<P: Projection> ProjectionRunner<P> {
                 sp.commit().await?;
                 for e in &list {
                     if let Some((stream, seq)) = &e.stream {
-                        advanced.insert(stream.clone(), *seq);
+                        if e.advance {
+                            advanced.insert(stream.clone(), *seq);
+                        }
                         if matches!(e.from, order::From::Parked(_)) {
                             unparked.push((stream.clone(), *seq));
                         }
@@ -560,7 +574,9 @@ impl<P: Projection> ProjectionRunner<P> {
                     if retry {
                         blocked.insert(s.clone());
                     } else {
-                        advanced.insert(s.clone(), *seq);
+                        if e.advance {
+                            advanced.insert(s.clone(), *seq);
+                        }
                         if matches!(e.from, order::From::Parked(_)) {
                             unparked.push((s.clone(), *seq));
                         }
@@ -724,6 +740,8 @@ struct Incoming<'a, T> {
 struct Entry {
     stream: Option<(String, i64)>,
     from: order::From,
+    /// Whether applying it moves its stream's position (not for a detached entry).
+    advance: bool,
 }
 
 /// The consumer span of a message that carries a `traceparent` header (`messaging.*`).

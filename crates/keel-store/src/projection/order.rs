@@ -11,7 +11,11 @@
 //! - a gap older than the projection's gap timeout is declared lost: the parked items after it
 //!   are applied from the earliest, with a warning (an event dead-lettered before it could be
 //!   read, or a stream whose early messages its retention removed, would otherwise block its
-//!   aggregate for ever).
+//!   aggregate for ever). The position moves past the gap only when the jump is plausible (the
+//!   aggregate is new to the projection, or the gap is at most [`MAX_JUMP`]); an item far ahead
+//!   of a known position (a producer's bug, or a forgery by someone holding the producer's bus
+//!   credentials) is applied on its own and the position stays, so it cannot make the
+//!   projection skip the real events that follow.
 //!
 //! Writers of one aggregate are serialised by a transaction-scoped advisory lock per stream
 //! (taken in hash order, so two replicas of a projection cannot deadlock).
@@ -20,6 +24,9 @@ use std::collections::{HashMap, HashSet};
 
 use keel_events::Envelope;
 use sqlx::PgConnection;
+
+/// The largest gap declared lost that moves a known aggregate's position past it.
+pub const MAX_JUMP: i64 = 64;
 
 /// Where an item stands in its aggregate's history.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +86,9 @@ pub(crate) struct Plan {
     pub verdicts: Vec<Option<Verdict>>,
     /// Entries to apply, in order (per stream, by sequence).
     pub ready: Vec<(String, i64, From)>,
+    /// Parked entries to apply on their own, without moving their stream's position (an
+    /// implausible jump past an overdue gap).
+    pub detached: Vec<(String, i64, From)>,
     /// Parked rows that are duplicates of what is applied: delete them.
     pub stale: Vec<(String, i64)>,
     /// Streams whose gap was declared lost: (stream, last applied, first applied after it).
@@ -118,13 +128,28 @@ pub(crate) fn plan(
         let mut entries = candidates.remove(stream).unwrap_or_default();
         // By sequence; a parked copy before a batch copy of the same sequence.
         entries.sort_by_key(|(seq, from)| (*seq, matches!(from, From::Batch(_))));
-        let mut cur = applied.get(stream).copied().unwrap_or(0);
+        let known = applied.get(stream).copied();
+        let mut cur = known.unwrap_or(0);
         if overdue.contains(stream)
             && let Some(first) = entries.iter().map(|(s, _)| *s).find(|s| *s > cur)
             && first > cur + 1
         {
             plan.gaps.push((stream.to_owned(), cur, first));
-            cur = first - 1;
+            if known.is_none() || first - cur <= MAX_JUMP {
+                cur = first - 1;
+            } else {
+                // The run of parked entries from `first`, applied apart; the position stays.
+                let mut next = first;
+                entries.retain(|(seq, from)| {
+                    if *seq == next && matches!(from, From::Parked(_)) {
+                        plan.detached.push((stream.to_owned(), *seq, *from));
+                        next += 1;
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
         }
         for (seq, from) in entries {
             let verdict = if seq <= cur {
@@ -347,6 +372,28 @@ mod tests {
         // Not overdue: it waits.
         let waiting = plan(&HashMap::new(), &[], &rows, &HashSet::new());
         assert!(waiting.ready.is_empty() && waiting.gaps.is_empty());
+    }
+
+    #[test]
+    fn an_implausible_jump_is_applied_apart_and_the_position_stays() {
+        let applied = HashMap::from([("a".to_owned(), 4)]);
+        let rows = [parked("a", 99), parked("a", 100)];
+        let p = plan(&applied, &[], &rows, &HashSet::from(["a".to_owned()]));
+        assert_eq!(
+            p.detached,
+            [
+                ("a".to_owned(), 99, From::Parked(0)),
+                ("a".to_owned(), 100, From::Parked(1))
+            ]
+        );
+        assert!(p.ready.is_empty());
+        // The real next event still follows the position, which stayed.
+        let next = plan(&applied, &[at("a", 5)], &[], &HashSet::new());
+        assert_eq!(next.ready, [("a".to_owned(), 5, From::Batch(0))]);
+        // A new aggregate's first event far ahead moves the position (its start expired).
+        let fresh = plan(&HashMap::new(), &[], &rows, &HashSet::from(["a".to_owned()]));
+        assert_eq!(fresh.ready.len(), 2);
+        assert!(fresh.detached.is_empty());
     }
 
     #[test]

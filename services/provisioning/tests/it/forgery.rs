@@ -12,7 +12,9 @@ use crate::harness::{Mesh, slug};
 
 #[tokio::test]
 async fn a_forged_deletion_request_for_an_active_tenant_changes_nothing() {
-    let mesh = Mesh::start("", false).await;
+    // The forgery claims sequence 99 of the tenant: it waits, parked, for the 98 before it until
+    // the gap is declared lost (after 2 s here), then is applied and refused by the tenant service.
+    let mesh = Mesh::build(&[("KEEL_PROJECTION_GAP_SECS", "2")], false, false).await;
     let t = mesh.create(&slug()).await;
     mesh.wait_status(&t.id, pb::TenantStatus::Active, Duration::from_secs(60))
         .await;
@@ -63,12 +65,35 @@ async fn a_forged_deletion_request_for_an_active_tenant_changes_nothing() {
         "every resource is still there"
     );
     assert_eq!(mesh.status(&t.id).await, pb::TenantStatus::Active);
+
+    // The forgery moved nothing: the tenant's real next event is still applied in its turn.
+    mesh.tenants()
+        .await
+        .suspend_tenant(pb::SuspendTenantRequest {
+            tenant: Some(crate::harness::by_id(&t.id)),
+            reason: "unpaid".into(),
+        })
+        .await
+        .unwrap();
+    eventually("the real suspension driven", Duration::from_secs(60), || async {
+        let run = mesh
+            .provisioning()
+            .await
+            .get_status(pb::GetProvisioningStatusRequest {
+                tenant_id: t.id.clone(),
+            })
+            .await
+            .ok()?
+            .into_inner();
+        (run.kind == "suspend" && run.status == "completed").then_some(())
+    })
+    .await;
     mesh.cleanup().await;
 }
 
 #[tokio::test]
 async fn a_forged_reactivation_of_a_suspended_tenant_restores_nothing() {
-    let mesh = Mesh::start("", false).await;
+    let mesh = Mesh::build(&[("KEEL_PROJECTION_GAP_SECS", "2")], false, false).await;
     let t = mesh.create(&slug()).await;
     mesh.wait_status(&t.id, pb::TenantStatus::Active, Duration::from_secs(60))
         .await;

@@ -43,8 +43,8 @@ impl Mesh {
         Self::build(&[("KEEL_PROVISIONING_FAULTS", faults)], with_timeline, false).await
     }
 
-    /// Two provisioning processes (`Part::Provisioning` and `Part::ProvisioningReplica`) with
-    /// `env`, sharing everything.
+    /// Two processes of every service (`Part::Provisioning` and `Part::ProvisioningReplica`
+    /// with `env`, and two tenant processes), sharing everything.
     pub async fn replicated(env: &[(&str, &str)]) -> Mesh {
         Self::build(env, false, true).await
     }
@@ -59,7 +59,8 @@ impl Mesh {
             builder = builder.timeline(&[]);
         }
         if replica {
-            builder = builder.provisioning_replica();
+            // Two of every service: tenant (calls spread over both), provisioning, timeline.
+            builder = builder.replicated();
         }
         let e2e = builder.start().await;
         let client = redis::Client::open(keel_store::testing::redis_url()).unwrap();

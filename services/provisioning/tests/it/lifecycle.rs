@@ -45,8 +45,9 @@ async fn assert_driven_once(mesh: &Mesh, tenant: &str) {
 
 #[tokio::test]
 async fn create_to_active_with_every_resource_and_tenant_isolated_roles() {
-    // Two provisioning replicas on the same requests: one run each, driven by one of them.
-    let mut mesh = Mesh::replicated(&[]).await;
+    // Two processes of every service (tenant, provisioning, timeline) on the same requests:
+    // one run each, driven by one provisioning replica; calls spread over both tenants.
+    let mut mesh = Mesh::build(&[], true, true).await;
     let a = mesh.create(&slug()).await;
     let b = mesh.create(&slug()).await;
     mesh.wait_status(&a.id, pb::TenantStatus::Active, Duration::from_secs(60))
@@ -115,7 +116,58 @@ async fn create_to_active_with_every_resource_and_tenant_isolated_roles() {
     for t in [&a, &b] {
         assert_driven_once(&mesh, &t.id).await;
     }
-    for part in [Part::Provisioning, Part::ProvisioningReplica] {
+    // The two timeline replicas share one durable: each event is in the timeline once.
+    let schema = mesh.e2e.schema(Part::Timeline);
+    for t in [&a, &b] {
+        keel_store::testing::eventually("the tenant's history in the timeline", Duration::from_secs(30), || async {
+            let table: String = sqlx::query_scalar(&format!("SELECT live_table FROM {schema}.timeline_state WHERE id = 1"))
+                .fetch_one(&mesh.pool)
+                .await
+                .ok()?;
+            let kinds: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT kind FROM {schema}.{table} WHERE tenant_id = $1 AND kind IN ('tenant.TenantCreated', 'tenant.TenantActivated')"
+            ))
+            .bind(&t.id)
+            .fetch_all(&mesh.pool)
+            .await
+            .ok()?;
+            (kinds.len() >= 2).then_some(kinds)
+        })
+        .await;
+        let table: String = sqlx::query_scalar(&format!(
+            "SELECT live_table FROM {schema}.timeline_state WHERE id = 1"
+        ))
+        .fetch_one(&mesh.pool)
+        .await
+        .unwrap();
+        let activated: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {schema}.{table} WHERE tenant_id = $1 AND kind = 'tenant.TenantActivated'"
+        ))
+        .bind(&t.id)
+        .fetch_one(&mesh.pool)
+        .await
+        .unwrap();
+        assert_eq!(activated, 1, "{}", t.id);
+    }
+    // Both tenant processes answered calls (the mesh's clients and provisioning's).
+    for part in [Part::Tenant, Part::TenantReplica] {
+        let (code, metrics) = mesh.e2e.proc(part).http_get("/metrics").await.unwrap();
+        assert_eq!(code, 200);
+        let served: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("keel_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        assert!(served > 0.0, "{part:?} served no request");
+    }
+    for part in [
+        Part::Tenant,
+        Part::TenantReplica,
+        Part::Provisioning,
+        Part::ProvisioningReplica,
+        Part::Timeline,
+        Part::TimelineReplica,
+    ] {
         assert!(mesh.e2e.proc_mut(part).exited().is_none(), "{part:?} died");
     }
 
