@@ -3,6 +3,7 @@
 
 mod nats_auth;
 mod otel;
+mod quotas;
 mod secrets;
 mod tls;
 mod trace;

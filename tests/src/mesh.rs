@@ -225,6 +225,16 @@ impl Mesh {
         MeshBuilder::default()
     }
 
+    /// `KEEL_RESOURCE_PREFIX` of every part: names the tenants' resources (`keel:<prefix>quota:…`).
+    pub fn resource_prefix(&self) -> String {
+        format!("{}_", self.token)
+    }
+
+    /// The Redis key of `tenant`'s quota hash, as provisioning writes it and the services read it.
+    pub fn quota_key(&self, tenant: &str) -> String {
+        format!("keel:{}quota:{tenant}", self.resource_prefix())
+    }
+
     /// The schema the mesh gives `part`.
     pub fn schema(&self, part: Part) -> String {
         format!("test_{}_{}", self.token, part.suffix())
@@ -232,7 +242,11 @@ impl Mesh {
 
     /// The environment every part gets from the mesh, before its own.
     fn base_env(&self, part: Part) -> HashMap<String, String> {
-        let mut env = env_of([("KEEL_BOOTSTRAP_TOKEN", self.bootstrap.clone())]);
+        // Every service reads the tenants' quota hashes under the prefix provisioning writes them.
+        let mut env = env_of([
+            ("KEEL_BOOTSTRAP_TOKEN", self.bootstrap.clone()),
+            ("KEEL_RESOURCE_PREFIX", self.resource_prefix()),
+        ]);
         if matches!(part, Part::Tenant | Part::TenantReplica) {
             return env;
         }
@@ -248,10 +262,10 @@ impl Mesh {
             if let Some(key) = &self.provisioning_key {
                 env.insert("KEEL_PROVISIONING_API_KEY".into(), key.clone());
             }
-            env.extend(env_of([
-                ("KEEL_PROVISIONING_GITOPS_DIR", self.gitops.display().to_string()),
-                ("KEEL_PROVISIONING_RESOURCE_PREFIX", format!("{}_", self.token)),
-            ]));
+            env.extend(env_of([(
+                "KEEL_PROVISIONING_GITOPS_DIR",
+                self.gitops.display().to_string(),
+            )]));
         }
         env
     }

@@ -10,6 +10,7 @@ use tonic::Status;
 use crate::claims::Claims;
 use crate::jwks::JwksCache;
 use crate::principal::Principal;
+use crate::quota::{Admission, Quotas};
 use crate::ratelimit::{Decision, RateLimiter, TierLimits, TierLimitsFn};
 
 /// Path prefixes that need no token: health checks and reflection.
@@ -24,8 +25,11 @@ pub struct AuthConfig {
     pub jwks: Arc<JwksCache>,
     /// Per-tenant limits; `None` disables rate limiting.
     pub limiter: Option<Arc<RateLimiter>>,
-    /// The limits of each tier, applied by `limiter`.
+    /// The limits of each tier, applied by `limiter` to a tenant without provisioned limits.
     pub tier_limits: TierLimitsFn,
+    /// The tenants' provisioned quota hashes (limits, suspension); `None`: the token's tier
+    /// alone, and no tenant is refused as suspended.
+    pub quotas: Option<Arc<Quotas>>,
     /// Path prefixes served without a token (and without a [`Principal`]).
     pub public_paths: Vec<String>,
     /// Where `keel_rate_limit_hits_total` is counted and the auth counters are registered.
@@ -39,22 +43,36 @@ impl AuthConfig {
             jwks,
             limiter: None,
             tier_limits: no_tier_limits,
+            quotas: None,
             public_paths: DEFAULT_PUBLIC_PATHS.iter().map(|p| p.to_string()).collect(),
             metrics: None,
         }
     }
 
-    /// What every service installs: verification against `jwks`, the tenant rate limits
-    /// `tier_limits` in the Redis at `redis_url`, counters in `metrics`.
+    /// What every service installs: verification against `jwks`, admission by the tenants'
+    /// quota hashes under `resource_prefix` (see [`crate::quota`]) and their rate limits
+    /// (`tier_limits` where no hash gives limits) in the Redis at `redis_url`, counters in
+    /// `metrics`.
     pub async fn standard(
         jwks: Arc<JwksCache>,
         redis_url: &str,
+        resource_prefix: &str,
         metrics: keel_runtime::metrics::Metrics,
         tier_limits: TierLimitsFn,
     ) -> Self {
+        let limiter = Arc::new(RateLimiter::connect(redis_url).await);
+        let quotas = Arc::new(Quotas::new(limiter.connection(), resource_prefix));
         Self::new(jwks)
-            .with_limiter(Arc::new(RateLimiter::connect(redis_url).await), tier_limits)
+            .with_limiter(limiter, tier_limits)
+            .with_quotas(quotas)
             .with_metrics(metrics)
+    }
+
+    /// Admission by the tenants' quota hashes: a suspended tenant is refused, provisioned
+    /// limits replace the token's tier's.
+    pub fn with_quotas(mut self, quotas: Arc<Quotas>) -> Self {
+        self.quotas = Some(quotas);
+        self
     }
 
     /// Rate limits per tenant, `tier_limits` of the caller's tier, counted in `limiter`.
@@ -185,8 +203,9 @@ impl AuthLayer {
         Ok(claims)
     }
 
-    /// Verifies the bearer token in `headers` and applies the rate limit; the error is the
-    /// status to answer with.
+    /// Verifies the bearer token in `headers`, admits the caller's tenant (refused while
+    /// suspended) and applies its rate limit; the error is the status to answer with.
+    /// Operator and platform tokens (tenant `*`) are no tenant's: neither admitted nor limited.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, Status> {
         let cfg = &self.shared;
         let token = bearer(headers).ok_or_else(|| Status::unauthenticated("missing bearer token"))?;
@@ -195,17 +214,26 @@ impl AuthLayer {
             Status::from(e)
         })?;
         let principal = Principal::new(claims);
+        if principal.claims.tenant == "*" {
+            return Ok(principal);
+        }
+        let tenant = principal.claims.tenant.as_str();
+        let tier = principal.claims.tier.as_deref().unwrap_or(DEFAULT_TIER);
+        let token_limits = (cfg.tier_limits)(tier);
+        let limits = match &cfg.quotas {
+            Some(quotas) => match crate::quota::admit(quotas.lookup(tenant).await, token_limits) {
+                Admission::Suspended => return Err(suspended(tenant)),
+                Admission::Limit(limits) => limits,
+            },
+            None => token_limits,
+        };
         if let Some(limiter) = &cfg.limiter
-            && principal.claims.tenant != "*"
+            && let Decision::Limited { retry_after } = limiter.check(tenant, limits).await
         {
-            let tenant = principal.claims.tenant.as_str();
-            let tier = principal.claims.tier.as_deref().unwrap_or(DEFAULT_TIER);
-            if let Decision::Limited { retry_after } = limiter.check(tenant, (cfg.tier_limits)(tier)).await {
-                if let Some(metrics) = &cfg.metrics {
-                    metrics.rate_limit_hit(tenant);
-                }
-                return Err(rate_limited(retry_after));
+            if let Some(metrics) = &cfg.metrics {
+                metrics.rate_limit_hit(tenant);
             }
+            return Err(rate_limited(retry_after));
         }
         Ok(principal)
     }
@@ -267,7 +295,12 @@ where
                     Ok(resp)
                 }
                 Err(status) => {
-                    span.record("keel.auth", "unauthenticated");
+                    let outcome = match status.code() {
+                        tonic::Code::FailedPrecondition => "suspended",
+                        tonic::Code::ResourceExhausted => "rate_limited",
+                        _ => "unauthenticated",
+                    };
+                    span.record("keel.auth", outcome);
                     Ok(status.into_http())
                 }
             }
@@ -281,6 +314,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' ')).then_some(token)
+}
+
+/// FAILED_PRECONDITION `TENANT_SUSPENDED`: the caller is who it says, but its tenant may not
+/// be served until it is reactivated (a state of the tenant, not a lack of permission).
+fn suspended(tenant: &str) -> Status {
+    keel_runtime::status::failed_precondition("TENANT_SUSPENDED", format!("tenant {tenant} is suspended"))
 }
 
 /// RESOURCE_EXHAUSTED with a `RetryInfo` and `retry-after` in whole seconds, at least 1.

@@ -81,27 +81,7 @@ impl RateLimiter {
     /// retried lazily by later checks, which fail open meanwhile; an unparsable URL leaves the
     /// limiter failing open for good (logged once here).
     pub async fn connect(redis_url: &str) -> Self {
-        let conn = match redis::Client::open(redis_url) {
-            Ok(client) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_millis(500)))
-                    .set_response_timeout(Some(Duration::from_millis(500)))
-                    .set_number_of_retries(1)
-                    .set_min_delay(Duration::from_millis(50))
-                    .set_max_delay(Duration::from_secs(1));
-                match ConnectionManager::new_lazy_with_config(client, config) {
-                    Ok(conn) => Some(conn),
-                    Err(e) => {
-                        tracing::error!(error = %e, "rate limiter: redis client setup failed; failing open");
-                        None
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "rate limiter: bad redis url; failing open");
-                None
-            }
-        };
+        let conn = lazy_connection(redis_url);
         let limiter = RateLimiter {
             conn,
             script: redis::Script::new(GCRA_LUA),
@@ -110,6 +90,11 @@ impl RateLimiter {
         };
         limiter.warm_up().await;
         limiter
+    }
+
+    /// The limiter's Redis connection (multiplexed), for the quota lookups of the same layer.
+    pub fn connection(&self) -> Option<ConnectionManager> {
+        self.conn.clone()
     }
 
     /// `keel_rate_limit_failopen_total`, for registering in a service's registry.
@@ -161,6 +146,32 @@ impl RateLimiter {
             tracing::warn!(%cause, "rate limiter unavailable; allowing requests");
         }
         Decision::FailedOpen
+    }
+}
+
+/// A reconnecting connection to `redis_url` that connects on first use; `None` (logged) when
+/// the URL or the client setup is unusable.
+pub(crate) fn lazy_connection(redis_url: &str) -> Option<ConnectionManager> {
+    match redis::Client::open(redis_url) {
+        Ok(client) => {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_millis(500)))
+                .set_response_timeout(Some(Duration::from_millis(500)))
+                .set_number_of_retries(1)
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(Duration::from_secs(1));
+            match ConnectionManager::new_lazy_with_config(client, config) {
+                Ok(conn) => Some(conn),
+                Err(e) => {
+                    tracing::error!(error = %e, "rate limiter: redis client setup failed; failing open");
+                    None
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "rate limiter: bad redis url; failing open");
+            None
+        }
     }
 }
 

@@ -78,6 +78,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// `KEEL_BUS_PREFIX`: prefix of NATS streams and subjects, so tests can share a server.
     pub bus_prefix: String,
+    /// `KEEL_RESOURCE_PREFIX`: prefix of the names of tenants' resources shared by the services
+    /// (the Redis quota hash `keel:<prefix>quota:<tenant>` provisioning writes and every auth
+    /// layer reads), so installations and tests can share servers.
+    pub resource_prefix: String,
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`; traces are exported only when set.
     pub otlp_endpoint: Option<String>,
     /// `KEEL_TRACE_SAMPLE_RATIO` (default 1.0), `KEEL_TRACE_SLOW_MS` (500),
@@ -294,6 +298,7 @@ impl Config {
             log_level,
             log_format,
             bus_prefix: env("KEEL_BUS_PREFIX").unwrap_or_default(),
+            resource_prefix: trimmed("KEEL_RESOURCE_PREFIX").unwrap_or_default(),
             otlp_endpoint: env("OTEL_EXPORTER_OTLP_ENDPOINT"),
             sampling: crate::telemetry::sampling::Sampling::parse(
                 env("KEEL_TRACE_SAMPLE_RATIO").as_deref(),

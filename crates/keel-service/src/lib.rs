@@ -6,7 +6,7 @@
 //! let mut mesh = keel_service::Assembly::start(rt).await?;        // NATS, streams, listeners
 //! let (db, store) =                                                // schema, migrations,
 //!     mesh.event_sourced("billing", sqlx::migrate::Migrator::DEFAULT).await?; // store + relay
-//! let auth = mesh.auth(None).await?;                               // JWKS, rate limits, auth.degraded
+//! let auth = mesh.auth(None).await?;                               // JWKS, quotas, rate limits, auth.degraded
 //! let router = mesh.grpc(auth, &["keel.v1.MeterService"]).await?;  // health + reflection v1/v1alpha
 //! mesh.serve(router, axum::Router::new()).await                     // serve, drain, join workers
 //! # }
@@ -365,8 +365,10 @@ impl Assembly {
     }
 
     /// Token verification against the JWKS (`KEEL_JWKS_URL`, else `own_jwks_url`, else the
-    /// local tenant service's) fetched over the service's TLS, the tier table's rate limits in
-    /// Redis, and `auth.degraded` / `auth.recovered` audit records whenever verification falls
+    /// local tenant service's) fetched over the service's TLS, admission by the tenants' quota
+    /// hashes under `KEEL_RESOURCE_PREFIX` (a suspended tenant refused, provisioned limits
+    /// applied; see `keel_auth::quota`), the tier table's rate limits in Redis where no hash
+    /// gives limits, and `auth.degraded` / `auth.recovered` audit records whenever verification falls
     /// back to cached keys.
     pub async fn auth(&mut self, own_jwks_url: Option<&str>) -> anyhow::Result<AuthConfig> {
         let jwks = Arc::new(JwksCache::from_config(
@@ -387,6 +389,7 @@ impl Assembly {
         Ok(AuthConfig::standard(
             jwks,
             &self.rt.config.redis_url,
+            &self.rt.config.resource_prefix,
             self.metrics(),
             keel_tenancy::tier::auth_limits,
         )

@@ -226,6 +226,11 @@ impl TcpGate {
         })
     }
 
+    /// The gate's address (127.0.0.1, its own port).
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
     /// `nats://` URL of the gate.
     pub fn nats_url(&self) -> String {
         format!("nats://{}", self.addr)

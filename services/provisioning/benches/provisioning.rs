@@ -89,10 +89,7 @@ async fn main() -> anyhow::Result<()> {
             "KEEL_PROVISIONING_GITOPS_DIR".to_owned(),
             gitops.display().to_string(),
         ),
-        (
-            "KEEL_PROVISIONING_RESOURCE_PREFIX".to_owned(),
-            format!("{token}_"),
-        ),
+        ("KEEL_RESOURCE_PREFIX".to_owned(), format!("{token}_")),
         quiet,
     ]);
     let mut prov = ServiceProc::start(

@@ -36,7 +36,9 @@ pub struct Settings {
     pub api_key: Option<String>,
     /// `KEEL_PROVISIONING_GITOPS_DIR`: where tenant manifests are written.
     pub gitops_dir: PathBuf,
-    /// `KEEL_PROVISIONING_RESOURCE_PREFIX`: isolates installations (and tests) sharing servers.
+    /// `KEEL_PROVISIONING_RESOURCE_PREFIX`: replaced by the shared `KEEL_RESOURCE_PREFIX`, which
+    /// every service's auth layer reads the quota hashes under; accepted only when equal to it,
+    /// so the two can never name different keys.
     pub resource_prefix: String,
     /// `KEEL_PROVISIONING_CONCURRENCY`: runs driven at once (one per tenant).
     pub concurrency: usize,
@@ -101,6 +103,7 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
     if !(1..=100).contains(&settings.compensation_attempts) {
         anyhow::bail!("KEEL_PROVISIONING_COMPENSATION_ATTEMPTS must be between 1 and 100");
     }
+    let prefix = resource_prefix(&settings.resource_prefix, &mesh.config().resource_prefix)?;
     let faults = Faults::parse(&settings.faults).map_err(anyhow::Error::msg)?;
     if faults != Faults::default() {
         tracing::warn!(faults = ?faults, "fault injection is on");
@@ -125,7 +128,7 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         store,
         systems,
         faults,
-        prefix: settings.resource_prefix.clone(),
+        prefix,
         steps: Executor::all_steps(),
         concurrency: settings.concurrency,
     });
@@ -160,4 +163,36 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         .await?
         .add_service(ProvisioningServiceServer::new(api));
     mesh.serve(router, axum::Router::new()).await
+}
+
+/// The prefix of tenants' resource names: the shared `KEEL_RESOURCE_PREFIX`, which the other
+/// services read the quota hashes under. The old `KEEL_PROVISIONING_RESOURCE_PREFIX` must agree
+/// with it; set alone it is refused, because the other services would read other keys.
+fn resource_prefix(own: &str, shared: &str) -> anyhow::Result<String> {
+    let own = own.trim();
+    if !own.is_empty() && own != shared {
+        anyhow::bail!(
+            "KEEL_PROVISIONING_RESOURCE_PREFIX ({own:?}) differs from KEEL_RESOURCE_PREFIX ({shared:?}): \
+             set KEEL_RESOURCE_PREFIX for every service instead, which all of them read tenant \
+             quotas under"
+        );
+    }
+    Ok(shared.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resource_prefix;
+
+    #[test]
+    fn the_resource_prefix_is_the_shared_one() {
+        assert_eq!(resource_prefix("", "t1_").unwrap(), "t1_");
+        assert_eq!(resource_prefix("t1_", "t1_").unwrap(), "t1_");
+        assert_eq!(resource_prefix("", "").unwrap(), "");
+        assert!(
+            resource_prefix("t1_", "").is_err(),
+            "set alone it would split the keys"
+        );
+        assert!(resource_prefix("a_", "b_").is_err());
+    }
 }

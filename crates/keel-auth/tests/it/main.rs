@@ -3,5 +3,6 @@
 
 mod jwks;
 mod layer;
+mod quota;
 mod ratelimit;
 mod support;

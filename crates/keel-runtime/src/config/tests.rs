@@ -28,6 +28,7 @@ fn defaults_work_on_a_developer_machine() {
     assert_eq!(c.log_level, "info");
     assert_eq!(c.log_format, LogFormat::Json);
     assert_eq!(c.bus_prefix, "");
+    assert_eq!(c.resource_prefix, "");
     assert_eq!(c.otlp_endpoint, None);
     assert!(c.extra.is_empty());
 }
@@ -127,6 +128,7 @@ fn extra_holds_the_services_own_settings() {
         ("KEEL_TENANT_GRPC_ADDR", "127.0.0.1:0"),
         ("KEEL_BILLING_PLAN", "x"),
         ("KEEL_BUS_PREFIX", "t1_"),
+        ("KEEL_RESOURCE_PREFIX", " r1_ "),
     ];
     let c = run("tenant", &[], &env);
     assert_eq!(c.extra.len(), 2, "{:?}", c.extra);
@@ -137,6 +139,10 @@ fn extra_holds_the_services_own_settings() {
     let err = c.setting_parsed::<u64>("signing_key_path").unwrap_err();
     assert!(err.to_string().contains("KEEL_TENANT_SIGNING_KEY_PATH"), "{err}");
     assert_eq!(c.bus_prefix, "t1_");
+    assert_eq!(
+        c.resource_prefix, "r1_",
+        "shared, not the service's own, and trimmed"
+    );
 }
 
 #[test]

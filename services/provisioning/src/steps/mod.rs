@@ -58,7 +58,7 @@ pub struct ResourceNames {
     pub kv_bucket: String,
     /// Durable consumer on KEEL_AUDIT for the tenant's audit subscribers.
     pub audit_consumer: String,
-    /// `keel:quota:<tenant_id>` (namespaced with the prefix when set)
+    /// `keel:<prefix>quota:<tenant_id>` (`keel_auth::quota::key`: what every auth layer reads)
     pub redis_key: String,
     /// `<gitops dir>/tenants/<prefix><slug>/`
     pub manifest_dir: PathBuf,
@@ -78,7 +78,7 @@ impl ResourceNames {
                 slug.to_uppercase().replace('-', "_")
             ),
             audit_consumer: format!("audit-{dns}"),
-            redis_key: format!("keel:{prefix}quota:{tenant_id}"),
+            redis_key: keel_auth::quota::key(prefix, tenant_id),
             manifest_dir: gitops_dir.join("tenants").join(&dns),
             namespace: format!("tenant-{dns}"),
             schema,

@@ -1,10 +1,12 @@
-//! The tenant's quotas in Redis: one hash with the tier's rate limits and entitlements, which the
-//! services' rate limiters and admission checks read. The hash is replaced whole in one
+//! The tenant's quotas in Redis: one hash with the tier's rate limits and entitlements and the
+//! suspended flag, which every service's auth layer reads (`keel_auth::quota`: a suspended
+//! tenant is refused, the limits replace the token's tier's). The hash is replaced whole in one
 //! MULTI/EXEC, so a reader never sees half of an old tier and half of a new one.
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use keel_auth::quota::field;
 use redis::AsyncCommands;
 use serde_json::json;
 
@@ -22,9 +24,9 @@ fn desired(ctx: &StepContext) -> Result<BTreeMap<String, String>, StepError> {
     let entitlements = failure::tier(&ctx.tier)?.entitlements();
     let limits = entitlements.rate_limit;
     let fields = [
-        ("tier", Some(ctx.tier.clone())),
-        ("rate_per_second", Some(limits.per_second.to_string())),
-        ("burst", Some(limits.burst.to_string())),
+        (field::TIER, Some(ctx.tier.clone())),
+        (field::RATE_PER_SECOND, Some(limits.per_second.to_string())),
+        (field::BURST, Some(limits.burst.to_string())),
         // Unlimited is an absent field, never a large number.
         ("agent_limit", entitlements.agent_limit.map(|n| n.to_string())),
         ("environments", entitlements.environments.map(|n| n.to_string())),
@@ -33,7 +35,7 @@ fn desired(ctx: &StepContext) -> Result<BTreeMap<String, String>, StepError> {
             Some(entitlements.retention_days(None).to_string()),
         ),
         (
-            "suspended",
+            field::SUSPENDED,
             Some(if ctx.suspended { "1" } else { "0" }.to_owned()),
         ),
     ];
