@@ -39,6 +39,7 @@ pub enum Part {
     TenantReplica,
     /// A second timeline process on the same schema and bus namespace.
     TimelineReplica,
+    Billing,
 }
 
 impl Part {
@@ -47,6 +48,7 @@ impl Part {
             Part::Tenant | Part::TenantReplica => "keel-tenant",
             Part::Provisioning | Part::ProvisioningReplica => "keel-provisioning",
             Part::Timeline | Part::TimelineReplica => "keel-timeline",
+            Part::Billing => "keel-billing",
         }
     }
 
@@ -55,6 +57,7 @@ impl Part {
             Part::Tenant | Part::TenantReplica => "tenant",
             Part::Provisioning | Part::ProvisioningReplica => "provisioning",
             Part::Timeline | Part::TimelineReplica => "timeline",
+            Part::Billing => "billing",
         }
     }
 
@@ -63,6 +66,7 @@ impl Part {
             Part::Tenant | Part::TenantReplica => "t",
             Part::Provisioning | Part::ProvisioningReplica => "p",
             Part::Timeline | Part::TimelineReplica => "l",
+            Part::Billing => "b",
         }
     }
 }
@@ -84,6 +88,7 @@ pub struct MeshBuilder {
     provisioning_replica: bool,
     replicated: bool,
     timeline: Option<HashMap<String, String>>,
+    billing: Option<HashMap<String, String>>,
 }
 
 impl MeshBuilder {
@@ -111,6 +116,12 @@ impl MeshBuilder {
     pub fn replicated(mut self) -> Self {
         self.replicated = true;
         self.provisioning_replica = true;
+        self
+    }
+
+    /// Starts the billing meter too, with `env` on top of the mesh's.
+    pub fn billing(mut self, env: &[(&str, &str)]) -> Self {
+        self.billing = Some(env_of(env.iter().copied()));
         self
     }
 
@@ -192,6 +203,7 @@ impl MeshBuilder {
             (Part::TimelineReplica, timeline_replica),
             (Part::Provisioning, self.provisioning),
             (Part::ProvisioningReplica, replica),
+            (Part::Billing, self.billing),
         ] {
             if let Some(env) = env {
                 mesh.start_part(part, env).await;
@@ -401,6 +413,7 @@ impl Mesh {
     /// Redis keys, the GitOps directory.
     pub async fn cleanup(mut self) {
         for part in [
+            Part::Billing,
             Part::ProvisioningReplica,
             Part::Provisioning,
             Part::TimelineReplica,

@@ -38,6 +38,11 @@ pub mod scopes {
     pub const LICENSE_READ: &str = "license:read";
     pub const TIMELINE_READ: &str = "timeline:read";
     pub const EVIDENCE_CREATE: &str = "evidence:create";
+    /// Send usage events to the billing meter (platform accounts for any tenant; a tenant's own
+    /// key for its own tenant).
+    pub const USAGE_WRITE: &str = "usage:write";
+    /// Read a tenant's usage and cost estimates.
+    pub const BILLING_READ: &str = "billing:read";
     pub const OPERATOR: &str = "operator";
     /// Platform accounts only: move tenants through provisioning (MarkProvisioning,
     /// MarkProvisioned, MarkFailed, MarkDeleted).
@@ -54,6 +59,8 @@ pub mod scopes {
         LICENSE_READ,
         TIMELINE_READ,
         EVIDENCE_CREATE,
+        USAGE_WRITE,
+        BILLING_READ,
         OPERATOR,
         TENANT_LIFECYCLE,
         LICENSE_ISSUE,

@@ -91,6 +91,10 @@ pub static CATALOG: &[EventType] = &[
     event_type!("provisioning", "CompensationAbandoned", 1),
     event_type!("provisioning", "ProvisioningCompleted", 1),
     event_type!("provisioning", "ProvisioningFailed", 1),
+    // billing: usage records (one aggregate per tenant, meter, hour and group) and meters
+    event_type!("billing", "UsageRecorded", 1),
+    event_type!("billing", "UsageCorrected", 1),
+    event_type!("billing", "MeterDefined", 1),
 ];
 
 /// The catalog entry of `service`'s event `name` version `version`.

@@ -1,0 +1,5 @@
+//! The billing domain, without I/O: meters, usage events and their checks, windows.
+
+pub mod meter;
+pub mod usage;
+pub mod window;
