@@ -279,4 +279,18 @@ impl MeterService for MeterApi {
                 .collect(),
         }))
     }
+
+    async fn estimate_cost(
+        &self,
+        _req: Request<pb::EstimateCostRequest>,
+    ) -> Result<Response<pb::CostEstimate>, Status> {
+        Err(Status::unimplemented("EstimateCost: not yet"))
+    }
+
+    async fn reconcile(
+        &self,
+        _req: Request<pb::ReconcileRequest>,
+    ) -> Result<Response<pb::ReconcileResponse>, Status> {
+        Err(Status::unimplemented("Reconcile: not yet"))
+    }
 }
