@@ -79,4 +79,23 @@ else
     --dir /var/lib/redis --logfile /var/log/redis/keel.log
   wait_port 6379 redis
 fi
-say "ready: postgresql 127.0.0.1:5432 (db keel), keel nats 127.0.0.1:$KEEL_NATS_PORT (JetStream, JWT auth; creds: keelctl nats creds), redis 127.0.0.1:6379"
+# An SQS-compatible endpoint (moto, from PyPI) on 127.0.0.1:4576: where keel-billing exports
+# usage records locally and in tests. In-memory: queues are created by whoever uses them.
+KEEL_SQS_PORT=${KEEL_SQS_PORT:-4576}
+if listening "$KEEL_SQS_PORT"; then
+  say "sqs (moto) already running on $KEEL_SQS_PORT"
+else
+  if ! command -v moto_server >/dev/null 2>&1; then
+    say "installing moto[server] (pip)"
+    python3 -m pip install -q 'moto[server]' >/dev/null
+    hash -r
+  fi
+  moto=$(command -v moto_server || echo "$(python3 -m site --user-base)/bin/moto_server")
+  state=${XDG_STATE_HOME:-$HOME/.local/state}/keel
+  mkdir -p "$state"
+  say "starting sqs (moto) on $KEEL_SQS_PORT"
+  start-stop-daemon --start --oknodo --background --make-pidfile --pidfile "$state/moto.pid" \
+    --exec "$moto" -- -H 127.0.0.1 -p "$KEEL_SQS_PORT"
+  wait_port "$KEEL_SQS_PORT" "sqs (moto)"
+fi
+say "ready: postgresql 127.0.0.1:5432 (db keel), keel nats 127.0.0.1:$KEEL_NATS_PORT (JetStream, JWT auth; creds: keelctl nats creds), redis 127.0.0.1:6379, sqs 127.0.0.1:$KEEL_SQS_PORT"

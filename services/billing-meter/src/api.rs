@@ -24,6 +24,35 @@ pub struct MeterApi {
     pub meters: Framework<Meter>,
     pub audit: AuditLog,
     pub lateness: chrono::Duration,
+    pub prices: crate::prices::PriceTable,
+}
+
+/// `YYYY-MM` as [start, end) in UTC; empty: the current month.
+pub fn month_range(month: &str, field: &str) -> Result<(DateTime<Utc>, DateTime<Utc>, String), Status> {
+    use chrono::Datelike;
+    let (y, m) = if month.is_empty() {
+        let now = Utc::now();
+        (now.year(), now.month())
+    } else {
+        let bad = || invalid_argument(field, "YYYY-MM");
+        let (y, m) = month.split_once('-').ok_or_else(bad)?;
+        if y.len() != 4 || m.len() != 2 {
+            return Err(bad());
+        }
+        (y.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?)
+    };
+    let start = Utc
+        .with_ymd_and_hms(y, m, 1, 0, 0, 0)
+        .single()
+        .filter(|_| (2000..=2200).contains(&y))
+        .ok_or_else(|| invalid_argument(field, "a month between 2000-01 and 2200-12"))?;
+    let end = if m == 12 {
+        Utc.with_ymd_and_hms(y + 1, 1, 1, 0, 0, 0).single()
+    } else {
+        Utc.with_ymd_and_hms(y, m + 1, 1, 0, 0, 0).single()
+    }
+    .ok_or_else(|| invalid_argument(field, "a month"))?;
+    Ok((start, end, format!("{y:04}-{m:02}")))
 }
 
 fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
@@ -282,15 +311,131 @@ impl MeterService for MeterApi {
 
     async fn estimate_cost(
         &self,
-        _req: Request<pb::EstimateCostRequest>,
+        req: Request<pb::EstimateCostRequest>,
     ) -> Result<Response<pb::CostEstimate>, Status> {
-        Err(Status::unimplemented("EstimateCost: not yet"))
+        use std::str::FromStr;
+        let r = req.get_ref();
+        if !keel_events::subjects::is_valid_token(&r.tenant_id) {
+            return Err(invalid_argument("tenant_id", "a tenant id"));
+        }
+        let (from, to, month) = month_range(&r.month, "month")?;
+        self.authorize(&req, scopes::BILLING_READ, &r.tenant_id, "cost-estimate")
+            .await?;
+        let mut tx = keel_store::rls::reader(&self.pool, "keel_billing_reader", &r.tenant_id)
+            .await
+            .map_err(internal)?;
+        let tier: Option<String> = sqlx::query_scalar("SELECT tier FROM tenant_info WHERE tenant_id = $1")
+            .bind(&r.tenant_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(internal)?;
+        let tier = tier.ok_or_else(|| {
+            keel_runtime::status::failed_precondition(
+                "TENANT_UNKNOWN",
+                "billing has not seen this tenant's creation yet",
+            )
+        })?;
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT meter, sum(value)::text FROM usage_events WHERE tenant_id = $1 AND meter = ANY($2) \
+             AND valid_at >= $3 AND valid_at < $4 GROUP BY meter",
+        )
+        .bind(&r.tenant_id)
+        .bind(crate::prices::BILLED.map(str::to_owned).to_vec())
+        .bind(from)
+        .bind(to)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(internal)?;
+        tx.commit().await.map_err(internal)?;
+        let usage: BTreeMap<String, rust_decimal::Decimal> = rows
+            .into_iter()
+            .filter_map(|(m, v)| Some((m, rust_decimal::Decimal::from_str(&v).ok()?)))
+            .collect();
+        let prices = self
+            .prices
+            .tiers
+            .get(&tier)
+            .ok_or_else(|| internal(format!("no prices for tier {tier}")))?;
+        let committed = keel_tenancy::Tier::parse(&tier)
+            .is_some_and(|t| t.entitlements().pricing == keel_tenancy::tier::Pricing::Committed);
+        let (lines, total) = crate::prices::estimate(prices, committed, &usage);
+        Ok(Response::new(pb::CostEstimate {
+            tenant_id: r.tenant_id.clone(),
+            tier,
+            month,
+            currency: self.prices.currency.clone(),
+            base_fee: prices.base_fee.normalize().to_string(),
+            lines: lines
+                .into_iter()
+                .map(|l| pb::CostLine {
+                    meter: l.meter,
+                    quantity: l.quantity.normalize().to_string(),
+                    unit: l.unit.into(),
+                    unit_price: l.unit_price.normalize().to_string(),
+                    amount: l.amount.to_string(),
+                    committed: l.committed.map(|c| c.normalize().to_string()).unwrap_or_default(),
+                    over_commitment: l.over,
+                })
+                .collect(),
+            total: total.to_string(),
+            committed,
+        }))
     }
 
     async fn reconcile(
         &self,
-        _req: Request<pb::ReconcileRequest>,
+        req: Request<pb::ReconcileRequest>,
     ) -> Result<Response<pb::ReconcileResponse>, Status> {
-        Err(Status::unimplemented("Reconcile: not yet"))
+        keel_auth::principal::from_request(&req)?.require_operator()?;
+        let r = req.get_ref();
+        if r.month.is_empty() {
+            return Err(invalid_argument("month", "required: YYYY-MM"));
+        }
+        let (from, to, month) = month_range(&r.month, "month")?;
+        if !r.tenant_id.is_empty() && !keel_events::subjects::is_valid_token(&r.tenant_id) {
+            return Err(invalid_argument("tenant_id", "a tenant id"));
+        }
+        type Row = (String, String, i64, i64, i64, String, String, Vec<String>);
+        let rows: Vec<Row> = sqlx::query_as(
+            "WITH recs AS ( \
+                 SELECT DISTINCT ON (aggregate_id) tenant_id, payload->'UsageRecorded' AS r FROM events \
+                 WHERE event_type = 'UsageRecorded' AND ($3 = '' OR tenant_id = $3) \
+                   AND (payload->'UsageRecorded'->>'window_start')::timestamptz >= $1 \
+                   AND (payload->'UsageRecorded'->>'window_start')::timestamptz < $2 \
+                 ORDER BY aggregate_id, sequence DESC) \
+             SELECT recs.tenant_id, recs.r->>'meter', count(*), count(x.record_id), count(x.message_id), \
+                 COALESCE(sum((recs.r->>'quantity')::numeric), 0)::text, \
+                 COALESCE(sum(x.quantity) FILTER (WHERE x.message_id IS NOT NULL), 0)::text, \
+                 COALESCE((array_agg(recs.r->>'record_id' ORDER BY recs.r->>'record_id') \
+                     FILTER (WHERE x.message_id IS NULL))[1:100], '{}') \
+             FROM recs LEFT JOIN usage_exports x ON x.record_id = recs.r->>'record_id' \
+             GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .bind(from)
+        .bind(to)
+        .bind(&r.tenant_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(internal)?;
+        Ok(Response::new(pb::ReconcileResponse {
+            month,
+            rows: rows
+                .into_iter()
+                .map(
+                    |(tenant_id, meter, recorded, exported, acknowledged, rq, eq, missing)| {
+                        pb::ReconcileRow {
+                            tenant_id,
+                            meter,
+                            recorded: recorded as u64,
+                            exported: exported as u64,
+                            acknowledged: acknowledged as u64,
+                            recorded_quantity: store::normalise(&rq),
+                            exported_quantity: store::normalise(&eq),
+                            missing,
+                        }
+                    },
+                )
+                .collect(),
+        }))
     }
 }

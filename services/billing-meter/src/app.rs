@@ -12,8 +12,13 @@ use keel_service::Assembly;
 use keel_store::projection::ProjectionConfig;
 use serde::{Deserialize, Serialize};
 
+use anyhow::Context as _;
+
 use crate::api::MeterApi;
+use crate::export::{Exporter, QueueConfig};
 use crate::ingest::UsageIngest;
+use crate::prices::PriceTable;
+use crate::tenants::TenantDirectory;
 use crate::windows::Aggregator;
 
 const GRPC_SERVICES: &[&str] = &["keel.v1.MeterService"];
@@ -34,6 +39,15 @@ pub struct Settings {
     /// `KEEL_BILLING_CRASH_AFTER_WINDOWS`: fault injection for the crash tests; the process
     /// exits right after recording this many windows, before clearing the last mark (0: off).
     pub crash_after_windows: u64,
+    /// `KEEL_BILLING_SQS_ENDPOINT`: the SQS endpoint usage records are exported to (moto on
+    /// 4576 locally); empty: AWS's for the region.
+    pub sqs_endpoint: String,
+    /// `KEEL_BILLING_SQS_REGION` (us-east-1).
+    pub sqs_region: String,
+    /// `KEEL_BILLING_SQS_QUEUE`: the FIFO queue's name (keel-usage-records.fifo), created if missing.
+    pub sqs_queue: String,
+    /// `KEEL_BILLING_PRICES_FILE`: the price table (JSON, see `prices.rs`); unset: the defaults.
+    pub prices_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -44,6 +58,10 @@ impl Default for Settings {
             window_grace_secs: 300,
             aggregate_every_ms: 1000,
             crash_after_windows: 0,
+            sqs_endpoint: "http://127.0.0.1:4576".into(),
+            sqs_region: "us-east-1".into(),
+            sqs_queue: "keel-usage-records.fifo".into(),
+            prices_file: None,
         }
     }
 }
@@ -56,6 +74,14 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         anyhow::bail!("KEEL_BILLING_WINDOW_GRACE_SECS must be between 0 and 86400");
     }
     let lateness = chrono::Duration::days(settings.lateness_days);
+    let prices = match &settings.prices_file {
+        Some(path) => PriceTable::from_json(
+            &std::fs::read_to_string(path)
+                .with_context(|| format!("KEEL_BILLING_PRICES_FILE {}", path.display()))?,
+        )
+        .with_context(|| format!("KEEL_BILLING_PRICES_FILE {}", path.display()))?,
+        None => PriceTable::default(),
+    };
     let mut mesh = Assembly::start(rt).await?;
     let (db, store) = mesh
         .event_sourced(&settings.schema, sqlx::migrate!("./migrations"))
@@ -65,6 +91,25 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
     usage.filter_subject = "keel.usage.>".into();
     usage.batch_size = 1000;
     mesh.project(db.pool().clone(), UsageIngest { lateness }, usage);
+
+    let mut tenants = ProjectionConfig::new(StreamKind::Events);
+    tenants.filter_subject = "keel.evt.*.tenant.>".into();
+    mesh.project(db.pool().clone(), TenantDirectory, tenants);
+
+    // Usage records to SQS, from the event store's outbox (relayed to KEEL_EVENTS); retried for
+    // as long as the queue fails, never dead-lettered for an outage.
+    let mut export = ProjectionConfig::new(StreamKind::Events);
+    // All of billing's events, not only UsageRecorded: the consumer applies each window's events
+    // in sequence, and a correction's UsageCorrected comes before its UsageRecorded.
+    export.filter_subject = "keel.evt.*.billing.>".into();
+    export.batch_size = 100;
+    export.max_deliver = i64::MAX;
+    let queue = QueueConfig {
+        endpoint: settings.sqs_endpoint.clone(),
+        region: settings.sqs_region.clone(),
+        queue: settings.sqs_queue.clone(),
+    };
+    mesh.project(db.pool().clone(), Exporter::new(queue, db.pool().clone()), export);
 
     let aggregator = Arc::new(Aggregator::new(
         &store,
@@ -85,6 +130,7 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         meters: store.framework(()),
         audit: mesh.audit_log()?,
         lateness,
+        prices,
     };
     let auth = mesh.auth(None).await?;
     let router = mesh

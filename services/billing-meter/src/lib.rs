@@ -8,6 +8,9 @@
 pub mod api;
 pub mod app;
 pub mod domain;
+pub mod export;
 pub mod ingest;
+pub mod prices;
 pub mod store;
+pub mod tenants;
 pub mod windows;

@@ -17,6 +17,9 @@
 //!   credentials) is applied on its own and the position stays, so it cannot make the
 //!   projection skip the real events that follow.
 //!
+//! An ordered projection must see every event of the aggregates it reads: filter its consumer by
+//! service, never by event type, or each filtered-out sequence is a gap.
+//!
 //! Writers of one aggregate are serialised by a transaction-scoped advisory lock per stream
 //! (taken in hash order, so two replicas of a projection cannot deadlock).
 

@@ -4,5 +4,7 @@
 mod harness;
 
 mod aggregation;
+mod estimate;
+mod export;
 mod ingest;
 mod isolation;
