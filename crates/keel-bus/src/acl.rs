@@ -1,8 +1,8 @@
 //! Who may publish and subscribe what on Keel's NATS: the permissions written into each user
 //! JWT. Pure data, built per namespace (tests) so that a test's users reach only its streams.
 //!
-//! - A **service** publishes only its own events and audit records (`keel.evt.*.<service>.>`,
-//!   `keel.audit.*.<service>.>`) and dead letters; manages the Keel streams' configuration but
+//! - A **service** publishes only its own events, audit records and alerts
+//!   (`keel.evt.*.<service>.>`, `keel.audit.*.<service>.>`, `keel.alerts.*.<service>`) and dead letters; manages the Keel streams' configuration but
 //!   may not delete or purge them; reads (through JetStream consumers) only the streams it
 //!   consumes; receives replies only on its own inbox.
 //! - A **tenant's audit reader** subscribes to `keel.audit.<tenant>.>` live and pulls from
@@ -106,6 +106,8 @@ pub fn permissions(role: &Role, ns: &Namespace<'_>, inbox: &str) -> Permissions 
             let mut publish = vec![
                 format!("{p}{}.*.{service}.>", StreamKind::Events.subject_root()),
                 format!("{p}{}.*.{service}.>", StreamKind::Audit.subject_root()),
+                // Its own alerts about any tenant (core NATS).
+                format!("{p}keel.alerts.*.{service}"),
                 subjects::dlq_all(&p),
                 "$JS.API.INFO".to_owned(),
             ];

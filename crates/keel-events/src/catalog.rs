@@ -95,6 +95,9 @@ pub static CATALOG: &[EventType] = &[
     event_type!("billing", "UsageRecorded", 1),
     event_type!("billing", "UsageCorrected", 1),
     event_type!("billing", "MeterDefined", 1),
+    event_type!("billing", "MeterStale", 1),
+    event_type!("billing", "MeterStaleCleared", 1),
+    event_type!("billing", "UsageOverCommitment", 1),
 ];
 
 /// The catalog entry of `service`'s event `name` version `version`.

@@ -61,6 +61,11 @@ pub fn dlq(prefix: &str, kind: &str, tenant: &str) -> String {
     format!("{prefix}keel.dlq.{kind}.{tenant}")
 }
 
+/// `{prefix}keel.alerts.{tenant}.{service}`: a service's alerts about a tenant (core NATS).
+pub fn alert(prefix: &str, tenant: &str, service: &str) -> String {
+    format!("{prefix}keel.alerts.{tenant}.{service}")
+}
+
 /// `{prefix}keel.usage.{tenant}`: raw usage events (stream KEEL_USAGE).
 pub fn usage(prefix: &str, tenant: &str) -> String {
     format!("{prefix}keel.usage.{tenant}")

@@ -10,3 +10,6 @@ ALTER TABLE tenant_info ENABLE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON tenant_info
     USING (tenant_id = current_setting('keel.tenant_id', true) AND tenant_id <> '*');
 GRANT SELECT ON tenant_info TO keel_billing_reader;
+
+-- The watcher reads each tenant's latest usage.
+CREATE INDEX usage_events_by_recorded ON usage_events (tenant_id, recorded_at);

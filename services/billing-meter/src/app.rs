@@ -14,11 +14,13 @@ use serde::{Deserialize, Serialize};
 
 use anyhow::Context as _;
 
+use crate::alerts::Alerts;
 use crate::api::MeterApi;
 use crate::export::{Exporter, QueueConfig};
 use crate::ingest::UsageIngest;
 use crate::prices::PriceTable;
 use crate::tenants::TenantDirectory;
+use crate::watch::Watcher;
 use crate::windows::Aggregator;
 
 const GRPC_SERVICES: &[&str] = &["keel.v1.MeterService"];
@@ -48,6 +50,10 @@ pub struct Settings {
     pub sqs_queue: String,
     /// `KEEL_BILLING_PRICES_FILE`: the price table (JSON, see `prices.rs`); unset: the defaults.
     pub prices_file: Option<std::path::PathBuf>,
+    /// `KEEL_BILLING_STALE_AFTER_SECS`: an ACTIVE tenant with no usage for longer is stale (3600).
+    pub stale_after_secs: i64,
+    /// `KEEL_BILLING_WATCH_EVERY_MS`: how often staleness and commitments are checked (30000).
+    pub watch_every_ms: u64,
 }
 
 impl Default for Settings {
@@ -62,6 +68,8 @@ impl Default for Settings {
             sqs_region: "us-east-1".into(),
             sqs_queue: "keel-usage-records.fifo".into(),
             prices_file: None,
+            stale_after_secs: 3600,
+            watch_every_ms: 30_000,
         }
     }
 }
@@ -124,6 +132,27 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         );
     }
     mesh.spawn("aggregator", aggregator.run(mesh.stop_token()));
+
+    if settings.stale_after_secs < 1 {
+        anyhow::bail!("KEEL_BILLING_STALE_AFTER_SECS must be at least 1");
+    }
+    let watcher = Arc::new(Watcher::new(
+        &store,
+        prices.clone(),
+        chrono::Duration::seconds(settings.stale_after_secs),
+        Duration::from_millis(settings.watch_every_ms.max(100)),
+        mesh.metrics(),
+    )?);
+    mesh.spawn("watcher", watcher.run(mesh.stop_token()));
+    let mut alerts = ProjectionConfig::new(StreamKind::Events);
+    alerts.filter_subject = "keel.evt.*.billing.>".into();
+    mesh.project(
+        db.pool().clone(),
+        Alerts {
+            bus: mesh.bus().clone(),
+        },
+        alerts,
+    );
 
     let api = MeterApi {
         pool: db.pool().clone(),

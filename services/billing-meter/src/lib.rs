@@ -5,6 +5,7 @@
 //! records a `UsageCorrected` with the value before and after. Raw events keep valid and
 //! recorded time, so usage can be read as it was known at any recorded time.
 
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod domain;
@@ -13,4 +14,5 @@ pub mod ingest;
 pub mod prices;
 pub mod store;
 pub mod tenants;
+pub mod watch;
 pub mod windows;

@@ -2,4 +2,5 @@
 
 pub mod meter;
 pub mod usage;
+pub mod watch;
 pub mod window;

@@ -29,6 +29,13 @@ impl World {
         }
     }
 
+    /// With provisioning too, so tenants become ACTIVE.
+    pub async fn start_provisioned(env: &[(&str, &str)]) -> World {
+        World {
+            e2e: E2e::builder().provisioning(&[]).billing(env).start().await,
+        }
+    }
+
     pub async fn meters_as(&self, token: &str) -> Meters {
         let channel = self
             .e2e

@@ -8,3 +8,4 @@ mod estimate;
 mod export;
 mod ingest;
 mod isolation;
+mod watch;
