@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use clap::Args;
 use keel_proto::v1 as pb;
 use serde::Serialize;
@@ -71,7 +71,8 @@ struct BucketView {
 }
 
 pub async fn usage(args: UsageArgs, conn: &ConnectionArgs, format: Format) -> anyhow::Result<()> {
-    let now = Utc::now();
+    // Whole seconds, rounded up so that usage of this very moment is in the period.
+    let now = Utc::now().trunc_subsecs(0) + chrono::Duration::seconds(1);
     let (from, to) = match (args.last, args.from) {
         (Some(last), _) => (now - chrono::Duration::seconds(last.seconds), now),
         (None, Some(from)) => (from, args.to.unwrap_or(now)),
