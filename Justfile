@@ -30,7 +30,8 @@ up: services
     fi
     exec {{target}}/debug/keelctl dev up --bin-dir {{target}}/debug
 
-# The showcase: starts the mesh if needed, creates and provisions tenants, shows timelines and a trace.
+# The showcase: starts the mesh if needed, creates and provisions tenants, records and shows one
+# tenant's usage and estimate, shows timelines and a trace.
 demo: services
     ./scripts/demo.sh
 

@@ -1,6 +1,6 @@
 //! Connecting to the services and authenticating: a bearer access token given as is, or an API
 //! key (the bootstrap operator key included) traded for one with the tenant service's
-//! `ExchangeApiKey`. The same token is then sent to every service (tenant, timeline).
+//! `ExchangeApiKey`. The same token is then sent to every service (tenant, timeline, billing).
 
 use std::path::Path;
 use std::time::Duration;
@@ -47,6 +47,14 @@ pub struct ConnectionArgs {
         default_value = "https://127.0.0.1:50052"
     )]
     pub provisioning_addr: String,
+    /// gRPC address of the billing meter (`billing`).
+    #[arg(
+        long,
+        global = true,
+        env = "KEEL_BILLING_ADDR",
+        default_value = "https://127.0.0.1:50053"
+    )]
+    pub billing_addr: String,
     /// CA certificate (PEM) the services' certificates must chain to. Default: the local CA
     /// `just up` made, .keel/tls/ca.pem in the current directory.
     #[arg(long, global = true, env = "KEEL_TLS_CA", value_name = "PEM")]
@@ -161,6 +169,21 @@ impl Session {
         self.tenant = Some(channel.clone());
         Ok(channel)
     }
+
+    /// `tenant` as a tenant id: what looks like a slug is looked up in the tenant service.
+    pub async fn tenant_id(&mut self, tenant: &str) -> anyhow::Result<String> {
+        if !is_slug(tenant) {
+            return Ok(tenant.to_owned());
+        }
+        let channel = self.tenant_channel().await?;
+        let mut tenants = TenantServiceClient::with_interceptor(channel, self.bearer.clone());
+        let found = tenants
+            .get_tenant(pb::GetTenantRequest {
+                tenant: Some(tenant_ref(tenant)),
+            })
+            .await?;
+        Ok(found.into_inner().id)
+    }
 }
 
 /// The timeline service. No per-channel request timeout (a tail streams for as long as the user
@@ -178,6 +201,13 @@ pub async fn provisioning_channel(conn: &ConnectionArgs) -> anyhow::Result<Chann
     let addr = &conn.provisioning_addr;
     let endpoint = endpoint(&tls(conn)?, addr, "--provisioning-addr")?.timeout(Duration::from_secs(30));
     connect(endpoint, "provisioning service", addr).await
+}
+
+/// The billing meter.
+pub async fn billing_channel(conn: &ConnectionArgs) -> anyhow::Result<Channel> {
+    let addr = &conn.billing_addr;
+    let endpoint = endpoint(&tls(conn)?, addr, "--billing-addr")?.timeout(Duration::from_secs(30));
+    connect(endpoint, "billing meter", addr).await
 }
 
 /// `--insecure`: plaintext; else the CA of `--ca`, else the local one `just up` made.

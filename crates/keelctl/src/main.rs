@@ -1,10 +1,12 @@
 //! `keelctl`: the operator's CLI for Keel. Tenants, members, tokens, licenses (verified offline),
-//! audit tails, and tenants' timelines and traces against a running mesh; `keelctl dev up` runs
-//! the whole mesh locally.
+//! audit tails, tenants' timelines and traces, and usage metering against a running mesh;
+//! `keelctl dev up` runs the whole mesh locally.
 //!
-//! Errors print `error: <gRPC code>: <message>` on stderr and exit 1; usage errors exit 2.
+//! Errors print `error: <gRPC code>: <message>` on stderr and exit 1; usage errors exit 2 (clap's
+//! own, and [`UsageError`] for what only a command can check, before any call).
 
 mod audit;
+mod billing;
 mod client;
 mod dev;
 mod license;
@@ -84,6 +86,12 @@ enum Command {
     /// A tenant's timeline: query it (`keelctl timeline "kind:tenant.*" --tenant acme --last 1h`),
     /// tail it, show one event, rebuild the projection.
     Timeline(timeline::TimelineArgs),
+    /// Usage metering: record usage, read a tenant's usage and estimated cost, meters, and the
+    /// monthly reconciliation of usage records with the billing queue.
+    Billing {
+        #[command(subcommand)]
+        command: billing::BillingCommand,
+    },
     /// Observability: what one trace did across the mesh.
     Obs {
         #[command(subcommand)]
@@ -118,13 +126,33 @@ async fn main() -> ExitCode {
         Command::Timeline(args) => timeline::run(args, conn, format)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Billing { command } => billing::run(command, conn, format)
+            .await
+            .map(|()| ExitCode::SUCCESS),
         Command::Obs { command } => obs::run(command, conn, format).await.map(|()| ExitCode::SUCCESS),
     };
     result.unwrap_or_else(|e| {
+        if let Some(usage) = e.downcast_ref::<UsageError>() {
+            eprintln!("error: {usage}");
+            return ExitCode::from(2);
+        }
         report(&e);
         ExitCode::FAILURE
     })
 }
+
+/// Input a command refused before any call (an empty period, a bad events file): exit 2, like
+/// clap's own usage errors.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
 
 fn report(e: &anyhow::Error) {
     match e.downcast_ref::<tonic::Status>() {

@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use keel_proto::v1 as pb;
-use keel_proto::v1::tenant_service_client::TenantServiceClient;
 use keel_proto::v1::timeline_service_client::TimelineServiceClient;
 use serde::Serialize;
 
-use crate::client::{self, Authed, ConnectionArgs, Session, is_slug, tenant_ref};
+use crate::client::{self, Authed, ConnectionArgs, Session};
 use crate::output::{self, Format, Table, key_values, or_dash};
 use view::EventView;
 
@@ -112,17 +111,7 @@ impl Api {
 
     /// `tenant` as a tenant id: what looks like a slug is looked up in the tenant service.
     pub async fn tenant_id(&mut self, tenant: &str) -> anyhow::Result<String> {
-        if !is_slug(tenant) {
-            return Ok(tenant.to_owned());
-        }
-        let channel = self.session.tenant_channel().await?;
-        let mut tenants = TenantServiceClient::with_interceptor(channel, self.session.bearer.clone());
-        let found = tenants
-            .get_tenant(pb::GetTenantRequest {
-                tenant: Some(tenant_ref(tenant)),
-            })
-            .await?;
-        Ok(found.into_inner().id)
+        self.session.tenant_id(tenant).await
     }
 }
 

@@ -1,5 +1,5 @@
 //! One real tenant service per test (own schema and bus namespace), optionally a real timeline
-//! indexer beside it, and the real `keelctl` binary run against them as a subprocess, the way an
+//! indexer or billing meter beside it, and the real `keelctl` binary run against them as a subprocess, the way an
 //! operator would.
 
 use std::path::{Path, PathBuf};
@@ -47,6 +47,20 @@ impl World {
         Self::on(Mesh::builder().timeline(&[]).start().await)
     }
 
+    /// A tenant service and a billing meter whose windows close at once (no grace, a pass every
+    /// 100 ms), so usage records appear while the test waits.
+    pub async fn with_billing() -> World {
+        Self::on(
+            Mesh::builder()
+                .billing(&[
+                    ("KEEL_BILLING_WINDOW_GRACE_SECS", "0"),
+                    ("KEEL_BILLING_AGGREGATE_EVERY_MS", "100"),
+                ])
+                .start()
+                .await,
+        )
+    }
+
     fn on(e2e: Mesh) -> World {
         World {
             bootstrap: e2e.bootstrap.clone(),
@@ -78,6 +92,9 @@ impl World {
             );
         if self.e2e.has(Part::Timeline) {
             cmd.env("KEEL_TIMELINE_ADDR", self.e2e.proc(Part::Timeline).grpc_url());
+        }
+        if self.e2e.has(Part::Billing) {
+            cmd.env("KEEL_BILLING_ADDR", self.e2e.proc(Part::Billing).grpc_url());
         }
         cmd
     }
@@ -173,6 +190,7 @@ pub fn bare_keelctl(args: &[&str], dir: &Path) -> Command {
         .env_remove("KEEL_BOOTSTRAP_TOKEN")
         .env_remove("KEEL_TENANT_ADDR")
         .env_remove("KEEL_TIMELINE_ADDR")
+        .env_remove("KEEL_BILLING_ADDR")
         .env_remove("KEEL_NATS_CREDS")
         .env_remove("KEEL_TLS_CA")
         .env_remove("KEEL_TLS_INSECURE")

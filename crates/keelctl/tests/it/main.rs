@@ -1,7 +1,9 @@
-//! End-to-end tests of the `keelctl` binary against real `keel-tenant` (and `keel-timeline`)
-//! processes, real PostgreSQL and NATS: each test has its own schemas and bus namespace.
+//! End-to-end tests of the `keelctl` binary against real `keel-tenant` (and `keel-timeline`,
+//! `keel-billing`) processes, real PostgreSQL and NATS: each test has its own schemas and bus
+//! namespace.
 
 mod audit;
+mod billing;
 mod harness;
 mod input;
 mod license;
