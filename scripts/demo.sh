@@ -81,8 +81,7 @@ run billing record --tenant "${tenants[0]}" --file "$usage_file"
 run billing record --tenant "${tenants[0]}" --meter api_requests --value 25 --source demo/keelctl
 run billing usage --tenant "${tenants[0]}" --meter api_requests --last 3h
 run billing usage --tenant "${tenants[0]}" --meter cpu_core_seconds --last 1d --granularity day
-run billing estimate --tenant "${tenants[0]}" \
-  || echo "(no estimate: the billing meter does not price usage yet)"
+run billing estimate --tenant "${tenants[0]}"
 
 say "changing ${tenants[1]} to tier business, suspending ${tenants[2]}"
 run tenant change-tier "${tenants[1]}" --tier business

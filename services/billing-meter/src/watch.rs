@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::watch::{Commitment, Seen, Staleness, Usage};
 use crate::prices::{BILLED, PriceTable, billed_unit};
 
+/// An ACTIVE tenant: id, tier, when its row last changed, its last usage event.
+type ActiveTenant = (String, String, DateTime<Utc>, Option<DateTime<Utc>>);
+
 pub struct Watcher {
     pub pool: PgPool,
     pub staleness: Framework<Staleness>,
@@ -73,7 +76,7 @@ impl Watcher {
 
     pub async fn pass(&self) -> anyhow::Result<()> {
         let now = Utc::now();
-        let tenants: Vec<(String, String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        let tenants: Vec<ActiveTenant> = sqlx::query_as(
             "SELECT t.tenant_id, t.tier, t.updated_at, \
                  (SELECT max(u.recorded_at) FROM usage_events u WHERE u.tenant_id = t.tenant_id) \
              FROM tenant_info t WHERE t.status = 'ACTIVE' ORDER BY t.tenant_id LIMIT 10000",

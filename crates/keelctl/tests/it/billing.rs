@@ -654,7 +654,6 @@ async fn meters_are_listed_and_defined_and_a_tenant_reads_only_its_own_usage() {
 }
 
 #[tokio::test]
-#[ignore = "EstimateCost still answers UNIMPLEMENTED in keel-billing (issue 11, item 6); run with --ignored once the server implements it"]
 async fn estimate_prices_a_months_usage() {
     let w = World::with_billing().await;
     let s = slug();
@@ -712,7 +711,6 @@ async fn estimate_prices_a_months_usage() {
 }
 
 #[tokio::test]
-#[ignore = "Reconcile still answers UNIMPLEMENTED in keel-billing (issue 11, item 5); run with --ignored once the server implements it"]
 async fn reconcile_shows_recorded_exported_and_acknowledged() {
     let w = World::with_billing().await;
     let s = slug();
@@ -776,7 +774,7 @@ async fn reconcile_shows_recorded_exported_and_acknowledged() {
     );
     assert_eq!(
         row["missing"].as_array().unwrap().len() as u64,
-        recorded - exported,
+        recorded - acked,
         "{r}"
     );
 
