@@ -6,7 +6,6 @@ use std::time::Duration as StdDuration;
 use chrono::{Duration, Utc};
 use futures::StreamExt;
 use keel_proto::v1 as pb;
-use keel_store::testing::eventually;
 
 use crate::harness::{World, event};
 
