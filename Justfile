@@ -52,6 +52,7 @@ bench: services
     cargo bench -p keel-store --bench store
     cargo bench -p keel-tenant --bench tenant
     cargo bench -p keel-timeline --bench timeline
+    cargo bench -p keel-billing --bench billing
     cargo bench -p keel-provisioning --bench provisioning
 
 # Makes sure the local PostgreSQL, NATS (JetStream) and Redis run.

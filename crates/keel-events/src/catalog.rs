@@ -132,9 +132,10 @@ mod tests {
         assert_eq!(lookup_type("keel.tenant.TenantCreated.v1"), Some(created));
         assert_eq!(lookup("tenant", "TenantCreated", 2), None);
         assert_eq!(lookup("billing", "TenantCreated", 1), None);
+        assert!(lookup("billing", "UsageRecorded", 1).is_some());
         assert_eq!(lookup_type("keel.tenant.TenantCreated"), None);
         assert_eq!(
-            of_service("tenant").count() + of_service("provisioning").count(),
+            of_service("tenant").count() + of_service("provisioning").count() + of_service("billing").count(),
             CATALOG.len()
         );
         assert_eq!(of_service("nope").count(), 0);

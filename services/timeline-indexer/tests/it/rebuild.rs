@@ -245,7 +245,21 @@ async fn a_rebuild_outlives_its_caller_and_a_restart_of_the_service() {
         assert_eq!(job.state(), pb::RebuildState::Running);
         job.job_id
     };
-    // The service dies mid-replay.
+    // The service dies mid-replay: once its worker has claimed the job (killed before the
+    // claim, the restart would be the job's first attempt and resume nothing).
+    keel_store::testing::eventually(
+        "the job claimed by the worker",
+        std::time::Duration::from_secs(30),
+        || async {
+            let attempts: i32 = sqlx::query_scalar("SELECT attempts FROM rebuild_jobs WHERE id = $1::uuid")
+                .bind(&id)
+                .fetch_one(&mesh.pool)
+                .await
+                .ok()?;
+            (attempts >= 1).then_some(())
+        },
+    )
+    .await;
     mesh.e2e.proc_mut(Part::Timeline).kill().await;
     let state: String = sqlx::query_scalar("SELECT state FROM rebuild_jobs WHERE id = $1::uuid")
         .bind(&id)
