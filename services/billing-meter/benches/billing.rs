@@ -5,9 +5,9 @@
 //! bus namespace and schemas) against the local PostgreSQL, NATS and Redis, then measures:
 //! - ingest over gRPC: `RecordUsage` batches of 1,000 from 4 clients (events/s);
 //! - ingest over NATS: 1,000-event bursts published on `keel.usage.<tenant>`, publish to stored;
-//! - the raw limit: the same rows as multi-row INSERTs of 1,000 (the statement billing runs,
-//!   without dedupe claims on a fresh table's conflicts, window marks or gRPC) into a copy of
-//!   `usage_events`, in the same run;
+//! - the raw limit: the same rows, every column, as plain multi-row INSERTs of 1,000 on one
+//!   connection (no checks, dedupe claims, window marks or gRPC) into a copy of `usage_events`,
+//!   in the same run;
 //! - event → visible to GetUsage at a steady 5,000 events/s over NATS (p50/p99: publish time to
 //!   the row's commit time, the table GetUsage reads);
 //! - a redelivery storm: every event of 10,000 published 3 times; totals must come out exact.
@@ -159,16 +159,33 @@ async fn main() {
     .execute(&mesh.pool)
     .await
     .unwrap();
+    // The same rows as the gRPC batches (every column bound as an array, as the service does),
+    // by a plain multi-row INSERT on one connection: no checks, no claims, no window marks.
     let start = Instant::now();
     for b in 0..batches {
-        let ids: Vec<String> = (0..1000).map(|i| format!("e{}", b * 1000 + i)).collect();
+        let n = 1000usize;
+        let ids: Vec<String> = (0..n as u64).map(|i| format!("e{}", b * 1000 + i)).collect();
+        let text = |v: &str| vec![v.to_owned(); n];
         sqlx::query(&format!(
-            "INSERT INTO {schema}.raw_usage (tenant_id, source, event_id, meter, meter_version, event_type, valid_at, value) \
-             SELECT $1, 'raw', i, 'api_requests', 1, 'keel.usage.v1', $2, 1 FROM UNNEST($3::text[]) i"
+            "INSERT INTO {schema}.raw_usage (tenant_id, source, event_id, meter, meter_version, event_type, subject, \
+                 valid_at, value, unique_key, group_key, properties) \
+             SELECT t, s, i, m, mv, et, sj, va, v::numeric, u, g, p FROM UNNEST( \
+                 $1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[], \
+                 $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::jsonb[]) \
+                 AS x(t, s, i, m, mv, et, sj, va, v, u, g, p)"
         ))
-        .bind(tenant)
-        .bind(at)
+        .bind(text(tenant))
+        .bind(text("raw"))
         .bind(&ids)
+        .bind(text("api_requests"))
+        .bind(vec![1i32; n])
+        .bind(text("keel.usage.v1"))
+        .bind(text(""))
+        .bind(vec![at; n])
+        .bind(text("1"))
+        .bind(vec![None::<String>; n])
+        .bind(text("{}"))
+        .bind(vec![serde_json::json!({}); n])
         .execute(&mesh.pool)
         .await
         .unwrap();

@@ -25,7 +25,14 @@ pub struct MeterApi {
     pub audit: AuditLog,
     pub lateness: chrono::Duration,
     pub prices: crate::prices::PriceTable,
+    /// The meters, read again at most every [`METERS_TTL`] (a meter defined on another replica
+    /// is known here within it; one defined here at once).
+    pub meter_cache:
+        tokio::sync::RwLock<Option<(std::time::Instant, std::sync::Arc<BTreeMap<String, MeterDef>>)>>,
 }
+
+/// How long the meters read for a call stay in use.
+pub const METERS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// `YYYY-MM` as [start, end) in UTC; empty: the current month.
 pub fn month_range(month: &str, field: &str) -> Result<(DateTime<Utc>, DateTime<Utc>, String), Status> {
@@ -108,6 +115,17 @@ fn internal(e: impl std::fmt::Display) -> Status {
 }
 
 impl MeterApi {
+    async fn meters(&self) -> Result<std::sync::Arc<BTreeMap<String, MeterDef>>, Status> {
+        if let Some((at, m)) = self.meter_cache.read().await.as_ref()
+            && at.elapsed() < METERS_TTL
+        {
+            return Ok(m.clone());
+        }
+        let fresh = std::sync::Arc::new(store::meters(&self.pool).await.map_err(internal)?);
+        *self.meter_cache.write().await = Some((std::time::Instant::now(), fresh.clone()));
+        Ok(fresh)
+    }
+
     async fn authorize<T>(
         &self,
         req: &Request<T>,
@@ -134,7 +152,7 @@ impl MeterService for MeterApi {
         }
         // Every event checked before anything is stored or anyone authorized: the first bad
         // one refuses the call, naming its index and field.
-        let meters = store::meters(&self.pool).await.map_err(internal)?;
+        let meters = self.meters().await?;
         let now = Utc::now();
         let mut checked = Vec::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
@@ -164,9 +182,10 @@ impl MeterService for MeterApi {
             self.authorize(&req, scopes::USAGE_WRITE, t, "usage-record")
                 .await?;
         }
-        let mut tx = self.pool.begin().await.map_err(internal)?;
-        let fresh = store::insert(&mut tx, &checked).await.map_err(internal)?;
-        tx.commit().await.map_err(internal)?;
+        // One statement (rows and window marks together): atomic without a transaction of its own.
+        let mut conn = self.pool.acquire().await.map_err(internal)?;
+        let fresh = store::insert(&mut conn, &checked).await.map_err(internal)?;
+        drop(conn);
         let results: Vec<pb::UsageResult> = checked
             .iter()
             .zip(&fresh)
@@ -227,6 +246,7 @@ impl MeterService for MeterApi {
                 .map_err(internal)?;
         let def = meter.def().ok_or_else(|| internal("the meter was not stored"))?;
         store::save_meter(&self.pool, &def).await.map_err(internal)?;
+        *self.meter_cache.write().await = None;
         Ok(Response::new(meter_pb(&def)))
     }
 

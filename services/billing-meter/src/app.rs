@@ -160,6 +160,7 @@ pub async fn run(rt: Service, settings: Settings) -> anyhow::Result<()> {
         audit: mesh.audit_log()?,
         lateness,
         prices,
+        meter_cache: Default::default(),
     };
     let auth = mesh.auth(None).await?;
     let router = mesh

@@ -7,7 +7,6 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::domain::meter::{self, MeterDef};
 use crate::domain::usage::Checked;
-use crate::domain::window::window_start;
 
 /// Stores `events` (each claimed by its dedupe key in the same statement) and marks their
 /// windows; returns, per event, whether it was new. One statement each, in `conn`'s transaction.
@@ -16,15 +15,24 @@ pub async fn insert(conn: &mut PgConnection, events: &[Checked]) -> sqlx::Result
         return Ok(vec![]);
     }
     let col = |f: fn(&Checked) -> String| events.iter().map(f).collect::<Vec<_>>();
+    // One statement: the rows (each claimed by its dedupe key) and the marks of the windows of
+    // the rows that are new, atomically, in one round trip.
     let stored: Vec<(String, String, String)> = sqlx::query_as(
-        "INSERT INTO usage_events (tenant_id, source, event_id, meter, meter_version, event_type, subject, \
-             valid_at, value, unique_key, group_key, properties) \
-         SELECT t, s, i, m, mv, et, sj, va, v::numeric, u, g, p FROM UNNEST( \
-             $1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[], \
-             $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::jsonb[]) \
-             AS x(t, s, i, m, mv, et, sj, va, v, u, g, p) \
-         ON CONFLICT (tenant_id, source, event_id) DO NOTHING \
-         RETURNING tenant_id, source, event_id",
+        "WITH ins AS ( \
+             INSERT INTO usage_events (tenant_id, source, event_id, meter, meter_version, event_type, subject, \
+                 valid_at, value, unique_key, group_key, properties) \
+             SELECT t, s, i, m, mv, et, sj, va, v::numeric, u, g, p FROM UNNEST( \
+                 $1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[], $7::text[], \
+                 $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::jsonb[]) \
+                 AS x(t, s, i, m, mv, et, sj, va, v, u, g, p) \
+             ON CONFLICT (tenant_id, source, event_id) DO NOTHING \
+             RETURNING tenant_id, source, event_id, meter, group_key, valid_at), \
+         marks AS ( \
+             INSERT INTO window_marks (tenant_id, meter, group_key, window_start) \
+             SELECT DISTINCT tenant_id, meter, group_key, date_trunc('hour', valid_at, 'UTC') FROM ins \
+             ON CONFLICT (tenant_id, meter, group_key, window_start) DO UPDATE \
+             SET generation = window_marks.generation + 1, marked_at = now()) \
+         SELECT tenant_id, source, event_id FROM ins",
     )
     .bind(col(|e| e.tenant_id.clone()))
     .bind(col(|e| e.source.clone()))
@@ -43,34 +51,13 @@ pub async fn insert(conn: &mut PgConnection, events: &[Checked]) -> sqlx::Result
     let stored: std::collections::HashSet<(String, String, String)> = stored.into_iter().collect();
     // Within one call the same key may appear twice: the first is the new one.
     let mut seen = std::collections::HashSet::new();
-    let fresh: Vec<bool> = events
+    Ok(events
         .iter()
         .map(|e| {
             let key = (e.tenant_id.clone(), e.source.clone(), e.id.clone());
             stored.contains(&key) && seen.insert(key)
         })
-        .collect();
-    let marks: Vec<&Checked> = events
-        .iter()
-        .zip(&fresh)
-        .filter(|(_, f)| **f)
-        .map(|(e, _)| e)
-        .collect();
-    if !marks.is_empty() {
-        sqlx::query(
-            "INSERT INTO window_marks (tenant_id, meter, group_key, window_start) \
-             SELECT DISTINCT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::timestamptz[]) \
-             ON CONFLICT (tenant_id, meter, group_key, window_start) DO UPDATE \
-             SET generation = window_marks.generation + 1, marked_at = now()",
-        )
-        .bind(marks.iter().map(|e| e.tenant_id.clone()).collect::<Vec<_>>())
-        .bind(marks.iter().map(|e| e.meter.clone()).collect::<Vec<_>>())
-        .bind(marks.iter().map(|e| e.group_key.clone()).collect::<Vec<_>>())
-        .bind(marks.iter().map(|e| window_start(e.time)).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-    }
-    Ok(fresh)
+        .collect())
 }
 
 /// Every meter usage may name: the built-in ones and the custom ones defined so far.
