@@ -115,7 +115,7 @@ fn internal(e: impl std::fmt::Display) -> Status {
 }
 
 impl MeterApi {
-    async fn meters(&self) -> Result<std::sync::Arc<BTreeMap<String, MeterDef>>, Status> {
+    async fn meters(&self) -> Result<Meters, Status> {
         if let Some((at, m)) = self.meter_cache.read().await.as_ref()
             && at.elapsed() < METERS_TTL
         {
