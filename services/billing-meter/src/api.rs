@@ -27,9 +27,11 @@ pub struct MeterApi {
     pub prices: crate::prices::PriceTable,
     /// The meters, read again at most every [`METERS_TTL`] (a meter defined on another replica
     /// is known here within it; one defined here at once).
-    pub meter_cache:
-        tokio::sync::RwLock<Option<(std::time::Instant, std::sync::Arc<BTreeMap<String, MeterDef>>)>>,
+    pub meter_cache: tokio::sync::RwLock<Option<(std::time::Instant, Meters)>>,
 }
+
+/// Every meter by name, shared by the calls that read it.
+pub type Meters = std::sync::Arc<BTreeMap<String, MeterDef>>;
 
 /// How long the meters read for a call stay in use.
 pub const METERS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
