@@ -263,7 +263,7 @@ impl MeterService for MeterApi {
                 format!("missing scope {}", scopes::BILLING_READ),
             ));
         }
-        let meters = store::meters(&self.pool).await.map_err(internal)?;
+        let meters = self.meters().await?;
         Ok(Response::new(pb::ListMetersResponse {
             meters: meters.values().map(meter_pb).collect(),
         }))
@@ -301,7 +301,7 @@ impl MeterService for MeterApi {
         };
         self.authorize(&req, scopes::BILLING_READ, &r.tenant_id, "usage-get")
             .await?;
-        let meters = store::meters(&self.pool).await.map_err(internal)?;
+        let meters = self.meters().await?;
         let def = meters
             .get(&r.meter)
             .ok_or_else(|| invalid_argument("meter", "unknown meter"))?;

@@ -40,7 +40,7 @@ impl Projection for UsageIngest {
     }
 
     async fn apply_batch(&self, conn: &mut PgConnection, items: &[&UsageInput]) -> Result<(), ApplyError> {
-        let meters = load_meters(conn).await?;
+        let meters = crate::store::meters(&mut *conn).await?;
         let now = Utc::now();
         let mut checked = Vec::with_capacity(items.len());
         for e in items {
@@ -58,15 +58,4 @@ impl Projection for UsageIngest {
         // which the dedupe key keeps once each.
         Ok(())
     }
-}
-
-async fn load_meters(
-    conn: &mut PgConnection,
-) -> Result<std::collections::BTreeMap<String, crate::domain::meter::MeterDef>, ApplyError> {
-    let rows: Vec<(serde_json::Value,)> = sqlx::query_as("SELECT definition FROM meters")
-        .fetch_all(&mut *conn)
-        .await?;
-    Ok(crate::domain::meter::catalog(
-        rows.into_iter().filter_map(|(d,)| serde_json::from_value(d).ok()),
-    ))
 }

@@ -61,9 +61,9 @@ pub async fn insert(conn: &mut PgConnection, events: &[Checked]) -> sqlx::Result
 }
 
 /// Every meter usage may name: the built-in ones and the custom ones defined so far.
-pub async fn meters(pool: &PgPool) -> sqlx::Result<BTreeMap<String, MeterDef>> {
+pub async fn meters<'c>(db: impl sqlx::PgExecutor<'c>) -> sqlx::Result<BTreeMap<String, MeterDef>> {
     let rows: Vec<(serde_json::Value,)> = sqlx::query_as("SELECT definition FROM meters ORDER BY name")
-        .fetch_all(pool)
+        .fetch_all(db)
         .await?;
     Ok(meter::catalog(
         rows.into_iter()
